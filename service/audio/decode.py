@@ -1,0 +1,308 @@
+"""Decode uploaded audio bytes to the model's input: 1-D float32, mono, 16 kHz (spec §2.1).
+
+The container is sniffed from the leading bytes (a filename is only used in messages).
+wav/rf64/w64, aiff, flac, ogg (vorbis, opus) and mp3 go through libsndfile (soundfile); webm/
+matroska, mp4/m4a and ADTS aac go through PyAV (FFmpeg), which is also the fallback when
+libsndfile rejects a container it should handle. PyAV is only ever given an explicit audio
+demuxer, never FFmpeg's probing, so playlist or concat demuxers cannot be reached by an upload.
+
+Integer PCM becomes float the way the reference loads files (int16 / 32768, int24 / 2**23,
+int32 / 2**31, 8-bit unsigned (x - 128) / 128). Any number of channels is averaged to mono.
+Other rates are resampled with ``resample`` (torchaudio's default sinc resampler). Every failure
+caused by the bytes raises AudioError; decoding stops as soon as the decoded duration passes the
+limit, so a small file that expands to hours is rejected after decoding only the allowed part.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile
+
+from service.audio.resample import kernel_elements, resample
+from service.errors import AudioError
+
+TARGET_RATE = 16000
+# Filter banks above this size mean exotic rates (e.g. 44101 Hz) that would take seconds per
+# second of audio to convert; they are refused rather than tying up a worker.
+MAX_RESAMPLE_KERNEL = 4_000_000
+# Decoded audio is held at the file's own rate before resampling; this bounds its memory.
+MAX_RATE = 192_000
+# Headers can claim any channel count; each block allocates block * channels floats.
+MAX_CHANNELS = 64
+_SOUNDFILE_BLOCK = 65536
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    """Bounds on uploaded audio; min_samples is the tokenizer's 80 ms (less encodes to nothing)."""
+
+    max_seconds: float = 600.0
+    min_samples: int = 1280
+    # 600 s of 48 kHz stereo 16-bit WAV is 115 MB; anything bigger is not a speech upload.
+    max_bytes: int = 128 * 1024 * 1024
+
+
+# Sniffed container -> FFmpeg demuxer name.
+_DEMUXERS = {
+    "wav": "wav",
+    "w64": "w64",
+    "aiff": "aiff",
+    "flac": "flac",
+    "ogg": "ogg",
+    "mp3": "mp3",
+    "aac": "aac",
+    "mp4": "mov",
+    "matroska": "matroska",
+}
+_SOUNDFILE_CONTAINERS = frozenset({"wav", "w64", "aiff", "flac", "ogg", "mp3"})
+SUPPORTED_INPUTS = "wav, flac, ogg/vorbis, ogg/opus, webm/opus, mp3, m4a/aac, aac (adts), aiff"
+
+
+def decode_audio(
+    data: bytes, *, limits: AudioLimits | None = None, filename: str | None = None
+) -> np.ndarray:
+    """Decode an uploaded audio file to 1-D float32 mono 16 kHz samples."""
+    limits = limits or AudioLimits()
+    try:
+        return _decode(bytes(data), limits)
+    except AudioError as error:
+        if filename:
+            raise AudioError(f"{filename}: {error}") from None
+        raise
+
+
+def load_audio_file(path: str | Path, *, limits: AudioLimits | None = None) -> np.ndarray:
+    """Read and decode an audio file with the same rules as uploads."""
+    limits = limits or AudioLimits()
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise AudioError(f"{path}: audio data exceeds {limits.max_bytes} bytes")
+        data = path.read_bytes()
+    except OSError as error:
+        raise AudioError(f"{path}: cannot read audio file: {error.strerror or error}") from None
+    return decode_audio(data, limits=limits, filename=str(path))
+
+
+def decode_pcm16(data: bytes, sample_rate: int) -> np.ndarray:
+    """Raw little-endian signed 16-bit mono PCM (realtime API) -> float32 at 16 kHz.
+
+    Resampling is done per call: feed a whole utterance, not 20 ms network chunks, when the
+    rate is not 16 kHz (chunk edges would otherwise differ from resampling the whole signal).
+    """
+    if len(data) % 2:
+        raise AudioError(f"pcm16 audio has an odd number of bytes ({len(data)})")
+    _check_rate(sample_rate)
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    if sample_rate == TARGET_RATE:
+        return samples
+    return resample(samples, sample_rate, TARGET_RATE)
+
+
+def sniff_container(data: bytes) -> str | None:
+    """Name of the container the bytes start with, or None when it is not a supported one."""
+    head = data[:12]
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"riff" and head[4:8] == b"\x2e\x91\xcf\x11":
+        return "w64"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    return _sniff_mpeg_audio(data)
+
+
+def _sniff_mpeg_audio(data: bytes) -> str | None:
+    offset = 0
+    if data[:3] == b"ID3" and len(data) >= 10:
+        # ID3v2 size is 4 bytes of 7 bits each; a footer adds another 10 bytes.
+        size = 0
+        for byte in data[6:10]:
+            size = (size << 7) | (byte & 0x7F)
+        offset = 10 + size + (10 if data[5] & 0x10 else 0)
+    frame = data[offset : offset + 2]
+    if len(frame) < 2 or frame[0] != 0xFF or frame[1] & 0xE0 != 0xE0:
+        return None
+    layer = (frame[1] >> 1) & 0x03
+    # MPEG sync with layer bits 00 is an ADTS (AAC) header; 01..11 are layers III..I.
+    return "aac" if layer == 0 else "mp3"
+
+
+def _decode(data: bytes, limits: AudioLimits) -> np.ndarray:
+    if not data:
+        raise AudioError("audio is empty")
+    if len(data) > limits.max_bytes:
+        raise AudioError(f"audio data exceeds {limits.max_bytes} bytes")
+    container = sniff_container(data)
+    if container is None:
+        raise AudioError(
+            f"could not decode audio: unrecognised format (supported: {SUPPORTED_INPUTS})"
+        )
+    mono, rate = _decode_container(data, container, limits)
+    if mono.size == 0:
+        raise AudioError("audio is empty")
+    if not np.isfinite(mono).all():
+        raise AudioError("audio contains NaN or infinite samples")
+    if rate != TARGET_RATE:
+        mono = resample(mono, rate, TARGET_RATE)
+    _check_length(mono, limits)
+    return mono
+
+
+def _decode_container(data: bytes, container: str, limits: AudioLimits) -> tuple[np.ndarray, int]:
+    """Decoded mono float32 samples at the file's own rate, and that rate."""
+    reasons: list[str] = []
+    if container in _SOUNDFILE_CONTAINERS:
+        try:
+            return _decode_soundfile(data, limits)
+        except AudioError:
+            raise
+        except Exception as error:  # libsndfile/cffi report bad bytes with assorted types
+            reasons.append(f"libsndfile: {_describe(error)}")
+    try:
+        return _decode_pyav(data, _DEMUXERS[container], limits)
+    except AudioError:
+        raise
+    except Exception as error:  # FFmpeg errors, and PyAV's own ValueError/TypeError on odd input
+        reasons.append(f"ffmpeg: {_describe(error)}")
+    raise AudioError(f"could not decode audio: {container}: {'; '.join(reasons)}")
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, av.FFmpegError) and error.strerror:
+        return str(error.strerror)
+    text = str(error).strip() or type(error).__name__
+    # libsndfile prefixes "Error opening <_io.BytesIO object at 0x...>:", meaningless to users.
+    if text.startswith("Error opening <"):
+        text = text.split(">:", 1)[-1].strip()
+    return text
+
+
+def _decode_soundfile(data: bytes, limits: AudioLimits) -> tuple[np.ndarray, int]:
+    with soundfile.SoundFile(io.BytesIO(data)) as source:
+        rate = int(source.samplerate)
+        _check_rate(rate)
+        _check_channels(source.channels)
+        return _collect(_soundfile_blocks(source), rate, limits), rate
+
+
+def _soundfile_blocks(source: soundfile.SoundFile) -> Iterator[np.ndarray]:
+    # Fixed-size reads: a stream whose header has no length reports an absurd frame count,
+    # so reading "everything" at once would try to allocate it.
+    while True:
+        block = source.read(_SOUNDFILE_BLOCK, dtype="float32", always_2d=True)
+        if not len(block):
+            return
+        yield block.T
+
+
+def _decode_pyav(data: bytes, demuxer: str, limits: AudioLimits) -> tuple[np.ndarray, int]:
+    with av.open(io.BytesIO(data), mode="r", format=demuxer) as source:
+        if not source.streams.audio:
+            raise AudioError("could not decode audio: the file has no audio stream")
+        frames = source.decode(source.streams.audio[0])
+        first = next(frames, None)
+        if first is None:
+            raise AudioError("audio is empty")
+        # The decoder's output rate can differ from the container's (Opus is always 48 kHz).
+        rate, channels = int(first.sample_rate), int(first.layout.nb_channels)
+        _check_rate(rate)
+        _check_channels(channels)
+        blocks = _pyav_blocks(first, frames, rate, channels)
+        return _collect(blocks, rate, limits), rate
+
+
+def _pyav_blocks(
+    first: av.AudioFrame, rest: Iterator[av.AudioFrame], rate: int, channels: int
+) -> Iterator[np.ndarray]:
+    yield _frame_to_float(first)
+    for frame in rest:
+        if (int(frame.sample_rate), int(frame.layout.nb_channels)) != (rate, channels):
+            raise AudioError("could not decode audio: sample rate or channels change mid-stream")
+        yield _frame_to_float(frame)
+
+
+# PyAV sample format (planar suffix removed) -> divisor that maps integers onto [-1, 1).
+_INTEGER_SCALE = {"s16": 32768.0, "s32": 2.0**31, "s64": 2.0**63}
+
+
+def _frame_to_float(frame: av.AudioFrame) -> np.ndarray:
+    """One decoded frame as float32 (channels, samples)."""
+    array = frame.to_ndarray()
+    if not frame.format.is_planar:
+        array = array.reshape(-1, frame.layout.nb_channels).T
+    kind = frame.format.name.removesuffix("p")
+    if kind in ("flt", "dbl"):
+        return array.astype(np.float32, copy=False)
+    if kind == "u8":
+        return ((array.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    if kind in _INTEGER_SCALE:
+        return (array.astype(np.float64) / _INTEGER_SCALE[kind]).astype(np.float32)
+    raise AudioError(f"could not decode audio: unsupported sample format {frame.format.name}")
+
+
+def _collect(blocks: Iterator[np.ndarray], rate: int, limits: AudioLimits) -> np.ndarray:
+    """Downmix (channels, n) blocks as they arrive, stopping once the duration limit is passed."""
+    parts: list[np.ndarray] = []
+    total = 0
+    for block in blocks:
+        total += block.shape[1]
+        _check_duration(total, rate, limits)
+        parts.append(_downmix(block))
+    if not parts:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(parts)
+
+
+def _downmix(channels: np.ndarray) -> np.ndarray:
+    """Average all channels (stereo and beyond) to mono."""
+    if channels.shape[0] == 1:
+        return np.array(channels[0], dtype=np.float32)
+    # Mean in float64 then one rounding: for stereo this equals the float32 (a + b) / 2.
+    return channels.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _check_rate(rate: int) -> None:
+    if not 0 < rate <= MAX_RATE:
+        raise AudioError(f"could not decode audio: unsupported sample rate {rate} Hz")
+    if kernel_elements(rate, TARGET_RATE) > MAX_RESAMPLE_KERNEL:
+        raise AudioError(
+            f"could not decode audio: unsupported sample rate {rate} Hz "
+            f"(use a common rate such as 16000, 22050, 44100 or 48000 Hz)"
+        )
+
+
+def _check_channels(channels: int) -> None:
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"could not decode audio: unsupported channel count {channels}")
+
+
+def _check_duration(samples: int, rate: int, limits: AudioLimits) -> None:
+    if samples > limits.max_seconds * rate:
+        raise AudioError(
+            f"audio is too long: {samples / rate:.2f} s > limit {limits.max_seconds:g} s"
+        )
+
+
+def _check_length(mono: np.ndarray, limits: AudioLimits) -> None:
+    if mono.size == 0:
+        raise AudioError("audio is empty")
+    if mono.size < limits.min_samples:
+        got_ms = 1000.0 * mono.size / TARGET_RATE
+        min_ms = 1000.0 * limits.min_samples / TARGET_RATE
+        raise AudioError(f"audio is too short: {got_ms:g} ms < {min_ms:g} ms")
+    _check_duration(mono.size, TARGET_RATE, limits)

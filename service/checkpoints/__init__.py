@@ -1,0 +1,1 @@
+"""Official Spirit LM checkpoint layout and the embedded tiny default checkpoints."""

@@ -1,0 +1,41 @@
+"""`spiritlm-serve` command line: one sub-command per job, settings shared with the services."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from service.commands import checkpoints, lm, serve, speech
+from service.commands.common import log
+from service.errors import SpiritError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spiritlm-serve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for module in (checkpoints, speech, lm, serve):
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra_args = extra
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (SpiritError, ValueError) as error:
+        log(f"error: {error}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

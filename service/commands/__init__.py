@@ -1,0 +1,1 @@
+"""Sub-commands of `spiritlm-serve`; each module registers its parsers with `register`."""

@@ -1,0 +1,38 @@
+"""Pieces shared by several sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from service.checkpoints.layout import CheckpointLayout
+from service.config import Settings, add_settings_arguments, settings_from_args
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so that stdout stays machine-readable."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    add_settings_arguments(parser, ("model", "cache_dir", "device"))
+    parser.add_argument(
+        "--checkpoints",
+        "--checkpoints-dir",
+        dest="checkpoints_dir",
+        default=None,
+        help="Official-layout checkpoint root (env SPIRITLM_CHECKPOINTS_DIR); "
+        "default: the embedded tiny checkpoints.",
+    )
+
+
+def layout_from_args(
+    args: argparse.Namespace, *, lm: bool, speech: bool
+) -> tuple[Settings, CheckpointLayout]:
+    """Settings and the checkpoint layout, with the needed files checked up front."""
+    from service.checkpoints.make import check_files, resolve_layout
+
+    settings: Settings = settings_from_args(args)
+    layout = resolve_layout(settings.checkpoints_dir, settings.cache_dir, progress=log)
+    check_files(layout, settings.model, lm=lm, speech=speech)
+    return settings, layout

@@ -1,0 +1,1 @@
+"""The gateway: OpenAI-compatible HTTP/WebSocket API in front of the LM and speech workers."""

@@ -1,0 +1,371 @@
+"""What the API routes call: prompt preparation, LM streaming and speech synthesis on the pools.
+
+`Engine.run` streams one generation as `Output` events. Speech segments are synthesised while
+they are generated: each speech segment opens a streaming session on a speech worker, its tokens
+are forwarded as the LM produces them, and audio chunks come back into the same ordered queue as
+the text deltas. Cancelling the consumer cancels everything: the vLLM request (its HTTP stream is
+closed) and the vocoder session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import httpx
+
+from service.checkpoints.layout import EXPRESSIVE, CheckpointLayout
+from service.gateway.errors import APIError
+from service.gateway.pools import NoHealthyWorker, WorkerPool
+from service.lm.client import LMClient, LMError, SamplingParams, Usage
+from service.lm.generation import GenerationResult, Generator, PreparedPrompt, prepare_prompt
+from service.lm.parsing import Done, ModalitySwitch, SpeechTokens, TextDelta
+from service.lm.prompt import OutputModality
+from service.lm.tokenizer import SpiritTokenizer
+from service.speech_worker.client import (
+    EncodeResult,
+    SpeechClient,
+    SpeechWorkerError,
+    SpeechWorkerUnavailable,
+)
+
+
+@dataclass(frozen=True)
+class SegmentStart:
+    kind: str  # "text" | "speech"
+    index: int
+
+
+@dataclass(frozen=True)
+class TextOut:
+    text: str
+    index: int
+
+
+@dataclass(frozen=True)
+class AudioOut:
+    pcm16: bytes  # little-endian mono at the requested sample rate
+    index: int
+
+
+@dataclass(frozen=True)
+class SpeechTokensOut:
+    tokens: str
+    index: int
+
+
+@dataclass
+class Finished:
+    prepared: PreparedPrompt
+    result: GenerationResult
+    dropped: list[dict[str, str]] = field(default_factory=list)
+    first_token_at: float | None = None
+
+
+Output = SegmentStart | TextOut | AudioOut | SpeechTokensOut | Finished
+
+
+class Engine:
+    """Shared by all routes of one gateway."""
+
+    def __init__(
+        self,
+        layout: CheckpointLayout,
+        lm_pool: WorkerPool,
+        speech_pool: WorkerPool,
+        *,
+        default_model: str,
+        max_tokens_limit: int,
+    ) -> None:
+        self.layout = layout
+        self.lm_pool = lm_pool
+        self.speech_pool = speech_pool
+        self.default_model = default_model
+        self.max_tokens_limit = max_tokens_limit
+        self._tokenizers: dict[str, SpiritTokenizer] = {}
+        self._speech_clients: dict[str, SpeechClient] = {}
+        # One connection pool for all LM requests; generations can run for minutes.
+        self._lm_http = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0))
+
+    def speech_client(self, url: str) -> SpeechClient:
+        """One client (one connection pool) per speech worker endpoint."""
+        if url not in self._speech_clients:
+            self._speech_clients[url] = SpeechClient(url)
+        return self._speech_clients[url]
+
+    async def aclose(self) -> None:
+        await self._lm_http.aclose()
+        for client in self._speech_clients.values():
+            await client.aclose()
+        self._speech_clients.clear()
+
+    # ---- models ---------------------------------------------------------------------------
+
+    @cached_property
+    def known_models(self) -> list[str]:
+        from service.checkpoints.layout import VARIANTS
+
+        return [
+            name for name in VARIANTS if (self.layout.lm_dir(name) / "tokenizer.model").is_file()
+        ]
+
+    def served_models(self) -> list[str]:
+        """Models some healthy LM worker serves (all known models when none reported yet)."""
+        reported = {m for e in self.lm_pool.healthy_endpoints() for m in e.models}
+        return [m for m in self.known_models if m in reported] or [self.default_model]
+
+    def resolve_model(self, name: str | None) -> str:
+        """Our model names, plus any other name (e.g. OpenAI's 'whisper-1') meaning the default."""
+        if (
+            name is None
+            or name == ""
+            or name not in self.known_models
+            and not name.startswith("spirit-lm")
+        ):
+            return self.default_model
+        if name not in self.known_models:
+            raise APIError(
+                404,
+                f"model '{name}' does not exist; available: {', '.join(self.known_models)}",
+                param="model",
+                code="model_not_found",
+            )
+        return name
+
+    def tokenizer(self, model: str) -> SpiritTokenizer:
+        if model not in self._tokenizers:
+            self._tokenizers[model] = SpiritTokenizer.from_dir(self.layout.lm_dir(model))
+        return self._tokenizers[model]
+
+    def check_max_tokens(self, max_tokens: int) -> int:
+        if max_tokens > self.max_tokens_limit:
+            raise APIError(
+                400,
+                f"max_tokens {max_tokens} exceeds the limit of {self.max_tokens_limit}",
+                param="max_tokens",
+            )
+        return max_tokens
+
+    # ---- speech worker ----------------------------------------------------------------------
+
+    async def encode(self, audio: bytes, model: str) -> EncodeResult:
+        """Audio bytes -> units; retried on another speech worker if one is unreachable."""
+        return await self._with_speech_worker(lambda client: client.encode(audio, model))
+
+    async def decode(self, **request: object) -> bytes:
+        return await self._with_speech_worker(lambda client: client.decode(**request))
+
+    async def _with_speech_worker(self, call):  # noqa: ANN001, ANN202
+        attempts = max(1, len(self.speech_pool.endpoints))
+        for attempt in range(attempts):
+            try:
+                async with self.speech_pool.use() as endpoint:
+                    try:
+                        return await call(self.speech_client(endpoint.url))
+                    except SpeechWorkerUnavailable:
+                        self.speech_pool.mark_failed(endpoint)
+                        if attempt == attempts - 1:
+                            raise
+            except NoHealthyWorker as error:
+                raise APIError(503, str(error)) from error
+            except SpeechWorkerUnavailable as error:
+                raise APIError(503, f"speech worker unavailable: {error}") from error
+            except SpeechWorkerError as error:
+                raise APIError(error.status, error.message) from error
+        raise APIError(503, "no speech worker could take the request")
+
+    # ---- generation -------------------------------------------------------------------------
+
+    def prepare(self, prompt: str, modality: OutputModality | str, model: str) -> PreparedPrompt:
+        tokenizer = self.tokenizer(model)
+        return prepare_prompt(tokenizer, prompt, modality, expressive=model == EXPRESSIVE)
+
+    async def run(
+        self,
+        prepared: PreparedPrompt,
+        params: SamplingParams,
+        model: str,
+        *,
+        speaker: int = 2,
+        sample_rate: int = 16000,
+        synthesize: bool = True,
+        affinity: str | None = None,
+    ) -> AsyncIterator[Output]:
+        """Stream one generation; audio comes from speech workers when `synthesize`."""
+        queue: asyncio.Queue[Output | None | BaseException] = asyncio.Queue(maxsize=256)
+        producer = asyncio.create_task(
+            self._produce(
+                queue, prepared, params, model, speaker, sample_rate, synthesize, affinity
+            )
+        )
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await producer
+
+    async def _produce(
+        self,
+        queue: asyncio.Queue,
+        prepared: PreparedPrompt,
+        params: SamplingParams,
+        model: str,
+        speaker: int,
+        sample_rate: int,
+        synthesize: bool,
+        affinity: str | None,
+    ) -> None:
+        try:
+            await self._generate_into(
+                queue, prepared, params, model, speaker, sample_rate, synthesize, affinity
+            )
+            await queue.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # handed to the consumer, which raises it
+            await queue.put(error)
+
+    async def _generate_into(
+        self,
+        queue: asyncio.Queue,
+        prepared: PreparedPrompt,
+        params: SamplingParams,
+        model: str,
+        speaker: int,
+        sample_rate: int,
+        synthesize: bool,
+        affinity: str | None,
+    ) -> None:
+        finished = Finished(prepared, GenerationResult())
+        segment = _SegmentState()
+        try:
+            async with self.lm_pool.use(model=model, affinity=affinity) as endpoint:
+                client = LMClient(endpoint.url, model, http=self._lm_http)
+                generator = Generator(self.tokenizer(model), client, expressive=model == EXPRESSIVE)
+                try:
+                    async for event in generator.stream(prepared, params, finished.result):
+                        if finished.first_token_at is None:
+                            finished.first_token_at = time.perf_counter()
+                        if isinstance(event, ModalitySwitch):
+                            await segment.close()
+                            segment.index += 1
+                            await queue.put(SegmentStart(event.to, segment.index))
+                            if event.to == "speech" and synthesize:
+                                await segment.open_speech(self, queue, model, speaker, sample_rate)
+                        elif isinstance(event, TextDelta):
+                            await queue.put(TextOut(event.text, segment.index))
+                        elif isinstance(event, SpeechTokens):
+                            if not event.context:
+                                await queue.put(
+                                    SpeechTokensOut("".join(event.tokens), segment.index)
+                                )
+                            await segment.send(event.tokens, event.context)
+                        elif isinstance(event, Done):
+                            finished.dropped = [
+                                {"tokens": d.tokens, "reason": d.reason} for d in event.dropped
+                            ]
+                    await segment.close()
+                except LMError as error:
+                    if error.status >= 500:
+                        self.lm_pool.mark_failed(endpoint)
+                    raise APIError(
+                        error.status if error.status < 500 else 503, str(error)
+                    ) from error
+                finally:
+                    await client.aclose()
+        except NoHealthyWorker as error:
+            raise APIError(503, str(error)) from error
+        finally:
+            await segment.abort()
+        await queue.put(finished)
+
+
+class _SegmentState:
+    """The speech segment being synthesised, if any."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._stream = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def open_speech(
+        self, engine: Engine, queue: asyncio.Queue, model: str, speaker: int, sample_rate: int
+    ) -> None:
+        self._stack = contextlib.AsyncExitStack()
+        try:
+            endpoint = await self._stack.enter_async_context(engine.speech_pool.use())
+            client = engine.speech_client(endpoint.url)
+            self._stream = await self._stack.enter_async_context(
+                client.stream(model, speaker=speaker, sample_rate=sample_rate)
+            )
+        except NoHealthyWorker as error:
+            await self.abort()
+            raise APIError(503, str(error)) from error
+        except SpeechWorkerUnavailable as error:
+            await self.abort()
+            raise APIError(503, f"speech worker unavailable: {error}") from error
+        index = self.index
+        stream = self._stream
+
+        async def read_audio() -> None:
+            async for chunk in stream:
+                await queue.put(AudioOut(chunk, index))
+
+        self._reader = asyncio.create_task(read_audio())
+
+    async def send(self, tokens: list[str], context: bool) -> None:
+        if self._stream is not None:
+            await self._stream.send_tokens(tokens, context=context)
+
+    async def close(self) -> None:
+        """End the segment normally: all of its audio reaches the queue before this returns."""
+        if self._stream is None:
+            return
+        try:
+            await self._stream.end()
+            assert self._reader is not None
+            await self._reader
+        except SpeechWorkerError as error:
+            raise APIError(error.status, error.message) from error
+        except SpeechWorkerUnavailable as error:
+            raise APIError(503, f"speech worker failed mid-stream: {error}") from error
+        finally:
+            await self._release()
+
+    async def abort(self) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                await self._stream.cancel()
+        await self._release()
+
+    async def _release(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        self._reader = None
+        self._stream = None
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+
+def usage_dict(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }

@@ -1,0 +1,74 @@
+"""Request and response models of POST /v1/generate (Spirit-native interleaved generation)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from service.gateway.sampling import SamplingFields
+
+AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
+
+
+class GenerateInput(BaseModel):
+    """One prompt part: text, or speech given as a base64 audio file or as its token string."""
+
+    type: Literal["text", "speech"]
+    text: str | None = Field(default=None, description="Text (type=text).")
+    audio: str | None = Field(default=None, description="Base64 audio file (type=speech).")
+    tokens: str | None = Field(default=None, description="Speech token string (type=speech).")
+
+    @model_validator(mode="after")
+    def _one_content(self) -> GenerateInput:
+        if self.type == "text" and (self.text is None or self.audio or self.tokens):
+            raise ValueError("a text input needs 'text' (and no 'audio' or 'tokens')")
+        if self.type == "speech" and (self.audio is None) == (self.tokens is None):
+            raise ValueError("a speech input needs exactly one of 'audio' or 'tokens'")
+        return self
+
+
+class GenerateRequest(SamplingFields):
+    model: str | None = None
+    inputs: list[GenerateInput] = Field(default_factory=list, max_length=64)
+    prompt: str | None = Field(default=None, description="Explicit prompt string, used verbatim.")
+    output_modality: Literal["text", "speech", "arbitrary"] = "arbitrary"
+    max_tokens: int = Field(default=200, ge=1)
+    speaker: int = Field(default=2, ge=0)
+    response_format: AudioFormat = "wav"
+    sample_rate: int = Field(default=16000, ge=8000, le=48000)
+    stream: bool = False
+
+    @model_validator(mode="after")
+    def _has_prompt(self) -> GenerateRequest:
+        if not self.inputs and self.prompt is None:
+            raise ValueError("give 'inputs' (a list of text/speech parts) or 'prompt'")
+        return self
+
+
+class TextSegmentOut(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class SpeechSegmentOut(BaseModel):
+    type: Literal["speech"] = "speech"
+    tokens: str
+    audio: str = Field(description="Base64 audio in `format`.")
+    format: AudioFormat
+    sample_rate: int
+    seconds: float
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    object: Literal["spiritlm.generation"] = "spiritlm.generation"
+    created: int
+    model: str
+    prompt: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    finish_reason: str | None
+    segments: list[TextSegmentOut | SpeechSegmentOut]
+    dropped: list[dict[str, str]]
+    usage: dict[str, int]

@@ -1,0 +1,150 @@
+"""POST /v1/generate: prompt from interleaved inputs, generation, typed segments (or SSE)."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi.responses import StreamingResponse
+
+from service.gateway.engine import (
+    AudioOut,
+    Finished,
+    SegmentStart,
+    SpeechTokensOut,
+    TextOut,
+    usage_dict,
+)
+from service.gateway.errors import APIError
+from service.gateway.generate.protocol import (
+    GenerateRequest,
+    GenerateResponse,
+    SpeechSegmentOut,
+    TextSegmentOut,
+)
+from service.gateway.state import GatewayState
+from service.gateway.streams import SSE_DONE, SSE_HEADERS, Timings, b64decode_field, collect, sse
+from service.lm.prompt import PromptInput, SpeechInput, TextInput, build_prompt, explicit_prompt
+from service.units.tokens import SPEECH_TOKEN
+
+ROUTE = "/v1/generate"
+
+
+async def prompt_for(request: GenerateRequest, state: GatewayState, model: str) -> str:
+    if request.prompt is not None:
+        return explicit_prompt(request.prompt, request.output_modality)
+    parts: list[PromptInput] = []
+    for index, item in enumerate(request.inputs):
+        if item.type == "text":
+            parts.append(TextInput(item.text or ""))
+        elif item.tokens is not None:
+            if not SPEECH_TOKEN.search(item.tokens):
+                raise APIError(
+                    400,
+                    f"inputs[{index}].tokens contains no speech token like [Hu12]",
+                    param=f"inputs[{index}].tokens",
+                )
+            parts.append(SpeechInput(item.tokens))
+        else:
+            audio = b64decode_field(item.audio or "", f"inputs[{index}].audio")
+            encoded = await state.engine.encode(audio, model)
+            parts.append(SpeechInput(encoded.tokens))
+    return build_prompt(parts, request.output_modality)
+
+
+def summary(finished: Finished, model: str, request_id: str, created: int) -> dict:
+    prepared, result = finished.prepared, finished.result
+    return {
+        "id": request_id,
+        "created": created,
+        "model": model,
+        "prompt": prepared.prompt,
+        "prompt_token_ids": prepared.prompt_ids,
+        "output_token_ids": result.output_ids,
+        "finish_reason": result.finish_reason,
+        "dropped": finished.dropped,
+        "usage": usage_dict(result.usage),
+    }
+
+
+async def generate(
+    request: GenerateRequest, state: GatewayState
+) -> GenerateResponse | StreamingResponse:
+    engine = state.engine
+    model = engine.resolve_model(request.model)
+    max_tokens = engine.check_max_tokens(request.max_tokens)
+    prompt = await prompt_for(request, state, model)
+    prepared = engine.prepare(prompt, request.output_modality, model)
+    outputs = engine.run(
+        prepared,
+        request.sampling(max_tokens),
+        model,
+        speaker=request.speaker,
+        sample_rate=request.sample_rate,
+    )
+    request_id = f"gen-{uuid.uuid4().hex}"
+    created = int(time.time())
+    timings = Timings(state.metrics, ROUTE, request.sample_rate)
+    if request.stream:
+        return StreamingResponse(
+            _sse_events(outputs, timings, model, request_id, created, request.sample_rate),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    collected = await collect(outputs, timings)
+    segments: list[TextSegmentOut | SpeechSegmentOut] = []
+    for segment in collected.segments:
+        if segment.kind == "text":
+            segments.append(TextSegmentOut(text=segment.text))
+            continue
+        audio = segment.encoded_audio(request.response_format, request.sample_rate)
+        segments.append(
+            SpeechSegmentOut(
+                tokens=segment.tokens,
+                audio=base64.b64encode(audio).decode(),
+                format=request.response_format,
+                sample_rate=request.sample_rate,
+                seconds=round(len(segment.pcm) / 2 / request.sample_rate, 3),
+            )
+        )
+    return GenerateResponse(
+        **summary(collected.finished, model, request_id, created), segments=segments
+    )
+
+
+async def _sse_events(
+    outputs,
+    timings: Timings,
+    model: str,
+    request_id: str,
+    created: int,
+    sample_rate: int,  # noqa: ANN001
+) -> AsyncIterator[bytes]:
+    try:
+        async for item in outputs:
+            timings.observe(item)
+            if isinstance(item, SegmentStart):
+                yield sse({"type": "segment.start", "index": item.index, "kind": item.kind})
+            elif isinstance(item, TextOut):
+                yield sse({"type": "text.delta", "index": item.index, "delta": item.text})
+            elif isinstance(item, SpeechTokensOut):
+                yield sse({"type": "speech.tokens", "index": item.index, "tokens": item.tokens})
+            elif isinstance(item, AudioOut):
+                audio = base64.b64encode(item.pcm16).decode()
+                yield sse(
+                    {
+                        "type": "audio.delta",
+                        "index": item.index,
+                        "audio": audio,
+                        "format": "pcm16",
+                        "sample_rate": sample_rate,
+                    }
+                )
+            elif isinstance(item, Finished):
+                yield sse({"type": "done", **summary(item, model, request_id, created)})
+    except APIError as error:
+        yield sse({"type": "error", "error": {"message": error.message, "code": error.status}})
+    timings.finish()
+    yield SSE_DONE

@@ -1,0 +1,57 @@
+"""Prometheus metrics of the gateway."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class GatewayMetrics:
+    """One registry per app, so several gateways can live in one process (tests)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "spiritlm_requests_total",
+            "HTTP requests by route and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "spiritlm_request_seconds",
+            "Time to the complete response, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "spiritlm_requests_in_flight", "Requests being served.", registry=self.registry
+        )
+        self.time_to_first_token = Histogram(
+            "spiritlm_time_to_first_token_seconds",
+            "Request start to the first generated token, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_audio = Histogram(
+            "spiritlm_time_to_first_audio_seconds",
+            "Request start to the first audio byte sent, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.real_time_factor = Histogram(
+            "spiritlm_real_time_factor",
+            "Processing seconds per second of audio produced or consumed, by route.",
+            ["route"],
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self.worker_healthy = Gauge(
+            "spiritlm_worker_healthy",
+            "1 when a worker endpoint passes its health check.",
+            ["kind", "url"],
+            registry=self.registry,
+        )

@@ -1,0 +1,167 @@
+"""Pools of worker endpoints: health-based ejection and re-admission, balancing, affinity.
+
+Each configured URL is checked every `interval` seconds on its health path. An endpoint that
+fails a check or a request is ejected until a later check succeeds. `pick` prefers, for a given
+affinity key (a conversation id), the same endpoint every time (rendezvous hashing), so a
+conversation's turns reuse that LM replica's prefix cache; without a key it takes the healthy
+endpoint with the fewest requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+log = logging.getLogger("spiritlm.gateway.pools")
+
+
+@dataclass
+class Endpoint:
+    url: str
+    healthy: bool = False
+    in_flight: int = 0
+    models: list[str] = field(default_factory=list)
+    failures: int = 0
+
+
+class NoHealthyWorker(Exception):
+    def __init__(self, pool: str, model: str | None = None) -> None:
+        what = f" serving {model}" if model else ""
+        super().__init__(f"no healthy {pool} worker{what} is available")
+
+
+def _score(key: str, url: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{key}|{url}".encode()).digest()[:8], "big")
+
+
+def expand_dns(url: str) -> list[str]:
+    """`dns+http://host:port` -> one URL per address the name resolves to (headless services)."""
+    if not url.startswith("dns+"):
+        return [url]
+    parts = urlsplit(url[len("dns+") :])
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    addresses = sorted({info[4][0] for info in infos})
+    return [
+        urlunsplit(parts._replace(netloc=f"[{a}]:{port}" if ":" in a else f"{a}:{port}"))
+        for a in addresses
+    ]
+
+
+class WorkerPool:
+    """Endpoints of one worker kind (LM or speech)."""
+
+    def __init__(
+        self,
+        name: str,
+        urls: list[str],
+        *,
+        health_path: str = "/health",
+        models_path: str | None = None,
+        interval: float = 2.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.name = name
+        self.sources = [url.rstrip("/") for url in urls]
+        self.health_path = health_path
+        self.models_path = models_path
+        self.interval = interval
+        self.endpoints: dict[str, Endpoint] = {}
+        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(3.0))
+        self._task: asyncio.Task[None] | None = None
+        self._refresh_urls()
+
+    def _refresh_urls(self) -> None:
+        wanted = [url for source in self.sources for url in expand_dns(source)]
+        for url in wanted:
+            self.endpoints.setdefault(url, Endpoint(url))
+        for url in list(self.endpoints):
+            if url not in wanted and self.endpoints[url].in_flight == 0:
+                del self.endpoints[url]
+
+    async def check_all(self) -> None:
+        self._refresh_urls()
+        await asyncio.gather(*(self._check(endpoint) for endpoint in list(self.endpoints.values())))
+
+    async def _check(self, endpoint: Endpoint) -> None:
+        try:
+            response = await self._http.get(endpoint.url + self.health_path)
+            healthy = response.status_code == 200
+            if healthy and self.models_path:
+                listing = await self._http.get(endpoint.url + self.models_path)
+                endpoint.models = [item["id"] for item in listing.json().get("data", [])]
+        except (httpx.HTTPError, ValueError, KeyError):
+            healthy = False
+        if healthy != endpoint.healthy:
+            log.info(
+                "%s worker %s is now %s",
+                self.name,
+                endpoint.url,
+                "healthy" if healthy else "unhealthy",
+            )
+        endpoint.healthy = healthy
+        endpoint.failures = 0 if healthy else endpoint.failures + 1
+
+    async def _loop(self) -> None:
+        while True:
+            await self.check_all()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"{self.name}-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._http.aclose()
+
+    def healthy_endpoints(self, model: str | None = None) -> list[Endpoint]:
+        return [
+            endpoint
+            for endpoint in self.endpoints.values()
+            if endpoint.healthy
+            and (model is None or not self.models_path or model in endpoint.models)
+        ]
+
+    def pick(self, *, model: str | None = None, affinity: str | None = None) -> Endpoint:
+        candidates = self.healthy_endpoints(model)
+        if not candidates:
+            raise NoHealthyWorker(self.name, model)
+        if affinity is not None:
+            return max(candidates, key=lambda endpoint: _score(affinity, endpoint.url))
+        return min(candidates, key=lambda endpoint: (endpoint.in_flight, endpoint.url))
+
+    def mark_failed(self, endpoint: Endpoint) -> None:
+        """A request could not reach the endpoint: eject it until its next good health check."""
+        if endpoint.healthy:
+            log.warning("%s worker %s ejected after a failed request", self.name, endpoint.url)
+        endpoint.healthy = False
+
+    @asynccontextmanager
+    async def use(
+        self, *, model: str | None = None, affinity: str | None = None
+    ) -> AsyncIterator[Endpoint]:
+        endpoint = self.pick(model=model, affinity=affinity)
+        endpoint.in_flight += 1
+        try:
+            yield endpoint
+        finally:
+            endpoint.in_flight -= 1
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.healthy_endpoints())

@@ -1,0 +1,26 @@
+"""Per-app state the routes reach through `request.app.state.gateway`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from service.gateway.engine import Engine
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.pools import WorkerPool
+from service.gateway.settings import GatewaySettings
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    engine: Engine
+    lm_pool: WorkerPool
+    speech_pool: WorkerPool
+    metrics: GatewayMetrics
+    draining: bool = False
+
+
+def gateway_state(request: Request) -> GatewayState:
+    return request.app.state.gateway

@@ -1,0 +1,162 @@
+"""Client of the LM worker: vLLM's OpenAI /v1/completions with token-id prompts, streamed.
+
+Closing the stream early (breaking out of `stream()` or cancelling its task) closes the HTTP
+connection, which makes vLLM abort the request and free its KV cache.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+class LMError(Exception):
+    """The LM worker refused a request (status < 500) or is unavailable (status >= 500)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 200
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+
+    def to_request(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if self.seed is not None:
+            body["seed"] = self.seed
+        if self.stop_token_ids:
+            body["stop_token_ids"] = list(self.stop_token_ids)
+        return body
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Delta:
+    """Newly generated token ids; the last delta carries the finish reason."""
+
+    token_ids: list[int]
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass
+class Completion:
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+class LMClient:
+    """Talks to one vLLM server. `model` is the served model name."""
+
+    def __init__(self, base_url: str, model: str, *, http: httpx.AsyncClient | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0))
+        self._owns_http = http is None
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    def _body(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        allowed_token_ids: Sequence[int] | None,
+    ) -> dict[str, Any]:
+        body = {
+            "model": self.model,
+            "prompt": list(prompt_ids),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "return_token_ids": True,
+            **params.to_request(),
+        }
+        if allowed_token_ids is not None:
+            body["allowed_token_ids"] = list(allowed_token_ids)
+        return body
+
+    async def stream(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        allowed_token_ids: Sequence[int] | None = None,
+    ) -> AsyncIterator[Delta]:
+        """Yield token-id deltas as vLLM produces them; the last one carries the usage."""
+        body = self._body(prompt_ids, params, allowed_token_ids)
+        url = f"{self.base_url}/v1/completions"
+        try:
+            async with self._http.stream("POST", url, json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise LMError(response.status_code, _error_message(response))
+                async for line in response.aiter_lines():
+                    delta = self._parse_event(line)
+                    if delta is not None:
+                        yield delta
+        except httpx.HTTPError as error:
+            raise LMError(503, f"LM worker at {self.base_url} is unavailable: {error}") from error
+
+    @staticmethod
+    def _parse_event(line: str) -> Delta | None:
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            return None
+        event = json.loads(line[len("data: ") :])
+        choices = event.get("choices") or []
+        if not choices:
+            usage = event.get("usage")
+            if not usage:
+                return None
+            return Delta(
+                [], None, Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+            )
+        choice = choices[0]
+        return Delta(list(choice.get("token_ids") or []), choice.get("finish_reason"))
+
+    async def complete(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        allowed_token_ids: Sequence[int] | None = None,
+    ) -> Completion:
+        result = Completion()
+        async for delta in self.stream(prompt_ids, params, allowed_token_ids):
+            result.token_ids += delta.token_ids
+            result.finish_reason = delta.finish_reason or result.finish_reason
+            result.usage = delta.usage or result.usage
+        return result
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text[:500] or f"HTTP {response.status_code}"
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    if isinstance(error, dict):
+        return str(error.get("message", error))
+    return str(error)

@@ -1,0 +1,100 @@
+"""Interleaved speech/text generation on the LM worker, streamed as typed events.
+
+Data flows one way: prompt string -> token ids (our tokenizer) -> vLLM (ids in, ids out, with
+the output modality forced by `allowed_token_ids`) -> text deltas -> `StreamParser` events. The
+caller turns `SpeechTokens` events into audio (streaming vocoder) as they arrive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from service.lm.client import LMClient, SamplingParams, Usage
+from service.lm.detokenize import IncrementalDecoder
+from service.lm.parsing import Done, Event, StreamParser
+from service.lm.prompt import OutputModality
+from service.lm.tokenizer import SpiritTokenizer
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    prompt: str
+    prompt_ids: list[int]
+    modality: OutputModality
+    allowed_token_ids: list[int] | None
+
+
+@dataclass
+class GenerationResult:
+    """What a finished generation produced, besides the events."""
+
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+def prepare_prompt(
+    tokenizer: SpiritTokenizer, prompt: str, modality: OutputModality | str, *, expressive: bool
+) -> PreparedPrompt:
+    """Prompt ids and the ids the output modality allows (§3, forced through vLLM).
+
+    ARBITRARY bans nothing in the reference, but the embedding's padding rows have no token and
+    nothing could decode them, so they are excluded there too (deliberate difference).
+    """
+    modality = OutputModality.parse(modality)
+    allowed = tokenizer.allowed_ids(modality.value, expressive)
+    if allowed is None and tokenizer.num_tokens < tokenizer.vocab_size:
+        allowed = list(range(tokenizer.num_tokens))
+    return PreparedPrompt(
+        prompt=prompt,
+        prompt_ids=tokenizer.encode(prompt),
+        modality=modality,
+        allowed_token_ids=allowed,
+    )
+
+
+class Generator:
+    """Runs prompts of one variant on the LM worker."""
+
+    def __init__(self, tokenizer: SpiritTokenizer, lm: LMClient, *, expressive: bool) -> None:
+        self.tokenizer = tokenizer
+        self.lm = lm
+        self.expressive = expressive
+
+    def prepare(self, prompt: str, modality: OutputModality | str) -> PreparedPrompt:
+        return prepare_prompt(self.tokenizer, prompt, modality, expressive=self.expressive)
+
+    async def stream(
+        self, prepared: PreparedPrompt, params: SamplingParams, result: GenerationResult
+    ) -> AsyncIterator[Event]:
+        """Parser events as tokens arrive; `result` is filled in as the stream goes.
+
+        Leaving the loop early closes the vLLM stream, which aborts the request there.
+        """
+        parser = StreamParser(prepared.prompt, prepared.modality, expressive=self.expressive)
+        decoder = IncrementalDecoder(self.tokenizer.decode_ids, prepared.prompt_ids)
+        stream = self.lm.stream(prepared.prompt_ids, params, prepared.allowed_token_ids)
+        try:
+            async for delta in stream:
+                result.output_ids += delta.token_ids
+                result.finish_reason = delta.finish_reason or result.finish_reason
+                if delta.usage is not None:
+                    result.usage = delta.usage
+                text = decoder.push(delta.token_ids) if delta.token_ids else ""
+                if text:
+                    for event in parser.feed(text):
+                        yield event
+        finally:
+            await stream.aclose()
+        for event in parser.finish():
+            yield event
+
+    async def run(
+        self, prepared: PreparedPrompt, params: SamplingParams
+    ) -> tuple[list[Event], GenerationResult]:
+        """Generate to the end; all events and the result."""
+        result = GenerationResult()
+        events = [event async for event in self.stream(prepared, params, result)]
+        assert isinstance(events[-1], Done)
+        return events, result

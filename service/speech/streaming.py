@@ -1,0 +1,253 @@
+"""Incremental unit vocoding whose output equals one-shot synthesis.
+
+Units (and, for the expressive vocoder, pitch/style codes) arrive a few at a time. Audio is
+released in chunks of whole units: the first after ``first_chunk_units`` units, then every
+``chunk_units`` units. Each chunk is synthesized from a window of frames that adds the
+generator's exact left/right receptive field (derived from the loaded kernel sizes, dilations
+and up-sampling, see `CodeHiFiGAN.frame_context`) and only the chunk's own samples are kept,
+so the concatenated chunks equal ``vocoder.synthesize`` of all units (up to float rounding).
+Durations are predicted the same way, with the duration predictor's receptive field in units.
+Work per step is bounded by the chunk plus its context; the history is never re-synthesized.
+
+Latency before the first audio, in units pushed (R = right frame context, d_r = right
+duration context in units, both from the loaded config):
+
+* duration prediction: the chunk's units, then enough units to cover R frames past the chunk,
+  then d_r more units so their durations are final. That is at most
+  ``first_chunk_units + R + d_r`` (every duration 1) and typically fewer (durations ~2).
+* no duration prediction (expressive raw units, one frame per unit):
+  exactly ``first_chunk_units + R``, provided pitch/style codes covering those frames have
+  arrived (pitch at 1/``hubert_to_f0`` and style at 1/``hubert_to_style`` of the unit rate).
+
+For the official unit HiFi-GAN geometry (upsample_initial_channel 512, rates [5, 4, 4, 4, 2],
+kernels [11, 8, 8, 8, 4], resblocks [3, 7, 11] x dilations [1, 3, 5]) R = 20 frames (0.8 s) on
+each side and d_r = 2, so with ``first_chunk_units = 10`` the first chunk needs at most 32 units;
+the tiny test geometry has R = 7. `latency_units` reports the worst case for the loaded vocoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from service.speech.vocoder import (
+    DEFAULT_SPEAKER,
+    FrameCodes,
+    UnitVocoder,
+    as_codes,
+    check_aligned,
+    check_upsampling,
+)
+
+
+class StreamingVocoder:
+    """Push units as they arrive, get audio chunks back; `finish` flushes the rest.
+
+    ``dur_pred`` and ``deduplicated`` mean what they mean for `UnitVocoder.synthesize`.
+    With duration prediction, pitch/style codes pair with the kept units in order (as in
+    one-shot synthesis); without it they are the raw 12.5 Hz / 1 Hz streams and are up-sampled.
+    Length problems that one-shot synthesis reports up front (mismatched pitch/style lengths,
+    the up-sampling precondition) can only be seen at `finish`, after earlier chunks went out.
+    """
+
+    def __init__(
+        self,
+        vocoder: UnitVocoder,
+        *,
+        speaker: int = DEFAULT_SPEAKER,
+        global_style: int | None = None,
+        dur_pred: bool = True,
+        deduplicated: bool = True,
+        first_chunk_units: int = 10,
+        chunk_units: int = 25,
+    ) -> None:
+        if first_chunk_units < 1 or chunk_units < 1:
+            raise ValueError("first_chunk_units and chunk_units must be at least 1")
+        if dur_pred:
+            vocoder.require_duration()
+        self.vocoder = vocoder
+        self.dur_pred = dur_pred
+        self.first_chunk_units = first_chunk_units
+        self.chunk_units = chunk_units
+        self._conditioning = vocoder.conditioning(speaker, global_style)
+        self._collapse = dur_pred and not deduplicated
+        self.left_frames, self.right_frames = vocoder.frame_context
+        self.left_units, self.right_units = vocoder.duration_context if dur_pred else (0, 0)
+        # Received streams (units after de-duplication and negative filtering).
+        self._units: list[int] = []
+        self._pitch: list[int] = []
+        self._style: list[int] = []
+        self._last_raw: int | None = None
+        self._durations: list[int] = []
+        # Frame-level codes of the units whose frames are final, and each unit's frame end.
+        self._frames = FrameCodes(
+            [], [] if vocoder.has_pitch else None, [] if vocoder.has_style_codes else None
+        )
+        self._unit_ends: list[int] = []
+        self._emitted_units = 0
+        self._emitted_frames = 0
+        self._finished = False
+
+    @property
+    def latency_units(self) -> int:
+        """Worst-case units pushed before the first chunk comes out (see the module docstring)."""
+        return self.first_chunk_units + self.right_frames + self.right_units
+
+    # ---- public API
+
+    def push(
+        self,
+        units: Sequence[int],
+        pitch: Sequence[int] | None = None,
+        style: Sequence[int] | None = None,
+    ) -> list[np.ndarray]:
+        """Add codes; return the audio chunks that became final (possibly none)."""
+        if self._finished:
+            raise RuntimeError("push() after finish(): start a new StreamingVocoder")
+        kept = self._keep(as_codes(units, "units"))
+        pitch_codes = self._codes(pitch, "pitch code")
+        style_codes = self._codes(style, "style code")
+        self.vocoder.check_units(kept)
+        self._units += kept
+        self._pitch += pitch_codes
+        self._style += style_codes
+        self._advance()
+        return self._emit()
+
+    def finish(self) -> list[np.ndarray]:
+        """End of input: return every remaining chunk (the stream cannot be used afterwards)."""
+        if self._finished:
+            return []
+        self._finished = True
+        if self.dur_pred:
+            self._check_aligned()
+        else:
+            self._check_upsampling()
+        self._advance()
+        return self._emit()
+
+    # ---- input bookkeeping
+
+    def _codes(self, value: Any, name: str) -> list[int]:
+        if value is None:
+            return []
+        codes = as_codes(value, name)
+        if codes:
+            check = self.vocoder.check_pitch if name == "pitch code" else self.vocoder.check_style
+            check(codes)
+        return codes
+
+    def _keep(self, raw: list[int]) -> list[int]:
+        """De-duplicate (across pushes too) when asked, then drop negative codes."""
+        kept = []
+        for code in raw:
+            if not (self._collapse and code == self._last_raw):
+                kept.append(code)
+            self._last_raw = code
+        return [c for c in kept if c >= 0]
+
+    def _check_aligned(self) -> None:
+        if self.vocoder.has_pitch:
+            check_aligned(len(self._pitch), len(self._units), "pitch")
+        if self.vocoder.has_style_codes:
+            check_aligned(len(self._style), len(self._units), "style")
+
+    def _check_upsampling(self) -> None:
+        n = len(self._units)
+        if n == 0:
+            return
+        if self.vocoder.has_pitch:
+            check_upsampling(len(self._pitch), self.vocoder.hubert_to_f0 or 1, n, "pitch codes")
+        if self.vocoder.has_style_codes:
+            ratio = self.vocoder.hubert_to_style or 1
+            check_upsampling(len(self._style), ratio, n, "style codes")
+
+    # ---- frames
+
+    def _advance(self) -> None:
+        if self.dur_pred:
+            self._predict_durations()
+            self._frame_with_durations()
+        else:
+            self._frame_one_to_one()
+
+    def _predict_durations(self) -> None:
+        """Durations for every unit whose right context has arrived (all of them at the end)."""
+        known, total = len(self._durations), len(self._units)
+        ready = total if self._finished else total - self.right_units
+        if ready <= known:
+            return
+        start = max(0, known - self.left_units)
+        window = self.vocoder.durations(self._units[start:total])
+        self._durations += window[known - start : ready - start]
+
+    def _frame_with_durations(self) -> None:
+        limit = len(self._durations)
+        if self.vocoder.has_pitch:
+            limit = min(limit, len(self._pitch))
+        if self.vocoder.has_style_codes:
+            limit = min(limit, len(self._style))
+        for n in range(len(self._unit_ends), limit):
+            pitch = self._pitch[n] if self.vocoder.has_pitch else None
+            style = self._style[n] if self.vocoder.has_style_codes else None
+            self._add_frames(self._units[n], pitch, style, self._durations[n])
+
+    def _frame_one_to_one(self) -> None:
+        limit = len(self._units)
+        r_pitch = self.vocoder.hubert_to_f0 or 1
+        r_style = self.vocoder.hubert_to_style or 1
+        if not self._finished:
+            # Frame n needs pitch code n // r (padding with the last code only happens at the end).
+            if self.vocoder.has_pitch:
+                limit = min(limit, len(self._pitch) * r_pitch)
+            if self.vocoder.has_style_codes:
+                limit = min(limit, len(self._style) * r_style)
+        for n in range(len(self._unit_ends), limit):
+            pitch = style = None
+            if self.vocoder.has_pitch:
+                pitch = self._pitch[min(n // r_pitch, len(self._pitch) - 1)]
+            if self.vocoder.has_style_codes:
+                style = self._style[min(n // r_style, len(self._style) - 1)]
+            self._add_frames(self._units[n], pitch, style, 1)
+
+    def _add_frames(self, unit: int, pitch: int | None, style: int | None, count: int) -> None:
+        frames = self._frames
+        frames.units.extend([unit] * count)
+        if frames.pitch is not None:
+            frames.pitch.extend([pitch] * count)
+        if frames.style is not None:
+            frames.style.extend([style] * count)
+        self._unit_ends.append(len(frames.units))
+
+    # ---- audio
+
+    def _emit(self) -> list[np.ndarray]:
+        chunks = []
+        while True:
+            framed = len(self._unit_ends)
+            if framed == self._emitted_units:
+                return chunks
+            size = self.first_chunk_units if self._emitted_units == 0 else self.chunk_units
+            end_unit = self._emitted_units + size
+            if end_unit > framed:
+                if not self._finished:
+                    return chunks
+                end_unit = framed
+            end_frame = self._unit_ends[end_unit - 1]
+            if not self._finished and len(self._frames) < end_frame + self.right_frames:
+                return chunks
+            last = self._finished and end_unit == framed
+            chunks.append(self._render(self._emitted_frames, end_frame, last))
+            self._emitted_units, self._emitted_frames = end_unit, end_frame
+
+    def _render(self, first: int, end: int, last: bool) -> np.ndarray:
+        """Samples of frames [first, end) from a window that holds their whole receptive field."""
+        start = max(0, first - self.left_frames)
+        stop = min(len(self._frames), end + self.right_frames)
+        wav = self.vocoder.render(self._frames.window(start, stop), self._conditioning)
+        hop = self.vocoder.hop_length
+        # The last chunk keeps everything to the true end (a transposed conv may add a sample).
+        keep_until = None if last else (end - start) * hop
+        return wav[(first - start) * hop : keep_until]

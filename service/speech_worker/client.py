@@ -1,0 +1,283 @@
+"""Async client of the speech worker, used by the gateway.
+
+Errors the worker reports (bad input, unknown model, too many streams, not ready) raise
+`SpeechWorkerError` with the HTTP status; failing to reach the worker, or losing the connection,
+raises `SpeechWorkerUnavailable`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from service.speech_worker.protocol import (
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN,
+    EncodeResult,
+)
+
+
+class SpeechWorkerError(Exception):
+    """The worker refused or failed a request; `status` is its HTTP status (4xx/5xx)."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
+        self.status = status
+        self.message = message
+        self.param = param
+        super().__init__(f"speech worker error {status}: {message}")
+
+
+class SpeechWorkerUnavailable(Exception):
+    """The worker cannot be reached, or the connection broke."""
+
+
+# Close codes of the stream protocol -> the HTTP status the same problem has.
+_CLOSE_STATUS = {CLOSE_POLICY: 400, CLOSE_INTERNAL: 500, CLOSE_TRY_AGAIN: 503}
+
+
+class SpeechClient:
+    """HTTP + WebSocket client of one speech worker at `base_url` (e.g. http://host:8200)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 600.0,
+        connect_timeout: float = 5.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=connect_timeout)
+        )
+        self._owns_http = http is None
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> SpeechClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- status
+
+    async def health(self) -> bool:
+        """Whether the worker is alive (False when it answers but reports a failure)."""
+        response = await self._request("GET", "/health")
+        return response.status_code == 200
+
+    async def ready(self) -> bool:
+        """Whether the worker has loaded its models."""
+        response = await self._request("GET", "/ready")
+        return response.status_code == 200
+
+    # ---- one-shot
+
+    async def encode(self, audio: bytes, model: str | None = None) -> EncodeResult:
+        """Units and token string of an audio file's bytes (any format the worker decodes)."""
+        params = {"model": model} if model else {}
+        response = await self._request(
+            "POST",
+            "/v1/encode",
+            params=params,
+            content=audio,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        _raise_for_error(response)
+        return EncodeResult.model_validate(response.json())
+
+    async def decode(
+        self,
+        *,
+        model: str | None = None,
+        tokens: str | None = None,
+        units: dict[str, Any] | None = None,
+        speaker: int = 2,
+        duration_prediction: bool = True,
+        format: str = "wav",
+        sample_rate: int = 16000,
+        seed: int | None = None,
+    ) -> bytes:
+        """Audio file bytes (`format`) for a token string or a units dict."""
+        body: dict[str, Any] = {
+            "speaker": speaker,
+            "duration_prediction": duration_prediction,
+            "format": format,
+            "sample_rate": sample_rate,
+        }
+        for name, value in (("model", model), ("tokens", tokens), ("units", units), ("seed", seed)):
+            if value is not None:
+                body[name] = value
+        response = await self._request("POST", "/v1/decode", json=body)
+        _raise_for_error(response)
+        return response.content
+
+    # ---- streaming
+
+    def stream(
+        self,
+        model: str | None = None,
+        speaker: int = 2,
+        sample_rate: int = 16000,
+        *,
+        seed: int | None = None,
+    ) -> SpeechStream:
+        """A synthesis stream; use as ``async with client.stream(...) as stream:``."""
+        query: dict[str, Any] = {"speaker": speaker, "sample_rate": sample_rate}
+        if model:
+            query["model"] = model
+        if seed is not None:
+            query["seed"] = seed
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        url = urlunsplit((scheme, parts.netloc, parts.path + "/v1/stream", urlencode(query), ""))
+        return SpeechStream(url, open_timeout=self.connect_timeout)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, self.base_url + path, **kwargs)
+        except httpx.TransportError as error:
+            raise SpeechWorkerUnavailable(
+                f"speech worker at {self.base_url} unreachable: {error!r}"
+            ) from error
+
+
+class SpeechStream:
+    """One synthesis stream. Send tokens, then `end()`; iterate to get pcm16 byte chunks.
+
+    Sending and iterating may run in different tasks. Iteration stops after the worker's `done`
+    (then `samples` holds the count it reported) or after a `cancel()`. Leaving the ``async
+    with`` block closes the connection, which also stops the worker's work on the stream.
+    """
+
+    def __init__(self, url: str, *, open_timeout: float = 5.0) -> None:
+        self.url = url
+        self.open_timeout = open_timeout
+        self.samples: int | None = None
+        self._connection: ClientConnection | None = None
+        self._cancelled = False
+
+    async def __aenter__(self) -> SpeechStream:
+        try:
+            # Audio frames come from our own worker: no size limit; pcm does not compress.
+            self._connection = await connect(
+                self.url, open_timeout=self.open_timeout, max_size=None, compression=None
+            )
+        except InvalidStatus as error:
+            raise _handshake_error(error) from None
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as error:
+            raise SpeechWorkerUnavailable(
+                f"speech worker stream at {self.url} unreachable: {error!r}"
+            ) from error
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    @property
+    def connection(self) -> ClientConnection:
+        if self._connection is None:
+            raise RuntimeError("SpeechStream is not open: use `async with client.stream(...)`")
+        return self._connection
+
+    async def send_tokens(self, tokens: Sequence[str], context: bool = False) -> None:
+        """Speech token strings in LM order; `context` ones are vocoded but not returned."""
+        await self._send({"type": "tokens", "tokens": list(tokens), "context": context})
+
+    async def end(self) -> None:
+        await self._send({"type": "end"})
+
+    async def cancel(self) -> None:
+        """Stop the worker's work at once; iteration then ends without `done`."""
+        self._cancelled = True
+        await self._send({"type": "cancel"})
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        try:
+            await self.connection.send(json.dumps(message))
+        except ConnectionClosed as error:
+            if self._cancelled and message["type"] == "cancel":
+                return  # the stream is over either way
+            raise _closed_error(error) from None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                frame = await self.connection.recv()
+            except ConnectionClosed as error:
+                if self._cancelled or (error.rcvd is not None and error.rcvd.code == 1000):
+                    return
+                raise _closed_error(error) from None
+            if isinstance(frame, bytes):
+                yield frame
+                continue
+            message = json.loads(frame)
+            if message.get("type") == "done":
+                self.samples = int(message["samples"])
+                return
+            if message.get("type") == "error":
+                raise SpeechWorkerError(int(message.get("status", 400)), message["message"])
+            raise SpeechWorkerUnavailable(f"unexpected message from the speech worker: {frame!r}")
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    message, param = _error_details(response.content, response.status_code)
+    raise SpeechWorkerError(response.status_code, message, param=param)
+
+
+def _handshake_error(error: InvalidStatus) -> SpeechWorkerError:
+    response = error.response
+    message, param = _error_details(response.body or b"", response.status_code)
+    return SpeechWorkerError(response.status_code, message, param=param)
+
+
+def _error_details(body: bytes, status: int) -> tuple[str, str | None]:
+    """Message and param of an OpenAI-shaped error body (or the raw text)."""
+    try:
+        error = json.loads(body)["error"]
+        return str(error["message"]), error.get("param")
+    except (ValueError, KeyError, TypeError):
+        text = body.decode(errors="replace").strip()
+        return text or f"HTTP {status}", None
+
+
+def _closed_error(error: ConnectionClosed) -> Exception:
+    close = error.rcvd
+    if close is not None and close.code in _CLOSE_STATUS:
+        return SpeechWorkerError(_CLOSE_STATUS[close.code], close.reason or "stream closed")
+    return SpeechWorkerUnavailable(f"speech worker stream closed: {error}")
+
+
+__all__ = [
+    "EncodeResult",
+    "SpeechClient",
+    "SpeechStream",
+    "SpeechWorkerError",
+    "SpeechWorkerUnavailable",
+]

@@ -1,0 +1,83 @@
+"""The speech stacks one worker serves, loaded once at start-up."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from service.checkpoints.make import check_files, resolve_layout
+from service.config import resolve_device
+from service.speech.pipeline import SpeechStack
+from service.speech_worker.protocol import WorkerRequestError
+from service.speech_worker.settings import SpeechWorkerSettings
+
+log = logging.getLogger("spiritlm.speech_worker")
+
+
+class SpeechModels:
+    """Loads the served variants (they share HuBERT) and looks them up by request model name."""
+
+    def __init__(self, settings: SpeechWorkerSettings) -> None:
+        self.settings = settings
+        self.names = settings.served_models()
+        self.default = settings.default_model()
+        self.device = resolve_device(settings.device)
+        self.stacks: dict[str, SpeechStack] = {}
+        self.ready = False
+        self.failure: str | None = None
+        self.loading: str | None = None
+
+    def load(self) -> None:
+        """Blocking: resolve the checkpoints and load every model (run it in a thread)."""
+        started = time.monotonic()
+        try:
+            self.loading = "checkpoints"
+            layout = resolve_layout(
+                self.settings.checkpoints_dir, self.settings.cache_dir, progress=log.info
+            )
+            for name in self.names:
+                check_files(layout, name, lm=False, speech=True)
+            stacks = {}
+            for name in self.names:
+                self.loading = name
+                log.info("loading %s speech models from %s on %s", name, layout.root, self.device)
+                stack = SpeechStack(layout, name, device=self.device)
+                stack.load()
+                stacks[name] = stack
+        except Exception as error:
+            self.failure = f"loading speech models failed: {error}"
+            log.exception(self.failure)
+            raise
+        finally:
+            self.loading = None
+        self.stacks = stacks
+        self.ready = True
+        log.info("speech models ready (%s) in %.1f s", ", ".join(self.names), _since(started))
+
+    def status(self) -> str:
+        if self.failure:
+            return self.failure
+        if self.ready:
+            return "ready"
+        return f"loading ({self.loading or 'starting'})"
+
+    def get(self, name: str | None) -> SpeechStack:
+        """The stack of a request's model; 404 for a model not served, 503 while loading."""
+        name = name or self.default
+        if name not in self.names:
+            raise WorkerRequestError(
+                404,
+                f"The model '{name}' does not exist or is not served by this speech worker "
+                f"(served: {', '.join(self.names)})",
+                param="model",
+                code="model_not_found",
+            )
+        if not self.ready:
+            raise WorkerRequestError(
+                503, f"speech worker not ready: {self.status()}", code="not_ready"
+            )
+        return self.stacks[name]
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started

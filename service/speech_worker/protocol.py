@@ -1,0 +1,172 @@
+"""Messages between the gateway and the speech worker (HTTP bodies and WebSocket frames).
+
+HTTP errors use the OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``.
+On the synthesis WebSocket, errors are a text frame ``{"type": "error", "message", "status"}``
+(``status`` is the HTTP status the same problem gets on the HTTP routes) followed by a close
+with code 1008 (the client's fault) or 1011 (the worker's).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from service.units.tokens import Units
+
+AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
+
+# Output rates offered for synthesized audio; others would need exotic resampling filters.
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+
+
+class WorkerRequestError(Exception):
+    """A request the worker refuses; becomes an OpenAI error body or a stream error frame."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        super().__init__(message)
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return error_body(self.message, kind=kind, param=self.param, code=self.code)
+
+    @property
+    def close_code(self) -> int:
+        if self.status == 429 or self.status == 503:
+            return CLOSE_TRY_AGAIN
+        return CLOSE_POLICY if self.status < 500 else CLOSE_INTERNAL
+
+
+def error_body(
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+# ---- HTTP
+
+
+class EncodeResult(BaseModel):
+    """`POST /v1/encode`: the units (§4.1 strings), the token string (§4.3), the input length."""
+
+    model: str
+    units: dict[str, str]
+    tokens: str
+    seconds: float
+
+
+class UnitsPayload(BaseModel):
+    """Units as the §4.1 space-separated strings or as integer lists."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hubert: str | list[int]
+    pitch: str | list[int] | None = None
+    style: str | list[int] | None = None
+
+    def to_units(self) -> Units:
+        """Parse the strings; raises UnitFormatError naming the field."""
+        given = {
+            name: value if isinstance(value, str) else " ".join(str(v) for v in value)
+            for name, value in (
+                ("hubert", self.hubert),
+                ("pitch", self.pitch),
+                ("style", self.style),
+            )
+            if value is not None
+        }
+        return Units.from_dict(given)
+
+
+class DecodeRequest(BaseModel):
+    """`POST /v1/decode`: exactly one of `tokens` and `units`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    tokens: str | None = None
+    units: UnitsPayload | None = None
+    speaker: int = 2
+    duration_prediction: bool = True
+    format: AudioFormat = "wav"
+    sample_rate: int = 16000
+    seed: int | None = Field(default=None, description="Seeds the §4.4 random style fallback.")
+
+
+# ---- WebSocket /v1/stream
+
+
+class TokensMessage(BaseModel):
+    """Speech token strings in LM order; `context` ones are vocoded but their audio not sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["tokens"]
+    tokens: list[str]
+    context: bool = False
+
+
+class EndMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["end"]
+
+
+class CancelMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["cancel"]
+
+
+ClientMessage = Annotated[TokensMessage | EndMessage | CancelMessage, Field(discriminator="type")]
+CLIENT_MESSAGE = TypeAdapter(ClientMessage)
+
+
+class DoneMessage(BaseModel):
+    """Sent after the last audio frame: `samples` = pcm16 samples sent, at the stream's rate."""
+
+    type: Literal["done"] = "done"
+    samples: int
+
+
+class ErrorMessage(BaseModel):
+    type: Literal["error"] = "error"
+    message: str
+    status: int = 400
+
+
+__all__ = [
+    "AudioFormat",
+    "CLIENT_MESSAGE",
+    "CLOSE_INTERNAL",
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY",
+    "CLOSE_TRY_AGAIN",
+    "CancelMessage",
+    "ClientMessage",
+    "DecodeRequest",
+    "DoneMessage",
+    "EncodeResult",
+    "EndMessage",
+    "ErrorMessage",
+    "SAMPLE_RATES",
+    "TokensMessage",
+    "UnitsPayload",
+    "WorkerRequestError",
+    "error_body",
+]

@@ -1,0 +1,36 @@
+"""State shared by the worker's routes: settings, models, metrics and the inference limiter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from service.speech_worker.metrics import WorkerMetrics
+from service.speech_worker.models import SpeechModels
+from service.speech_worker.settings import SpeechWorkerSettings
+
+T = TypeVar("T")
+
+
+@dataclass
+class WorkerState:
+    settings: SpeechWorkerSettings
+    models: SpeechModels
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    active_streams: int = 0
+    # Created on the event loop at start-up (anyio limiters belong to a running loop).
+    limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        """Run model work in a worker thread; at most `inference_threads` at once.
+
+        Not abandoned on cancellation: a cancelled caller waits for the call in progress, so the
+        limiter really bounds the threads that use torch.
+        """
+        if self.limiter is None:
+            self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
+        return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)

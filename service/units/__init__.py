@@ -1,0 +1,1 @@
+"""Spirit LM unit dictionaries and token strings."""

@@ -1,0 +1,124 @@
+"""Shared fixtures: the embedded checkpoints and the real processes, started once per session.
+
+Processes are the real ones (vLLM's OpenAI server, the speech worker, the gateway) on loopback
+ports, started on first use and stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
+from service.process import ChildProcess
+
+REPO = Path(__file__).resolve().parent.parent
+SPEECH_FILE = Path(
+    os.environ.get("SPIRITLM_TEST_AUDIO", REPO.parent / "shared" / "data" / "7143-88743-0029.flac")
+)
+if not SPEECH_FILE.is_file():  # a fresh clone outside the workspace: use the copy in tests/data
+    SPEECH_FILE = REPO / "tests" / "data" / "7143-88743-0029.flac"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def speech_file() -> Path:
+    return SPEECH_FILE
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the embedded default is generated; shared with the child processes via env."""
+    configured = os.environ.get("SPIRITLM_TEST_CACHE_DIR")
+    return Path(configured) if configured else tmp_path_factory.mktemp("spiritlm-cache")
+
+
+@pytest.fixture(scope="session")
+def layout(cache_dir: Path) -> CheckpointLayout:
+    from service.checkpoints.make import embedded_checkpoints
+
+    return embedded_checkpoints(cache_dir, progress=lambda message: None)
+
+
+@pytest.fixture(scope="session")
+def child_env(layout: CheckpointLayout, cache_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["SPIRITLM_CHECKPOINTS_DIR"] = str(layout.root)
+    env["SPIRITLM_CACHE_DIR"] = str(cache_dir)
+    env.pop("SPIRITLM_API_KEYS", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+class Servers:
+    """Starts each (kind, model) process once and stops them all at the end."""
+
+    def __init__(self, layout: CheckpointLayout, env: dict[str, str], log_dir: Path) -> None:
+        self.layout = layout
+        self.env = env
+        self.log_dir = log_dir
+        self.started: dict[str, tuple[ChildProcess, str]] = {}
+
+    def lm(self, model: str = BASE) -> str:
+        key = f"lm-{model}"
+        if key not in self.started:
+            from service.lm.worker import vllm_argv
+
+            port = free_port()
+            argv = vllm_argv(self.layout.lm_dir(model), model, host="127.0.0.1", port=port)
+            self._start(key, argv, f"http://127.0.0.1:{port}", "/health", 600)
+        return self.started[key][1]
+
+    def speech(self, models: str = f"{BASE},{EXPRESSIVE}") -> str:
+        key = f"speech-{models}"
+        if key not in self.started:
+            port = free_port()
+            argv = [sys.executable, "-m", "service", "speech-worker", "--port", str(port)]
+            argv += ["--models", models]
+            self._start(key, argv, f"http://127.0.0.1:{port}", "/ready", 300)
+        return self.started[key][1]
+
+    def gateway(self, model: str = BASE, *extra: str, name: str = "") -> str:
+        key = f"gateway-{model}-{name}-{' '.join(extra)}"
+        if key not in self.started:
+            port = free_port()
+            argv = [sys.executable, "-m", "service", "gateway", "--port", str(port)]
+            argv += ["--model", model, "--lm-url", self.lm(model), "--speech-url", self.speech()]
+            argv += list(extra)
+            self._start(key, argv, f"http://127.0.0.1:{port}", "/ready", 120)
+        return self.started[key][1]
+
+    def _start(self, key: str, argv: list[str], url: str, health: str, timeout: float) -> None:
+        child = ChildProcess(
+            key, argv, url + health, env=self.env, log_path=str(self.log_dir / f"{key}.log")
+        )
+        child.start()
+        child.wait_healthy(timeout)
+        self.started[key] = (child, url)
+
+    def stop_all(self) -> None:
+        for child, _ in self.started.values():
+            child.stop()
+
+
+@pytest.fixture(scope="session")
+def servers(
+    layout: CheckpointLayout, child_env: dict[str, str], log_dir: Path
+) -> Iterator[Servers]:
+    running = Servers(layout, child_env, log_dir)
+    yield running
+    running.stop_all()
