@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from service.commands import checkpoints, lm, serve, speech
+from service.commands import checkpoints, lm, serve, speech, workers
 from service.commands.common import log
 from service.errors import SpiritError
 
@@ -16,7 +17,7 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spiritlm-serve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (checkpoints, speech, lm, serve):
+    for module in (checkpoints, speech, lm, workers, serve):
         module.register(commands)
     return parser
 
@@ -30,8 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (SpiritError, ValueError) as error:
-        log(f"error: {error}")
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (SpiritError, ValueError, OSError) as error:
+        # One line, whatever the message holds, so that scripts can show or grep it.
+        log("error: " + " ".join(str(error).splitlines()))
         return 2
     except KeyboardInterrupt:
         return 130

@@ -72,6 +72,7 @@ class Servers:
         self.env = env
         self.log_dir = log_dir
         self.started: dict[str, tuple[ChildProcess, str]] = {}
+        self.extra: list[ChildProcess] = []
 
     def lm(self, model: str = BASE) -> str:
         key = f"lm-{model}"
@@ -87,8 +88,7 @@ class Servers:
         key = f"speech-{models}"
         if key not in self.started:
             port = free_port()
-            argv = [sys.executable, "-m", "service", "speech-worker", "--port", str(port)]
-            argv += ["--models", models]
+            argv = self.speech_argv(port, models)
             self._start(key, argv, f"http://127.0.0.1:{port}", "/ready", 300)
         return self.started[key][1]
 
@@ -103,14 +103,39 @@ class Servers:
         return self.started[key][1]
 
     def _start(self, key: str, argv: list[str], url: str, health: str, timeout: float) -> None:
+        self.started[key] = (self.spawn(key, argv, url, health, timeout), url)
+
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        url: str,
+        health: str,
+        timeout: float,
+        env: dict[str, str] | None = None,
+    ) -> ChildProcess:
+        """Start one more process (stopped at session end at the latest) and wait for it."""
         child = ChildProcess(
-            key, argv, url + health, env=self.env, log_path=str(self.log_dir / f"{key}.log")
+            name,
+            argv,
+            url + health,
+            env=env or self.env,
+            log_path=str(self.log_dir / f"{name}.log"),
         )
         child.start()
+        self.extra.append(child)
         child.wait_healthy(timeout)
-        self.started[key] = (child, url)
+        return child
+
+    def speech_argv(self, port: int, models: str = BASE) -> list[str]:
+        return [sys.executable, "-m", "service", "speech-worker", "--port", str(port)] + [
+            "--models",
+            models,
+        ]
 
     def stop_all(self) -> None:
+        for child in self.extra:
+            child.stop()
         for child, _ in self.started.values():
             child.stop()
 

@@ -24,8 +24,19 @@ GATEWAY_FIELDS = (
     "max_tokens_limit",
     "max_concurrent_requests",
     "max_audio_seconds",
+    "max_input_chars",
     "drain_seconds",
+    "fewshot_dir",
+    "fewshot_shots",
+    "realtime_max_sessions",
+    "realtime_max_session_seconds",
+    "realtime_idle_timeout_seconds",
+    "realtime_max_buffer_seconds",
+    "realtime_max_message_bytes",
+    "realtime_context_tokens",
 )
+# Passed to the gateway child of `up` as flags of their own; the others travel as env vars.
+_UP_GATEWAY_FLAGS = {"host", "port", "model", "checkpoints_dir", "cache_dir"}
 
 
 def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
@@ -47,6 +58,16 @@ def run_gateway(args: argparse.Namespace) -> int:
         return 2
     serve_gateway(settings)
     return 0
+
+
+def given_gateway_env(args: argparse.Namespace) -> dict[str, str]:
+    """SPIRITLM_* variables for the gateway settings given as flags to `up`."""
+    env = {}
+    for name in GATEWAY_FIELDS:
+        value = getattr(args, name, None)
+        if value is not None and name not in _UP_GATEWAY_FLAGS:
+            env[f"SPIRITLM_{name.upper()}"] = str(value)
+    return env
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -108,6 +129,7 @@ def run_up(args: argparse.Namespace) -> int:
             ),  # fmt: skip
             f"http://127.0.0.1:{settings.port}/ready",
             env=env,
+            log_path=str(logs / "gateway.log"),
         )
         gateway.start()
         children.append(gateway)

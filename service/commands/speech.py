@@ -1,27 +1,50 @@
-"""`tokenize` and `synthesize`: the speech stack from the command line."""
+"""`tokenize` and `synthesize`: the speech stack from the command line.
+
+torch and the models are imported only once the inputs and the checkpoint files have been checked,
+so that a mistake on the command line is reported in about a second, not after model loading.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.commands.common import add_checkpoint_flags, layout_from_args, log
 from service.config import resolve_device
-from service.errors import SpiritError
-from service.speech.pipeline import SpeechStack
-from service.units.tokens import Units, units_to_string
+from service.errors import SpiritError, UnitFormatError
+from service.units.tokens import Units, string_to_units, units_to_string
+
+if TYPE_CHECKING:
+    from service.speech.pipeline import SpeechStack
+
+
+def checked_device(name: str) -> str:
+    """The resolved device name, or SpiritError when torch cannot use it here."""
+    import torch
+
+    device = resolve_device(name)
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise SpiritError(f"--device {name}: not a torch device ({error})") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SpiritError(f"--device {name}: CUDA is not available on this machine")
+    return device
 
 
 def speech_stack(args: argparse.Namespace) -> SpeechStack:
     settings, layout = layout_from_args(args, lm=False, speech=True)
-    return SpeechStack(layout, settings.model, device=resolve_device(settings.device))
+    from service.speech.pipeline import SpeechStack
+
+    return SpeechStack(layout, settings.model, device=checked_device(settings.device))
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
+    stack = speech_stack(args)
     from service.audio.decode import load_audio_file
 
-    stack = speech_stack(args)
     for path in args.audio:
         units = stack.encode_units(load_audio_file(path))
         tokens = units_to_string(units, expressive=stack.expressive)
@@ -36,22 +59,39 @@ def run_tokenize(args: argparse.Namespace) -> int:
 def read_units_json(path: Path) -> Units:
     """A §4.1 units dict, or the object `tokenize --json` prints (its `units`)."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SpiritError(f"{path}: cannot read units JSON: {error}") from error
     if isinstance(data, dict) and isinstance(data.get("units"), dict):
         data = data["units"]
     if not isinstance(data, dict):
         raise SpiritError(f"{path}: expected a JSON object with 'hubert' (and 'pitch', 'style')")
-    return Units.from_dict(data)
+    try:
+        return Units.from_dict(data)
+    except UnitFormatError as error:
+        raise UnitFormatError(f"{path}: {error}") from None
+
+
+def check_output(path: Path) -> None:
+    """Refuse an output path that cannot be written before spending time on synthesis."""
+    if path.is_dir():
+        raise SpiritError(f"{path}: output is a directory; give a .wav file name")
+    if not path.parent.is_dir():
+        raise SpiritError(f"{path}: output directory {path.parent} does not exist")
 
 
 def run_synthesize(args: argparse.Namespace) -> int:
     import soundfile
 
+    if args.tokens is not None:
+        units, source = string_to_units(args.tokens), "--tokens"
+    else:
+        units, source = read_units_json(args.units_json), str(args.units_json)
+    if not units.hubert:
+        raise SpiritError(f"{source}: no HuBERT units, nothing to synthesize")
+    check_output(args.output)
     stack = speech_stack(args)
-    code = args.tokens if args.tokens is not None else read_units_json(args.units_json)
-    wav = stack.decode(code, speaker=args.speaker, dur_pred=not args.no_duration_prediction)
+    wav = stack.decode(units, speaker=args.speaker, dur_pred=not args.no_duration_prediction)
     soundfile.write(args.output, wav, stack.sample_rate, subtype="PCM_16")
     log(f"wrote {args.output}: {len(wav)} samples ({len(wav) / stack.sample_rate:.2f} s)")
     return 0

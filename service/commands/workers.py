@@ -21,13 +21,14 @@ def check_checkpoints(settings: SpeechWorkerSettings) -> None:
 
 
 def run_speech_worker(args: argparse.Namespace) -> int:
+    settings: SpeechWorkerSettings = settings_from_args(args, SpeechWorkerSettings)
+    check_checkpoints(settings)
+    # Imported after the check: the app pulls in torch, which takes seconds.
     import uvicorn
 
     from service.logs import configure_logging
     from service.speech_worker.app import create_app
 
-    settings: SpeechWorkerSettings = settings_from_args(args, SpeechWorkerSettings)
-    check_checkpoints(settings)
     configure_logging(args.log_level.upper())
     failure: list[str] = []
     server: uvicorn.Server | None = None

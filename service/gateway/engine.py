@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -32,6 +32,7 @@ from service.speech_worker.client import (
     SpeechWorkerError,
     SpeechWorkerUnavailable,
 )
+from service.units.tokens import SPEECH_TOKEN
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class Engine:
             except SpeechWorkerUnavailable as error:
                 raise APIError(503, f"speech worker unavailable: {error}") from error
             except SpeechWorkerError as error:
-                raise APIError(error.status, error.message) from error
+                raise APIError(error.status, error.message, param=error.param) from error
         raise APIError(503, "no speech worker could take the request")
 
     # ---- generation -------------------------------------------------------------------------
@@ -194,12 +195,27 @@ class Engine:
         sample_rate: int = 16000,
         synthesize: bool = True,
         affinity: str | None = None,
+        result: GenerationResult | None = None,
+        speech_prefix: Sequence[str] = (),
     ) -> AsyncIterator[Output]:
-        """Stream one generation; audio comes from speech workers when `synthesize`."""
+        """Stream one generation; audio comes from speech workers when `synthesize`.
+
+        `result`, when given, is filled in as tokens arrive, so a caller that stops early
+        (e.g. on a stop string) still knows how many tokens were generated. `speech_prefix`
+        tokens (e.g. a forced ``[St5]`` that ends the prompt) go to the vocoder at the start of
+        every speech segment, since the generated tokens that follow them depend on them.
+        """
         queue: asyncio.Queue[Output | None | BaseException] = asyncio.Queue(maxsize=256)
+        finished = Finished(prepared, result if result is not None else GenerationResult())
         producer = asyncio.create_task(
             self._produce(
-                queue, prepared, params, model, speaker, sample_rate, synthesize, affinity
+                queue,
+                finished,
+                params,
+                model,
+                _Voice(speaker, sample_rate, tuple(speech_prefix)),
+                synthesize,
+                affinity,
             )
         )
         try:
@@ -218,18 +234,15 @@ class Engine:
     async def _produce(
         self,
         queue: asyncio.Queue,
-        prepared: PreparedPrompt,
+        finished: Finished,
         params: SamplingParams,
         model: str,
-        speaker: int,
-        sample_rate: int,
+        voice: _Voice,
         synthesize: bool,
         affinity: str | None,
     ) -> None:
         try:
-            await self._generate_into(
-                queue, prepared, params, model, speaker, sample_rate, synthesize, affinity
-            )
+            await self._generate_into(queue, finished, params, model, voice, synthesize, affinity)
             await queue.put(None)
         except asyncio.CancelledError:
             raise
@@ -239,56 +252,90 @@ class Engine:
     async def _generate_into(
         self,
         queue: asyncio.Queue,
-        prepared: PreparedPrompt,
+        finished: Finished,
         params: SamplingParams,
         model: str,
-        speaker: int,
-        sample_rate: int,
+        voice: _Voice,
         synthesize: bool,
         affinity: str | None,
     ) -> None:
-        finished = Finished(prepared, GenerationResult())
         segment = _SegmentState()
         try:
-            async with self.lm_pool.use(model=model, affinity=affinity) as endpoint:
-                client = LMClient(endpoint.url, model, http=self._lm_http)
-                generator = Generator(self.tokenizer(model), client, expressive=model == EXPRESSIVE)
-                try:
-                    async for event in generator.stream(prepared, params, finished.result):
-                        if finished.first_token_at is None:
-                            finished.first_token_at = time.perf_counter()
-                        if isinstance(event, ModalitySwitch):
-                            await segment.close()
-                            segment.index += 1
-                            await queue.put(SegmentStart(event.to, segment.index))
-                            if event.to == "speech" and synthesize:
-                                await segment.open_speech(self, queue, model, speaker, sample_rate)
-                        elif isinstance(event, TextDelta):
-                            await queue.put(TextOut(event.text, segment.index))
-                        elif isinstance(event, SpeechTokens):
-                            if not event.context:
-                                await queue.put(
-                                    SpeechTokensOut("".join(event.tokens), segment.index)
-                                )
-                            await segment.send(event.tokens, event.context)
-                        elif isinstance(event, Done):
-                            finished.dropped = [
-                                {"tokens": d.tokens, "reason": d.reason} for d in event.dropped
-                            ]
-                    await segment.close()
-                except LMError as error:
-                    if error.status >= 500:
-                        self.lm_pool.mark_failed(endpoint)
-                    raise APIError(
-                        error.status if error.status < 500 else 503, str(error)
-                    ) from error
-                finally:
-                    await client.aclose()
+            attempts = max(1, len(self.lm_pool.endpoints))
+            for attempt in range(attempts):
+                retry = await self._stream_from_lm(
+                    queue, finished, params, model, voice, synthesize, affinity, segment,
+                    last_attempt=attempt == attempts - 1,
+                )  # fmt: skip
+                if not retry:
+                    break
         except NoHealthyWorker as error:
             raise APIError(503, str(error)) from error
         finally:
             await segment.abort()
         await queue.put(finished)
+
+    async def _stream_from_lm(
+        self,
+        queue: asyncio.Queue,
+        finished: Finished,
+        params: SamplingParams,
+        model: str,
+        voice: _Voice,
+        synthesize: bool,
+        affinity: str | None,
+        segment: _SegmentState,
+        *,
+        last_attempt: bool,
+    ) -> bool:
+        """One try on one LM replica; True when it failed before any output and may be retried.
+
+        Retrying is safe only then: nothing has reached the client yet.
+        """
+        prepared = finished.prepared
+        async with self.lm_pool.use(model=model, affinity=affinity) as endpoint:
+            client = LMClient(endpoint.url, model, http=self._lm_http)
+            generator = Generator(self.tokenizer(model), client, expressive=model == EXPRESSIVE)
+            try:
+                async for event in generator.stream(prepared, params, finished.result):
+                    if finished.first_token_at is None:
+                        finished.first_token_at = time.perf_counter()
+                    if isinstance(event, ModalitySwitch):
+                        await segment.close()
+                        segment.index += 1
+                        await queue.put(SegmentStart(event.to, segment.index))
+                        if event.to == "speech" and synthesize:
+                            await segment.open_speech(self, queue, model, voice)
+                    elif isinstance(event, TextDelta):
+                        await queue.put(TextOut(event.text, segment.index))
+                    elif isinstance(event, SpeechTokens):
+                        if not event.context:
+                            await queue.put(SpeechTokensOut("".join(event.tokens), segment.index))
+                        await segment.send(single_tokens(event.tokens), event.context)
+                    elif isinstance(event, Done):
+                        finished.dropped = [
+                            {"tokens": d.tokens, "reason": d.reason} for d in event.dropped
+                        ]
+                await segment.close()
+            except LMError as error:
+                if error.status < 500:
+                    raise APIError(error.status, str(error)) from error
+                self.lm_pool.mark_failed(endpoint)
+                if not finished.result.output_ids and segment.index < 0 and not last_attempt:
+                    return True
+                raise APIError(503, str(error)) from error
+            finally:
+                await client.aclose()
+        return False
+
+
+@dataclass(frozen=True)
+class _Voice:
+    """How speech segments are synthesised."""
+
+    speaker: int
+    sample_rate: int
+    prefix: tuple[str, ...] = ()
 
 
 class _SegmentState:
@@ -301,14 +348,14 @@ class _SegmentState:
         self._reader: asyncio.Task[None] | None = None
 
     async def open_speech(
-        self, engine: Engine, queue: asyncio.Queue, model: str, speaker: int, sample_rate: int
+        self, engine: Engine, queue: asyncio.Queue, model: str, voice: _Voice
     ) -> None:
         self._stack = contextlib.AsyncExitStack()
         try:
             endpoint = await self._stack.enter_async_context(engine.speech_pool.use())
             client = engine.speech_client(endpoint.url)
             self._stream = await self._stack.enter_async_context(
-                client.stream(model, speaker=speaker, sample_rate=sample_rate)
+                client.stream(model, speaker=voice.speaker, sample_rate=voice.sample_rate)
             )
         except NoHealthyWorker as error:
             await self.abort()
@@ -316,6 +363,10 @@ class _SegmentState:
         except SpeechWorkerUnavailable as error:
             await self.abort()
             raise APIError(503, f"speech worker unavailable: {error}") from error
+        except SpeechWorkerError as error:
+            # The worker refused the stream (bad speaker, unknown model): the request's fault.
+            await self.abort()
+            raise APIError(error.status, error.message, param=error.param) from error
         index = self.index
         stream = self._stream
 
@@ -324,10 +375,18 @@ class _SegmentState:
                 await queue.put(AudioOut(chunk, index))
 
         self._reader = asyncio.create_task(read_audio())
+        if voice.prefix:
+            await self.send(list(voice.prefix), False)
 
     async def send(self, tokens: list[str], context: bool) -> None:
-        if self._stream is not None:
+        if self._stream is None or not tokens:
+            return
+        try:
             await self._stream.send_tokens(tokens, context=context)
+        except SpeechWorkerError as error:
+            raise APIError(error.status, error.message, param=error.param) from error
+        except SpeechWorkerUnavailable as error:
+            raise APIError(503, f"speech worker failed mid-stream: {error}") from error
 
     async def close(self) -> None:
         """End the segment normally: all of its audio reaches the queue before this returns."""
@@ -361,6 +420,16 @@ class _SegmentState:
             stack, self._stack = self._stack, None
             with contextlib.suppress(Exception):
                 await stack.aclose()
+
+
+def single_tokens(pieces: Sequence[str]) -> list[str]:
+    """One speech token per item, as the speech worker's stream wants them.
+
+    SPEECH-mode events carry the generated text as it came, and one LM stream delta may hold
+    several tokens (``[Hu3][Hu7]``) when vLLM batches its output; anything between tokens (the
+    stripped whitespace of a stop) is not speech.
+    """
+    return [match.group(0) for piece in pieces for match in SPEECH_TOKEN.finditer(piece)]
 
 
 def usage_dict(usage: Usage) -> dict[str, int]:

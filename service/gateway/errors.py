@@ -61,7 +61,8 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
     first = error.errors()[0] if error.errors() else {}
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "form")]
     param = ".".join(location) or None
-    message = first.get("msg", "invalid request")
+    # Our own model validators raise ValueError; pydantic prefixes those with "Value error, ".
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     return (f"{param}: {message}" if param else message), param

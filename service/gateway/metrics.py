@@ -49,6 +49,19 @@ class GatewayMetrics:
             buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
             registry=self.registry,
         )
+        self.realtime_sessions = Gauge(
+            "spiritlm_realtime_sessions_active",
+            "Realtime (WebSocket) sessions open.",
+            registry=self.registry,
+        )
+        self.realtime_first_audio = Histogram(
+            "spiritlm_realtime_first_audio_seconds",
+            "End of the user's turn (speech_stopped, commit, or response.create) to the first "
+            "audio delta sent, by what ended the turn (vad|commit|create).",
+            ["trigger"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.worker_healthy = Gauge(
             "spiritlm_worker_healthy",
             "1 when a worker endpoint passes its health check.",

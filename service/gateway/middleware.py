@@ -31,6 +31,7 @@ PUBLIC_PATHS = {
     "/docs/oauth2-redirect",
 }
 PUBLIC_PREFIXES = ("/static/",)
+SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 
 
 class BodyTooLarge(HTTPException):
@@ -77,6 +78,8 @@ class GatewayMiddleware:
         if not self.api_keys or _is_public(scope["path"]):
             return True
         presented = _bearer(scope)
+        if presented is None and scope["type"] == "websocket":
+            presented = _subprotocol_key(scope)
         return presented is not None and any(
             hmac.compare_digest(presented, key) for key in self.api_keys
         )
@@ -182,6 +185,15 @@ def _bearer(scope: Scope) -> bytes | None:
     if scheme.lower() != "bearer" or not credentials.strip():
         return None
     return credentials.strip().encode()
+
+
+def _subprotocol_key(scope: Scope) -> bytes | None:
+    """A key offered as WebSocket subprotocol ``openai-insecure-api-key.<key>`` (browsers cannot
+    set an Authorization header on a WebSocket)."""
+    for name in scope.get("subprotocols") or []:
+        if name.startswith(SUBPROTOCOL_KEY_PREFIX) and len(name) > len(SUBPROTOCOL_KEY_PREFIX):
+            return name[len(SUBPROTOCOL_KEY_PREFIX) :].encode()
+    return None
 
 
 def _route_name(scope: MutableMapping[str, Any]) -> str:

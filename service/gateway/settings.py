@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 
 from service.config import Settings
@@ -30,6 +32,35 @@ class GatewaySettings(Settings):
     )
     health_interval: float = Field(default=2.0, gt=0, description="Seconds between worker checks.")
     drain_seconds: float = Field(default=30.0, ge=0, description="Grace period on SIGTERM.")
+    max_input_chars: int = Field(
+        default=4096, gt=0, description="Longest text input (speech `input`, transcription prompt)."
+    )
+    fewshot_dir: Path | None = Field(
+        default=None,
+        description="Exemplar bank for few-shot ASR/TTS prompts (manifest.jsonl + audio); "
+        "unset = the generated bank of the embedded checkpoints, or none (zero-shot).",
+    )
+    fewshot_shots: int = Field(
+        default=3, ge=0, description="Exemplars per few-shot ASR/TTS prompt (0 = zero-shot)."
+    )
+    realtime_max_sessions: int = Field(
+        default=32, gt=0, description="Realtime (WebSocket) sessions open at once before refusal."
+    )
+    realtime_max_session_seconds: float = Field(
+        default=1800.0, gt=0, description="Longest realtime session."
+    )
+    realtime_idle_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="Realtime session closed after this long without events."
+    )
+    realtime_max_buffer_seconds: float = Field(
+        default=60.0, gt=0, description="Most input audio a realtime turn buffers."
+    )
+    realtime_max_message_bytes: int = Field(
+        default=4 * 1024 * 1024, gt=0, description="Largest realtime client event accepted."
+    )
+    realtime_context_tokens: int = Field(
+        default=0, ge=0, description="LM context for realtime prompts; 0 = the checkpoint's."
+    )
 
     _split_lists = field_validator(
         "lm_urls", "speech_urls", "api_keys", "cors_origins", mode="before"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from service.gateway.engine import Engine
+from service.gateway.fewshot import ExemplarBank
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.pools import WorkerPool
 from service.gateway.settings import GatewaySettings
@@ -20,6 +21,7 @@ class GatewayState:
     speech_pool: WorkerPool
     metrics: GatewayMetrics
     draining: bool = False
+    fewshot: ExemplarBank = field(default_factory=ExemplarBank.empty)
 
 
 def gateway_state(request: Request) -> GatewayState:

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,3 +111,40 @@ async def collect(outputs: AsyncIterator[Output], timings: Timings) -> Collected
     assert finished is not None
     kept = [s for s in segments if s.kind == "text" and s.text or s.kind == "speech" and s.tokens]
     return Collected(kept, finished)
+
+
+class Primed:
+    """An output stream read ahead until `ready(item)` holds, then replayed in full.
+
+    Routes that stream call `await primed.start()` before returning the response, so a problem
+    that shows up before the first useful output (an LM error, a refused voice) still becomes a
+    proper HTTP error instead of an event in an already-started 200 stream.
+    """
+
+    def __init__(self, outputs: AsyncIterator[Output], ready: Callable[[Output], bool]) -> None:
+        self._outputs = outputs
+        self._ready = ready
+        self._buffer: list[Output] = []
+
+    async def start(self) -> None:
+        try:
+            async for item in self._outputs:
+                self._buffer.append(item)
+                if self._ready(item) or isinstance(item, Finished):
+                    return
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        await self._outputs.aclose()  # type: ignore[attr-defined]
+
+    async def items(self) -> AsyncIterator[Output]:
+        """The read-ahead outputs, then the rest; closing this closes the generation."""
+        try:
+            while self._buffer:
+                yield self._buffer.pop(0)
+            async for item in self._outputs:
+                yield item
+        finally:
+            await self.aclose()

@@ -81,10 +81,13 @@ class Generator:
                 result.finish_reason = delta.finish_reason or result.finish_reason
                 if delta.usage is not None:
                     result.usage = delta.usage
-                text = decoder.push(delta.token_ids) if delta.token_ids else ""
-                if text:
-                    for event in parser.feed(text):
-                        yield event
+                # One id at a time: vLLM may send several ids in one event (under load), and the
+                # parser wants each speech token as its own piece.
+                for token_id in delta.token_ids:
+                    text = decoder.push([token_id])
+                    if text:
+                        for event in parser.feed(text):
+                            yield event
         finally:
             await stream.aclose()
         for event in parser.finish():

@@ -8,6 +8,7 @@ convert the SentencePiece tokenizer. Every other vLLM flag is passed through unt
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,18 @@ def _has_flag(args: Sequence[str], flag: str) -> bool:
     return any(arg == flag or arg.startswith(flag + "=") for arg in args)
 
 
+def checkpoint_dtype(lm_dir: Path) -> str | None:
+    """The dtype `config.json` declares (`torch_dtype`, or `dtype` in newer files), if any."""
+    try:
+        config = json.loads((Path(lm_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # vLLM reports a missing or broken config itself
+    if not isinstance(config, dict):
+        return None
+    value = config.get("torch_dtype", config.get("dtype"))
+    return value if isinstance(value, str) else None
+
+
 def vllm_argv(
     lm_dir: Path,
     served_model_name: str,
@@ -51,6 +64,10 @@ def vllm_argv(
         "--host", host,
         "--port", str(port),
     )  # fmt: skip
+    if not _has_flag(extra_args, "--dtype") and checkpoint_dtype(lm_dir) == "float32":
+        # vLLM's "auto" downcasts float32 checkpoints to bfloat16, which changes greedy outputs
+        # (measured on the tiny checkpoints); we serve the weights at the precision they have.
+        argv += ["--dtype", "float32"]
     if cpu and not _has_flag(extra_args, "--kv-cache-memory-bytes"):
         argv += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
     if (

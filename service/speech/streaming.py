@@ -95,6 +95,14 @@ class StreamingVocoder:
         """Worst-case units pushed before the first chunk comes out (see the module docstring)."""
         return self.first_chunk_units + self.right_frames + self.right_units
 
+    def unit_end_sample(self, count: int) -> int | None:
+        """Sample index where the first `count` units end, once their frames are final."""
+        if count == 0:
+            return 0
+        if len(self._unit_ends) < count:
+            return None
+        return self._unit_ends[count - 1] * self.vocoder.hop_length
+
     # ---- public API
 
     def push(

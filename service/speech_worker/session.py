@@ -73,6 +73,16 @@ def parse_tokens(
     return parsed
 
 
+def check_token_budget(total: int, limit: int) -> None:
+    if total > limit:
+        raise WorkerRequestError(
+            400,
+            f"stream exceeds the limit of {limit} speech tokens",
+            param="tokens",
+            code="too_many_tokens",
+        )
+
+
 def check_speaker(stack: SpeechStack, speaker: int) -> None:
     vocoder = stack.vocoder
     if not vocoder.config.multispkr:
@@ -134,13 +144,7 @@ class StreamSession:
                 param="context",
                 code="invalid_tokens",
             )
-        if self.tokens + len(tokens) > self.max_tokens:
-            raise WorkerRequestError(
-                400,
-                f"stream exceeds the limit of {self.max_tokens} speech tokens",
-                param="tokens",
-                code="too_many_tokens",
-            )
+        check_token_budget(self.tokens + len(tokens), self.max_tokens)
         parsed = parse_tokens(tokens, self._limits, offset=self.tokens)
         self.tokens += len(parsed)
         units = sum(1 for kind, _ in parsed if kind == "hubert")
@@ -232,8 +236,4 @@ class StreamSession:
 
     def _context_end(self) -> int | None:
         """Sample index where the first generated unit starts, once its frames are final."""
-        # StreamingVocoder keeps each unit's end frame; it exposes no public accessor yet.
-        ends: list[int] = self._vocoder._unit_ends
-        if len(ends) < self.context_units:
-            return None
-        return ends[self.context_units - 1] * self._vocoder.vocoder.hop_length
+        return self._vocoder.unit_end_sample(self.context_units)

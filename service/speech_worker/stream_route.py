@@ -9,6 +9,8 @@ any number of times, then ``{"type": "end"}``; ``{"type": "cancel"}`` at any tim
 Worker -> client: binary frames of pcm16 little-endian mono at ``sample_rate``, sent as soon as
 the vocoder releases audio; then ``{"type": "done", "samples": N}`` and a normal close.
 Errors: ``{"type": "error", "message", "status"}`` and a close with 1008 (bad input) or 1011.
+``context`` tokens come first; their audio is cut at the exact first sample of the first
+generated unit (see `session`), not by the reference's token-count proportion.
 
 Two tasks serve a session: one reads frames (so cancel and disconnect are seen at once), one
 vocodes. Work runs in worker threads in slices of at most `chunk_units` units, so cancelling
@@ -44,7 +46,7 @@ from service.speech_worker.protocol import (
     TokensMessage,
     WorkerRequestError,
 )
-from service.speech_worker.session import StreamSession, check_speaker
+from service.speech_worker.session import StreamSession, check_speaker, check_token_budget
 from service.speech_worker.state import WorkerState
 
 log = logging.getLogger("spiritlm.speech_worker")
@@ -195,17 +197,21 @@ async def _serve(
 ) -> None:
     send, receive = anyio.create_memory_object_stream[TokensMessage | EndMessage](math.inf)
     async with anyio.create_task_group() as group:
-        group.start_soon(_read, websocket, send, outcome, group.cancel_scope)
+        budget = state.settings.max_tokens
+        group.start_soon(_read, websocket, send, budget, outcome, group.cancel_scope)
         group.start_soon(_vocode, websocket, receive, session, state, outcome, group.cancel_scope)
 
 
 async def _read(
     websocket: WebSocket,
     inbox: MemoryObjectSendStream[TokensMessage | EndMessage],
+    max_tokens: int,
     outcome: Outcome,
     scope: CancelScope,
 ) -> None:
     ended = False
+    # Checked here too, so a fast sender cannot queue more than the limit ahead of the vocoder.
+    received = 0
     try:
         while True:
             frame = await websocket.receive()
@@ -226,6 +232,9 @@ async def _read(
                 raise WorkerRequestError(
                     400, f"'{message.type}' message after 'end'", code="invalid_message"
                 )
+            if isinstance(message, TokensMessage):
+                received += len(message.tokens)
+                check_token_budget(received, max_tokens)
             ended = isinstance(message, EndMessage)
             await inbox.send(message)
     except WorkerRequestError as error:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header
 from fastapi.responses import StreamingResponse
 
 from service.gateway.generate.protocol import GenerateRequest, GenerateResponse
@@ -14,7 +14,12 @@ router = APIRouter()
 
 @router.post("/v1/generate", response_model=GenerateResponse, tags=["spirit"])
 async def create_generation(
-    request: GenerateRequest, state: GatewayState = Depends(gateway_state)
+    request: GenerateRequest,
+    state: GatewayState = Depends(gateway_state),
+    x_session_id: str | None = Header(default=None, max_length=200),
 ) -> GenerateResponse | StreamingResponse:
-    """Interleaved speech/text generation with Spirit LM's own prompt format."""
-    return await generate(request, state)
+    """Interleaved speech/text generation with Spirit LM's own prompt format.
+
+    Requests sharing an `X-Session-Id` go to the same LM replica (prefix-cache reuse).
+    """
+    return await generate(request, state, affinity=x_session_id)

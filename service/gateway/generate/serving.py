@@ -70,7 +70,7 @@ def summary(finished: Finished, model: str, request_id: str, created: int) -> di
 
 
 async def generate(
-    request: GenerateRequest, state: GatewayState
+    request: GenerateRequest, state: GatewayState, *, affinity: str | None = None
 ) -> GenerateResponse | StreamingResponse:
     engine = state.engine
     model = engine.resolve_model(request.model)
@@ -83,6 +83,7 @@ async def generate(
         model,
         speaker=request.speaker,
         sample_rate=request.sample_rate,
+        affinity=affinity,
     )
     request_id = f"gen-{uuid.uuid4().hex}"
     created = int(time.time())

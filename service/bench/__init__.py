@@ -1,0 +1,1 @@
+"""Benchmarks of the serving stack against the official implementation's way of running."""

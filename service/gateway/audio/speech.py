@@ -1,0 +1,183 @@
+"""POST /v1/audio/speech: Spirit LM text-to-speech with a few-shot prompt, streamed.
+
+Text -> ``[Text]<shot>[Speech]<units>\\n ... [Text]<input>[Speech]`` -> SPEECH generation (plus
+the line-end ids, which stop it) -> streaming vocoder on a speech worker -> encoder. Audio goes
+out as it is made: chunked bytes of one growing file for ``stream_format=audio``, or SSE
+``speech.audio.delta`` events (base64 pieces of that same file) and ``speech.audio.done``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from fastapi.responses import StreamingResponse
+
+from service.audio.encode import StreamEncoder, available_formats
+from service.checkpoints.layout import EXPRESSIVE
+from service.gateway.audio.prompting import (
+    check_text,
+    line_end_ids,
+    max_tokens_for,
+    prepare_until_line_end,
+    served_model,
+    speech_budget,
+    speech_prompt,
+)
+from service.gateway.audio.protocol import SpeechRequest
+from service.gateway.engine import AudioOut, Engine, Finished
+from service.gateway.errors import APIError, error_body
+from service.gateway.state import GatewayState
+from service.gateway.streams import SSE_HEADERS, Primed, Timings, pcm16_to_float, sse
+from service.gateway.voices import model_voices, resolve_voice
+from service.lm.generation import GenerationResult
+from service.lm.prompt import OutputModality
+from service.speech_worker.protocol import SAMPLE_RATES
+
+log = logging.getLogger("spiritlm.gateway.audio")
+
+ROUTE = "/v1/audio/speech"
+
+
+async def speak(request: SpeechRequest, state: GatewayState) -> StreamingResponse:
+    engine = state.engine
+    model = served_model(engine, request.model)
+    text = check_text(request.input, "input", state.settings.max_input_chars)
+    if not text:
+        raise APIError(400, "input is empty", param="input")
+    _check_options(request)
+    speaker = resolve_voice(model_voices(engine.layout, model), request.voice, model)
+    style = _style_token(engine, model, request.style)
+    encoder = _encoder(request)
+    max_tokens = max_tokens_for(engine, request.max_tokens, speech_budget(text, model))
+    shots = await state.fewshot.shots_for(model, engine.encode)
+    prompt = speech_prompt(shots, text, request.style)
+    prepared = prepare_until_line_end(engine, prompt, OutputModality.SPEECH, model)
+    stops = line_end_ids(engine.tokenizer(model))
+    params = dataclasses.replace(request.sampling(max_tokens), stop_token_ids=stops)
+    result = GenerationResult()
+    outputs = engine.run(
+        prepared,
+        params,
+        model,
+        speaker=speaker,
+        sample_rate=request.sample_rate,
+        result=result,
+        speech_prefix=style,
+    )
+    primed = Primed(outputs, lambda item: isinstance(item, AudioOut))
+    await primed.start()
+    timings = Timings(state.metrics, ROUTE, request.sample_rate)
+    headers = {"X-Sample-Rate": str(request.sample_rate)}
+    if request.stream_format == "sse":
+        body = _sse_events(primed, encoder, timings, len(prepared.prompt_ids), result)
+        return StreamingResponse(
+            body, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+        )
+    return StreamingResponse(
+        _audio_bytes(primed, encoder, timings), media_type=encoder.media_type, headers=headers
+    )
+
+
+def _check_options(request: SpeechRequest) -> None:
+    if request.speed != 1.0:
+        raise APIError(
+            400,
+            f"speed {request.speed:g} is not supported: Spirit LM sets the speaking rate itself; "
+            "use 1.0",
+            param="speed",
+        )
+    if request.instructions:
+        raise APIError(
+            400, "instructions are not supported by Spirit LM voices", param="instructions"
+        )
+    if request.response_format not in available_formats():
+        raise APIError(
+            400,
+            f"response_format {request.response_format} is not available: this installation's "
+            "FFmpeg lacks its encoder",
+            param="response_format",
+        )
+    if request.sample_rate not in SAMPLE_RATES:
+        rates = ", ".join(str(rate) for rate in SAMPLE_RATES)
+        raise APIError(
+            400,
+            f"sample_rate {request.sample_rate} is not supported; use one of {rates}",
+            param="sample_rate",
+        )
+
+
+def _style_token(engine: Engine, model: str, style: int | None) -> tuple[str, ...]:
+    if style is None:
+        return ()
+    if model != EXPRESSIVE:
+        raise APIError(400, f"style needs {EXPRESSIVE}; {model} has no style tokens", param="style")
+    count = len(engine.tokenizer(model).unit_ids("style"))
+    if style >= count:
+        raise APIError(
+            400, f"style {style} is out of range: valid styles are 0..{count - 1}", param="style"
+        )
+    return (f"[St{style}]",)
+
+
+def _encoder(request: SpeechRequest) -> StreamEncoder:
+    try:
+        return StreamEncoder(request.response_format, request.sample_rate)
+    except ValueError as error:  # e.g. Opus only takes 8/12/16/24/48 kHz
+        raise APIError(400, str(error), param="sample_rate") from None
+
+
+async def _encoded_chunks(
+    primed: Primed, encoder: StreamEncoder, timings: Timings
+) -> AsyncIterator[bytes]:
+    """Encoded audio as it comes; the encoder's tail once the generation is over."""
+    async with aclosing(primed.items()) as items:
+        async for item in items:
+            timings.observe(item)
+            if isinstance(item, AudioOut):
+                chunk = encoder.write(pcm16_to_float(item.pcm16))
+                if chunk:
+                    yield chunk
+            elif isinstance(item, Finished):
+                break
+    tail = encoder.close()
+    timings.finish()
+    if tail:
+        yield tail
+
+
+async def _audio_bytes(
+    primed: Primed, encoder: StreamEncoder, timings: Timings
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in _encoded_chunks(primed, encoder, timings):
+            yield chunk
+    except APIError as error:
+        # The status line is gone; ending the body early is all that is left to do.
+        log.warning("speech stream ended early: %s", error.message)
+
+
+async def _sse_events(
+    primed: Primed,
+    encoder: StreamEncoder,
+    timings: Timings,
+    prompt_tokens: int,
+    result: GenerationResult,
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in _encoded_chunks(primed, encoder, timings):
+            audio = base64.b64encode(chunk).decode()
+            yield sse({"type": "speech.audio.delta", "audio": audio})
+    except APIError as error:
+        yield sse({"type": "error", **error_body(error.status, error.message, error.param)})
+        return
+    output_tokens = len(result.output_ids)
+    usage = {
+        "input_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": prompt_tokens + output_tokens,
+    }
+    yield sse({"type": "speech.audio.done", "usage": usage})

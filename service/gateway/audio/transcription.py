@@ -1,0 +1,229 @@
+"""POST /v1/audio/transcriptions: Spirit LM speech recognition with a few-shot prompt.
+
+Audio -> speech worker units -> ``[Speech]<shot>[Text]<text>\\n ... [Speech]<query>[Text]`` ->
+TEXT generation, which ends at the first newline: newline ids are vLLM stop tokens, and text
+that contains a newline anyway is cut there and the generation closed (vLLM aborts it).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from service.gateway.audio.prompting import (
+    check_text,
+    line_end_ids,
+    max_tokens_for,
+    prepare_until_line_end,
+    served_model,
+    transcription_budget,
+    transcription_prompt,
+)
+from service.gateway.audio.protocol import TranscriptionForm
+from service.gateway.engine import Finished, TextOut
+from service.gateway.errors import APIError, error_body
+from service.gateway.state import GatewayState
+from service.gateway.streams import SSE_HEADERS, Primed, Timings, sse
+from service.gateway.uploads import check_audio, read_upload
+from service.lm.client import SamplingParams
+from service.lm.generation import GenerationResult, PreparedPrompt
+from service.lm.prompt import OutputModality
+
+ROUTE = "/v1/audio/transcriptions"
+LANGUAGE = "english"  # Spirit LM is trained on English speech
+
+
+@dataclass
+class Job:
+    model: str
+    seconds: float
+    prepared: PreparedPrompt
+    result: GenerationResult
+    outputs: Primed
+    temperature: float
+    audio_tokens: int
+    stop_ids: tuple[int, ...]
+
+
+class LineCut:
+    """Collects text deltas up to the first newline."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.ended = False
+
+    def feed(self, delta: str) -> str:
+        if self.ended:
+            return ""
+        ends = [index for index in (delta.find("\n"), delta.find("\r")) if index >= 0]
+        if ends:
+            delta = delta[: min(ends)].rstrip()
+            self.ended = True
+        self.text += delta
+        return delta
+
+
+async def transcribe(form: TranscriptionForm, state: GatewayState) -> Response:
+    if form.stream and form.response_format not in ("json", "text"):
+        raise APIError(
+            400,
+            f"stream=true supports response_format json or text, not {form.response_format}",
+            param="response_format",
+        )
+    job = await start(form, state)
+    if form.stream:
+        return StreamingResponse(
+            _events(job, state), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+    text = await _collect(job, state)
+    return render(form, job, text)
+
+
+async def start(form: TranscriptionForm, state: GatewayState) -> Job:
+    engine = state.engine
+    model = served_model(engine, form.model)
+    context = None
+    if form.prompt:
+        context = check_text(form.prompt, "prompt", state.settings.max_input_chars) or None
+    if form.max_tokens is not None:
+        engine.check_max_tokens(form.max_tokens)
+    data = await read_upload(form.file)
+    seconds = await check_audio(data, state.settings, form.file.filename)
+    max_tokens = max_tokens_for(engine, form.max_tokens, transcription_budget(seconds))
+    shots = await state.fewshot.shots_for(model, engine.encode)
+    encoded = await engine.encode(data, model)
+    prompt = transcription_prompt(shots, encoded.tokens, context)
+    prepared = prepare_until_line_end(engine, prompt, OutputModality.TEXT, model)
+    stop_ids = line_end_ids(engine.tokenizer(model))
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=form.temperature,
+        seed=form.seed,
+        stop_token_ids=stop_ids,
+    )
+    result = GenerationResult()
+    outputs = engine.run(prepared, params, model, synthesize=False, result=result)
+    primed = Primed(outputs, lambda item: isinstance(item, TextOut))
+    await primed.start()
+    tokenizer = engine.tokenizer(model)
+    audio_tokens = sum(1 for i in prepared.prompt_ids if tokenizer.unit_of(i) is not None)
+    return Job(model, seconds, prepared, result, primed, form.temperature, audio_tokens, stop_ids)
+
+
+async def _texts(job: Job, state: GatewayState) -> AsyncIterator[str]:
+    """Text deltas up to the first newline; leaving early closes the generation."""
+    timings = Timings(state.metrics, ROUTE, 16000)
+    cut = LineCut()
+    async with aclosing(job.outputs.items()) as items:
+        async for item in items:
+            timings.observe(item)
+            if isinstance(item, TextOut):
+                delta = cut.feed(item.text)
+                if delta:
+                    yield delta
+                if cut.ended:
+                    break
+            elif isinstance(item, Finished):
+                break
+    timings.finish()
+
+
+async def _collect(job: Job, state: GatewayState) -> str:
+    parts = [delta async for delta in _texts(job, state)]
+    return "".join(parts).strip()
+
+
+async def _events(job: Job, state: GatewayState) -> AsyncIterator[bytes]:
+    parts: list[str] = []
+    try:
+        async for delta in _texts(job, state):
+            parts.append(delta)
+            yield sse({"type": "transcript.text.delta", "delta": delta})
+    except APIError as error:
+        yield sse({"type": "error", **error_body(error.status, error.message, error.param)})
+        return
+    text = "".join(parts).strip()
+    yield sse({"type": "transcript.text.done", "text": text, "usage": token_usage(job)})
+
+
+def token_usage(job: Job) -> dict:
+    prompt = len(job.prepared.prompt_ids)
+    output = len(job.result.output_ids)
+    return {
+        "type": "tokens",
+        "input_tokens": prompt,
+        "output_tokens": output,
+        "total_tokens": prompt + output,
+        "input_token_details": {
+            "audio_tokens": job.audio_tokens,
+            "text_tokens": prompt - job.audio_tokens,
+        },
+    }
+
+
+def render(form: TranscriptionForm, job: Job, text: str) -> Response:
+    fmt = form.response_format
+    if fmt == "json":
+        return JSONResponse({"text": text, "usage": token_usage(job)})
+    if fmt == "text":
+        return PlainTextResponse(text + "\n")
+    if fmt == "srt":
+        return PlainTextResponse(srt(text, job.seconds))
+    if fmt == "vtt":
+        return PlainTextResponse(vtt(text, job.seconds), media_type="text/vtt")
+    return JSONResponse(verbose(form, job, text))
+
+
+def verbose(form: TranscriptionForm, job: Job, text: str) -> dict:
+    """Whisper's verbose shape with one segment over the whole audio.
+
+    Token log-probabilities are not requested from the LM, so `avg_logprob` and
+    `no_speech_prob` are 0.0 placeholders; `compression_ratio` is computed as Whisper does.
+    """
+    duration = round(job.seconds, 3)
+    tokens = [i for i in job.result.output_ids if i not in job.stop_ids]
+    segment = {
+        "id": 0,
+        "seek": 0,
+        "start": 0.0,
+        "end": duration,
+        "text": text,
+        "tokens": tokens,
+        "temperature": job.temperature,
+        "avg_logprob": 0.0,
+        "compression_ratio": compression_ratio(text),
+        "no_speech_prob": 0.0,
+    }
+    return {
+        "task": "transcribe",
+        "language": form.language or LANGUAGE,
+        "duration": duration,
+        "text": text,
+        "segments": [segment],
+        "usage": {"type": "duration", "seconds": duration},
+    }
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode()
+    return round(len(data) / len(zlib.compress(data)), 4) if data else 0.0
+
+
+def timestamp(seconds: float, separator: str) -> str:
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def srt(text: str, seconds: float) -> str:
+    return f"1\n{timestamp(0, ',')} --> {timestamp(seconds, ',')}\n{text}\n\n"
+
+
+def vtt(text: str, seconds: float) -> str:
+    return f"WEBVTT\n\n{timestamp(0, '.')} --> {timestamp(seconds, '.')}\n{text}\n\n"

@@ -1,0 +1,159 @@
+"""A chat conversation -> the inputs of one interleaved Spirit LM prompt.
+
+Spirit LM is a pretrained (not instruction-tuned) model with no chat template, so a conversation
+is rendered as the interleaved sequence the model was trained on, without role labels:
+
+* turns in order, the system (or developer) text first where the client put it;
+* each text part as text, each ``input_audio`` part as its speech token string, each assistant
+  turn that carries ``audio: {id}`` as the speech tokens generated for that id (its text content,
+  the transcript of the same utterance, is then not repeated);
+* a turn that ends in text ends with a newline, so consecutive text turns stay apart;
+* modality prefixes ``[Text]``/``[Speech]`` where the modality changes (spec §5.2), then the
+  prefix of the requested output modality.
+
+E.g. system "Be brief.", user audio A, assistant audio id B, user text "why?" asking for
+speech gives ``[Text]Be brief.\\n[Speech]<A><B>[Text]why?\\n[Speech]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.gateway.chat.memory import ChatMemory
+from service.gateway.chat.protocol import ChatMessage
+from service.gateway.engine import Engine
+from service.gateway.errors import APIError
+from service.gateway.streams import b64decode_field
+from service.lm.prompt import PromptInput, SpeechInput, TextInput
+
+TURN_END = "\n"
+# What input_audio.format may say; the bytes are sniffed anyway (service/audio/decode.py).
+INPUT_AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "opus", "webm", "m4a", "mp4", "aac", "aiff")
+_TEXT_ONLY_ROLES = ("system", "developer", "assistant")
+
+
+class _Parts:
+    def __init__(self) -> None:
+        self.items: list[PromptInput] = []
+
+    def text(self, text: str) -> None:
+        if text:
+            self.items.append(TextInput(text))
+
+    def speech(self, tokens: str) -> None:
+        if tokens:
+            self.items.append(SpeechInput(tokens))
+
+    def end_turn(self) -> None:
+        if self.items and isinstance(self.items[-1], TextInput):
+            self.items.append(TextInput(TURN_END))
+
+
+async def conversation_inputs(
+    messages: Sequence[ChatMessage], engine: Engine, model: str, memory: ChatMemory
+) -> list[PromptInput]:
+    parts = _Parts()
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if message.role == "assistant" and message.audio is not None:
+            parts.speech(_stored_audio(message.audio.id, model, memory, f"{where}.audio.id"))
+        else:
+            for number, part in enumerate(_content(message, where)):
+                source = _Source(engine, model, memory, f"{where}.content[{number}]")
+                await _add_part(parts, part, message.role, source)
+        parts.end_turn()
+    if not parts.items:
+        raise APIError(400, "messages: the conversation has no content", param="messages")
+    return parts.items
+
+
+def _content(message: ChatMessage, where: str) -> list[dict[str, Any]]:
+    if isinstance(message.content, str):
+        return [{"type": "text", "text": message.content}]
+    if message.content is None:
+        if message.role != "assistant":
+            raise APIError(400, f"{where}.content is required", param=f"{where}.content")
+        return []
+    return message.content
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What encoding one content part needs, and the part's field path for errors."""
+
+    engine: Engine
+    model: str
+    memory: ChatMemory
+    where: str
+
+
+async def _add_part(parts: _Parts, part: dict[str, Any], role: str, source: _Source) -> None:
+    where = source.where
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise APIError(400, f"{where}.text must be a string", param=f"{where}.text")
+        parts.text(text)
+    elif kind == "input_audio" and role not in _TEXT_ONLY_ROLES:
+        parts.speech(await _encode_input_audio(part.get("input_audio"), source))
+    else:
+        allowed = "'text'" if role in _TEXT_ONLY_ROLES else "'text' or 'input_audio'"
+        raise APIError(
+            400,
+            f"{where}.type: {kind!r} is not supported in a {role} message; use {allowed}",
+            param=f"{where}.type",
+        )
+
+
+async def _encode_input_audio(value: object, source: _Source) -> str:
+    field = f"{source.where}.input_audio"
+    if not isinstance(value, dict):
+        raise APIError(400, f"{field} must be an object {{data, format}}", param=field)
+    fmt = value.get("format")
+    if not isinstance(fmt, str) or fmt.lower() not in INPUT_AUDIO_FORMATS:
+        raise APIError(
+            400,
+            f"{field}.format: {fmt!r} is not supported; use one of "
+            f"{', '.join(INPUT_AUDIO_FORMATS)}",
+            param=f"{field}.format",
+        )
+    data = value.get("data")
+    if not isinstance(data, str) or not data:
+        raise APIError(
+            400, f"{field}.data must be a non-empty base64 string", param=f"{field}.data"
+        )
+    audio = b64decode_field(data, f"{field}.data")
+    cached = source.memory.encoded(source.model, audio)
+    if cached is not None:
+        return cached
+    try:
+        encoded = await source.engine.encode(audio, source.model)
+    except APIError as error:
+        if error.status >= 500:
+            raise
+        raise APIError(
+            error.status, f"{field}.data: {error.message}", param=f"{field}.data"
+        ) from None
+    source.memory.remember_encoded(source.model, audio, encoded.tokens)
+    return encoded.tokens
+
+
+def _stored_audio(audio_id: str, model: str, memory: ChatMemory, param: str) -> str:
+    stored = memory.get_audio(audio_id)
+    if stored is None:
+        raise APIError(
+            400,
+            f"{param}: audio '{audio_id}' is unknown or has expired (generated audio is kept "
+            f"for {int(memory.ttl)} s by the gateway that produced it)",
+            param=param,
+        )
+    if stored.model != model:
+        raise APIError(
+            400,
+            f"{param}: audio '{audio_id}' was generated by {stored.model}, not {model}",
+            param=param,
+        )
+    return stored.tokens

@@ -1,0 +1,361 @@
+"""POST /v1/chat/completions: a conversation -> one Spirit LM generation -> text or speech.
+
+``modalities: ["text"]`` (the default) generates text; ``["text", "audio"]`` generates speech,
+returned in ``message.audio`` (non-streamed: one file in ``audio.format``; streamed: base64
+pieces of the same format in ``delta.audio.data``, which concatenated give the file; for
+``pcm16`` they are raw samples). Audio is always produced at 24 kHz, the rate OpenAI clients
+assume for pcm16.
+
+``message.audio.transcript`` is always empty: Spirit LM generates speech tokens with no parallel
+text, and a transcript would need a second LM generation (zero-shot ASR of the tokens) per turn,
+doubling the cost, with poor accuracy on the base model. Ask for ``["text"]`` to get text.
+
+Stop strings apply to generated text (so to ``["text"]`` only): the gateway cuts the text before
+the first stop string and closes the LM stream, which aborts the request in vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi.responses import StreamingResponse
+
+from service.audio.encode import StreamEncoder, encode_audio
+from service.gateway.chat.conversation import conversation_inputs
+from service.gateway.chat.memory import ChatMemory
+from service.gateway.chat.protocol import (
+    AssistantMessage,
+    AudioOut,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    Usage,
+)
+from service.gateway.chat.stops import StopMatcher, parse_stops
+from service.gateway.chat.voices import voices_for
+from service.gateway.engine import AudioOut as EngineAudio
+from service.gateway.engine import Engine, SpeechTokensOut, TextOut
+from service.gateway.errors import APIError, error_body
+from service.gateway.state import GatewayState
+from service.gateway.streams import SSE_DONE, SSE_HEADERS, Timings, pcm16_to_float, sse
+from service.lm.client import SamplingParams
+from service.lm.generation import GenerationResult, PreparedPrompt
+from service.lm.prompt import OutputModality, build_prompt
+
+ROUTE = "/v1/chat/completions"
+OUTPUT_SAMPLE_RATE = 24000
+DEFAULT_MAX_TOKENS = 512
+_ENCODER_FORMAT = {"pcm16": "pcm"}  # our encoder's name for raw 16-bit samples
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    """Everything one request needs, validated before any generation starts."""
+
+    model: str
+    prepared: PreparedPrompt
+    params: SamplingParams
+    speech: bool
+    speaker: int
+    audio_format: str  # the request's name (wav, pcm16, ...)
+    stops: list[str]
+    affinity: str | None
+
+    @property
+    def encoder_format(self) -> str:
+        return _ENCODER_FORMAT.get(self.audio_format, self.audio_format)
+
+
+@dataclass
+class Outcome:
+    """How the generation ended; filled in when the events are exhausted."""
+
+    finish_reason: str = "stop"
+    speech_tokens: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=lambda: _usage_of(0, 0))
+
+
+async def chat_completion(
+    request: ChatCompletionRequest,
+    state: GatewayState,
+    memory: ChatMemory,
+    session_id: str | None,
+) -> ChatCompletion | StreamingResponse:
+    plan = await plan_chat(request, state.engine, memory, session_id)
+    timings = Timings(state.metrics, ROUTE, OUTPUT_SAMPLE_RATE)
+    outcome = Outcome()
+    events = chat_events(plan, state.engine, timings, outcome)
+    response_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if not request.stream:
+        return await _complete(plan, events, outcome, memory, response_id, created)
+    # Wait for the first output so that failures before it (no LM worker, prompt too long)
+    # are HTTP errors rather than an error event inside a 200 stream.
+    first = await _first(events)
+    include_usage = bool(request.stream_options and request.stream_options.include_usage)
+    chunks = _ChunkMaker(response_id, created, plan.model, include_usage)
+    return StreamingResponse(
+        _sse_stream(plan, first, events, outcome, memory, chunks),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+
+async def plan_chat(
+    request: ChatCompletionRequest, engine: Engine, memory: ChatMemory, session_id: str | None
+) -> ChatPlan:
+    check_unsupported(request)
+    model = engine.resolve_model(request.model)
+    speech = _wants_speech(request.modalities)
+    max_tokens = _max_tokens(request, engine.max_tokens_limit)
+    stops = parse_stops(request.stop)
+    audio = request.audio
+    speaker = voices_for(engine.layout, model).resolve(
+        audio.voice if audio else None, "audio.voice"
+    )
+    inputs = await conversation_inputs(request.messages, engine, model, memory)
+    modality = OutputModality.SPEECH if speech else OutputModality.TEXT
+    prepared = engine.prepare(build_prompt(inputs, modality), modality, model)
+    return ChatPlan(
+        model=model,
+        prepared=prepared,
+        params=request.sampling(max_tokens),
+        speech=speech,
+        speaker=speaker,
+        audio_format=audio.format if audio else "wav",
+        stops=stops,
+        affinity=session_id or request.user or None,
+    )
+
+
+def check_unsupported(request: ChatCompletionRequest) -> None:
+    """Refuse options that would change the answer and that Spirit LM serving lacks."""
+    if request.n != 1:
+        raise APIError(400, f"n: only n=1 is supported (got {request.n})", param="n")
+    refusals = {
+        "tools": bool(request.tools),
+        "functions": bool(request.functions),
+        "tool_choice": request.tool_choice not in (None, "none"),
+        "function_call": request.function_call not in (None, "none"),
+        "logprobs": bool(request.logprobs),
+        "top_logprobs": bool(request.top_logprobs),
+        "logit_bias": bool(request.logit_bias),
+        "frequency_penalty": bool(request.frequency_penalty),
+        "presence_penalty": bool(request.presence_penalty),
+        "response_format": (request.response_format or {}).get("type", "text") != "text",
+    }
+    for name, refused in refusals.items():
+        if refused:
+            raise APIError(400, f"{name}: not supported by this server", param=name)
+
+
+def _wants_speech(modalities: list[str] | None) -> bool:
+    chosen = set(modalities or ["text"])
+    if chosen == {"text"}:
+        return False
+    if chosen == {"text", "audio"}:
+        return True
+    raise APIError(400, 'modalities: use ["text"] or ["text", "audio"]', param="modalities")
+
+
+def _max_tokens(request: ChatCompletionRequest, limit: int) -> int:
+    if request.max_completion_tokens is not None:
+        value, param = request.max_completion_tokens, "max_completion_tokens"
+    elif request.max_tokens is not None:
+        value, param = request.max_tokens, "max_tokens"
+    else:
+        return min(DEFAULT_MAX_TOKENS, limit)
+    if value > limit:
+        raise APIError(400, f"{param} {value} exceeds the limit of {limit}", param=param)
+    return value
+
+
+# ---- generation -------------------------------------------------------------------------------
+
+
+async def chat_events(
+    plan: ChatPlan, engine: Engine, timings: Timings, outcome: Outcome
+) -> AsyncIterator[str | bytes]:
+    """Text pieces (str) and pcm16 audio chunks (bytes) as they come; then fills `outcome`."""
+    result = GenerationResult()
+    matcher = StopMatcher(plan.stops)
+    outputs = engine.run(
+        plan.prepared,
+        plan.params,
+        plan.model,
+        speaker=plan.speaker,
+        sample_rate=OUTPUT_SAMPLE_RATE,
+        synthesize=plan.speech,
+        affinity=plan.affinity,
+        result=result,
+    )
+    # aclosing: leaving early (stop string, client gone) closes the engine's stream at once,
+    # which aborts the vLLM request and the vocoder session.
+    async with contextlib.aclosing(outputs):
+        async for item in outputs:
+            timings.observe(item)
+            if isinstance(item, TextOut):
+                text = matcher.feed(item.text)
+                if text:
+                    yield text
+                if matcher.stopped:
+                    break
+            elif isinstance(item, EngineAudio):
+                yield item.pcm16
+            elif isinstance(item, SpeechTokensOut):
+                outcome.speech_tokens.append(item.tokens)
+    tail = matcher.flush()
+    if tail:
+        yield tail
+    timings.finish()
+    outcome.finish_reason = _finish_reason(result, matcher.stopped)
+    outcome.usage = _usage(result, plan.prepared, matcher.stopped)
+
+
+def _finish_reason(result: GenerationResult, stopped: bool) -> str:
+    return "length" if not stopped and result.finish_reason == "length" else "stop"
+
+
+def _usage(result: GenerationResult, prepared: PreparedPrompt, stopped: bool) -> Usage:
+    # An aborted request never gets vLLM's usage event: count what was received instead.
+    if stopped or not result.usage.prompt_tokens:
+        prompt, completion = len(prepared.prompt_ids), len(result.output_ids)
+    else:
+        prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
+    return _usage_of(prompt, completion)
+
+
+def _usage_of(prompt: int, completion: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
+
+
+async def _first(events: AsyncIterator[str | bytes]) -> str | bytes | None:
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        return None
+
+
+# ---- one response -----------------------------------------------------------------------------
+
+
+async def _complete(
+    plan: ChatPlan,
+    events: AsyncIterator[str | bytes],
+    outcome: Outcome,
+    memory: ChatMemory,
+    response_id: str,
+    created: int,
+) -> ChatCompletion:
+    text: list[str] = []
+    pcm = bytearray()
+    async for piece in events:
+        if isinstance(piece, str):
+            text.append(piece)
+        else:
+            pcm += piece
+    audio = None
+    if plan.speech:
+        samples = pcm16_to_float(bytes(pcm))
+        encoded = await asyncio.to_thread(
+            encode_audio, samples, OUTPUT_SAMPLE_RATE, plan.encoder_format
+        )
+        audio_id = memory.new_audio_id()
+        expires = memory.put_audio(audio_id, plan.model, "".join(outcome.speech_tokens))
+        audio = AudioOut(
+            id=audio_id,
+            data=base64.b64encode(encoded).decode(),
+            expires_at=expires,
+            transcript="",
+        )
+    message = AssistantMessage(content=None if plan.speech else "".join(text), audio=audio)
+    return ChatCompletion(
+        id=response_id,
+        created=created,
+        model=plan.model,
+        choices=[Choice(message=message, finish_reason=outcome.finish_reason)],  # type: ignore[arg-type]
+        usage=outcome.usage,
+    )
+
+
+# ---- streaming --------------------------------------------------------------------------------
+
+
+class _ChunkMaker:
+    def __init__(self, response_id: str, created: int, model: str, include_usage: bool) -> None:
+        self.base = {
+            "id": response_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+        }
+        self.include_usage = include_usage
+
+    def delta(self, delta: dict, finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        body = {**self.base, "choices": [choice]}
+        if self.include_usage:
+            body["usage"] = None  # OpenAI: null on every chunk but the last
+        return sse(body)
+
+    def usage(self, usage: Usage) -> bytes:
+        return sse({**self.base, "choices": [], "usage": usage.model_dump()})
+
+
+async def _sse_stream(
+    plan: ChatPlan,
+    first: str | bytes | None,
+    events: AsyncIterator[str | bytes],
+    outcome: Outcome,
+    memory: ChatMemory,
+    chunks: _ChunkMaker,
+) -> AsyncIterator[bytes]:
+    audio_id = memory.new_audio_id()
+    encoder = StreamEncoder(plan.encoder_format, OUTPUT_SAMPLE_RATE) if plan.speech else None
+    yield chunks.delta({"role": "assistant", "content": None if plan.speech else ""})
+    try:
+        async for piece in _chained(first, events):
+            if isinstance(piece, str):
+                yield chunks.delta({"content": piece})
+            elif encoder is not None:
+                data = encoder.write(pcm16_to_float(piece))
+                if data:
+                    yield chunks.delta({"audio": {"id": audio_id, "data": _b64(data)}})
+        if encoder is not None:
+            tail = encoder.close()
+            if tail:
+                yield chunks.delta({"audio": {"id": audio_id, "data": _b64(tail)}})
+            expires = memory.put_audio(audio_id, plan.model, "".join(outcome.speech_tokens))
+            yield chunks.delta({"audio": {"id": audio_id, "expires_at": expires, "transcript": ""}})
+        yield chunks.delta({}, outcome.finish_reason)
+        if chunks.include_usage:
+            yield chunks.usage(outcome.usage)
+    except APIError as error:
+        yield sse(error_body(error.status, error.message, error.param, error.code))
+    yield SSE_DONE
+
+
+async def _chained(
+    first: str | bytes | None, rest: AsyncIterator[str | bytes]
+) -> AsyncIterator[str | bytes]:
+    if first is None:
+        return
+    yield first
+    async for piece in rest:
+        yield piece
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -1,0 +1,296 @@
+"""POST /v1/chat/completions through the official `openai` SDK, against the real LM worker
+(vLLM), speech worker and gateway processes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile
+
+from service.checkpoints.layout import BASE, CheckpointLayout
+from service.lm.tokenizer import SpiritTokenizer
+
+pytestmark = pytest.mark.slow
+
+SYSTEM = {"role": "system", "content": "Answer briefly."}
+
+
+@pytest.fixture(scope="module")
+def gateway(servers) -> str:  # noqa: ANN001
+    return servers.gateway(BASE)
+
+
+@pytest.fixture(scope="module")
+def client(gateway: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(layout: CheckpointLayout) -> SpiritTokenizer:
+    return SpiritTokenizer.from_dir(layout.lm_dir(BASE))
+
+
+@pytest.fixture(scope="module")
+def wav_b64(speech_file: Path) -> str:
+    """The test utterance as a WAV file (OpenAI's input_audio formats are wav and mp3)."""
+    samples, rate = soundfile.read(speech_file, dtype="int16")
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def speech_tokens(servers, wav_b64: str) -> str:  # noqa: ANN001
+    response = httpx.post(
+        servers.speech() + "/v1/encode",
+        params={"model": BASE},
+        content=base64.b64decode(wav_b64),
+        timeout=120.0,
+    )
+    response.raise_for_status()
+    return response.json()["tokens"]
+
+
+def generate(gateway: str, prompt: str, modality: str, max_tokens: int) -> dict:
+    """The same prompt through /v1/generate (greedy): what the chat route must reproduce."""
+    body = {
+        "prompt": prompt,
+        "output_modality": modality,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    response = httpx.post(gateway + "/v1/generate", json=body, timeout=120.0)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def audio_part(data: str, fmt: str = "wav") -> dict:
+    return {"type": "input_audio", "input_audio": {"data": data, "format": fmt}}
+
+
+# ---- text -------------------------------------------------------------------------------------
+
+
+def test_text_chat(client: openai.OpenAI, gateway: str, tokenizer: SpiritTokenizer) -> None:
+    messages = [SYSTEM, {"role": "user", "content": "What is the capital of France?"}]
+    completion = client.chat.completions.create(
+        model=BASE, messages=messages, max_tokens=12, temperature=0
+    )
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.model == BASE
+    [choice] = completion.choices
+    assert choice.message.role == "assistant"
+    assert choice.message.audio is None
+    # The conversation is rendered as one text prompt, each turn ending with a newline.
+    prompt = "[Text]Answer briefly.\nWhat is the capital of France?\n"
+    assert completion.usage.prompt_tokens == len(tokenizer.encode(prompt))
+    assert 1 <= completion.usage.completion_tokens <= 12
+    expected = generate(gateway, prompt, "text", 12)
+    assert choice.message.content == "".join(s["text"] for s in expected["segments"])
+    assert completion.usage.completion_tokens == len(expected["output_token_ids"])
+    assert choice.finish_reason == ("length" if expected["finish_reason"] == "length" else "stop")
+
+
+def test_streamed_text_chat(client: openai.OpenAI) -> None:
+    messages = [SYSTEM, {"role": "user", "content": "Tell me a story."}]
+    whole = client.chat.completions.create(
+        model=BASE, messages=messages, max_tokens=20, temperature=0
+    )
+    stream = client.chat.completions.create(
+        model=BASE,
+        messages=messages,
+        max_tokens=20,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
+    assert len({chunk.id for chunk in chunks}) == 1
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+def test_stop_strings_cut_the_text(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Count from one to twenty."}]
+    full = client.chat.completions.create(
+        model=BASE, messages=messages, max_tokens=30, temperature=0
+    )
+    text = full.choices[0].message.content
+    assert len(text) >= 12, "the model should produce enough text to cut"
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    expected = text[: text.find(stop)]
+    cut = client.chat.completions.create(
+        model=BASE, messages=messages, max_tokens=30, temperature=0, stop=[stop, "\u2603\u2603"]
+    )
+    assert cut.choices[0].message.content == expected
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.usage.completion_tokens <= full.usage.completion_tokens
+    streamed = client.chat.completions.create(
+        model=BASE, messages=messages, max_tokens=30, temperature=0, stop=stop, stream=True
+    )
+    pieces = [c.choices[0].delta.content or "" for c in streamed if c.choices]
+    assert "".join(pieces) == expected
+
+
+# ---- audio ------------------------------------------------------------------------------------
+
+
+def test_audio_in_audio_out_and_a_second_turn(
+    client: openai.OpenAI,
+    gateway: str,
+    tokenizer: SpiritTokenizer,
+    wav_b64: str,
+    speech_tokens: str,
+) -> None:
+    user = {"role": "user", "content": [{"type": "text", "text": "Repeat:"}, audio_part(wav_b64)]}
+    completion = client.chat.completions.create(
+        model=BASE,
+        messages=[user],
+        modalities=["text", "audio"],
+        audio={"voice": "ex03_default", "format": "wav"},
+        max_tokens=40,
+        temperature=0,
+    )
+    message = completion.choices[0].message
+    assert message.content is None
+    audio = message.audio
+    assert audio.id.startswith("audio_")
+    assert audio.transcript == ""
+    assert audio.expires_at > time.time() + 600
+    wav, rate = soundfile.read(io.BytesIO(base64.b64decode(audio.data)))
+    assert rate == 24000
+    assert len(wav) > 0 and np.abs(wav).max() > 0
+    # The user turn ends in speech, so the model continues it: no prefix is added.
+    first_prompt = "[Text]Repeat:[Speech]" + speech_tokens
+    assert completion.usage.prompt_tokens == len(tokenizer.encode(first_prompt))
+    generated = generate(gateway, first_prompt, "speech", 40)["segments"][0]["tokens"]
+
+    # Second turn: the assistant's audio is referenced by id and rebuilt from its tokens.
+    history = [user, {"role": "assistant", "audio": {"id": audio.id}}]
+    follow_up = client.chat.completions.create(
+        model=BASE,
+        messages=[*history, {"role": "user", "content": "Once more, in text."}],
+        max_tokens=5,
+        temperature=0,
+    )
+    second_prompt = first_prompt + generated + "[Text]Once more, in text.\n"
+    assert follow_up.usage.prompt_tokens == len(tokenizer.encode(second_prompt))
+    assert isinstance(follow_up.choices[0].message.content, str)
+
+    with pytest.raises(openai.BadRequestError) as unknown:
+        client.chat.completions.create(
+            model=BASE,
+            messages=[user, {"role": "assistant", "audio": {"id": "audio_nope"}}],
+            max_tokens=5,
+        )
+    assert unknown.value.body["param"] == "messages[1].audio.id"
+
+
+def test_streamed_audio_matches_the_whole_response(client: openai.OpenAI) -> None:
+    request = {
+        "model": BASE,
+        "messages": [{"role": "user", "content": "Say something."}],
+        "modalities": ["text", "audio"],
+        "audio": {"voice": "2", "format": "pcm16"},
+        "max_tokens": 40,
+        "temperature": 0,
+    }
+    whole = client.chat.completions.create(**request)
+    pcm = base64.b64decode(whole.choices[0].message.audio.data)
+    assert len(pcm) > 0 and len(pcm) % 2 == 0
+    chunks = list(client.chat.completions.create(**request, stream=True))
+    audio = [c.choices[0].delta.audio for c in chunks if c.choices and c.choices[0].delta.audio]
+    streamed = b"".join(base64.b64decode(a.data) for a in audio if a.data)
+    assert len(streamed) == len(pcm)
+    # Both come from the same streaming vocoder path; sample values agree up to rounding.
+    a = np.frombuffer(streamed, dtype="<i2").astype(np.int32)
+    b = np.frombuffer(pcm, dtype="<i2").astype(np.int32)
+    assert np.abs(a - b).max() <= 1
+    final = audio[-1]
+    assert final.id.startswith("audio_") and final.transcript == ""
+    assert final.expires_at > time.time()
+    assert {a.id for a in audio} == {final.id}
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+
+def test_n_above_one_is_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(
+            model=BASE, messages=[{"role": "user", "content": "hi"}], n=2, max_tokens=2
+        )
+    assert error.value.status_code == 400
+    assert error.value.body["param"] == "n"
+
+
+@pytest.mark.parametrize(
+    ("part", "param"),
+    [
+        (audio_part("!!! not base64 !!!"), "messages[0].content[1].input_audio.data"),
+        (audio_part("UklGRg==", fmt="xyz"), "messages[0].content[1].input_audio.format"),
+        (
+            audio_part(base64.b64encode(b"plain text, no sound " * 30).decode()),
+            "messages[0].content[1].input_audio.data",
+        ),
+        ({"type": "image_url", "image_url": {"url": "x"}}, "messages[0].content[1].type"),
+    ],
+    ids=["bad-base64", "bad-format", "not-audio", "image"],
+)
+def test_bad_content_parts_name_the_field(client: openai.OpenAI, part: dict, param: str) -> None:
+    message = {"role": "user", "content": [{"type": "text", "text": "hi"}, part]}
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model=BASE, messages=[message], max_tokens=2)
+    assert error.value.body["param"] == param
+    assert param in error.value.body["message"]
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        (
+            {"modalities": ["text", "audio"], "audio": {"voice": "nobody", "format": "wav"}},
+            "audio.voice",
+        ),
+        (
+            {"modalities": ["text", "audio"], "audio": {"voice": "2", "format": "ogg"}},
+            "audio.format",
+        ),
+        ({"modalities": ["audio"]}, "modalities"),
+        ({"max_completion_tokens": 100000}, "max_completion_tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"logprobs": True}, "logprobs"),
+    ],
+)
+def test_bad_options_name_the_field(client: openai.OpenAI, options: dict, param: str) -> None:
+    with pytest.raises(openai.APIStatusError) as error:
+        client.chat.completions.create(
+            model=BASE, messages=[{"role": "user", "content": "hi"}], **options
+        )
+    assert error.value.status_code in (400, 422)
+    assert error.value.body["param"] == param
+    assert param in error.value.body["message"]
+
+
+def test_bad_role_is_refused(gateway: str) -> None:
+    body = {"messages": [{"role": "tool", "content": "x"}]}
+    response = httpx.post(gateway + "/v1/chat/completions", json=body, timeout=30.0)
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == "messages.0.role"

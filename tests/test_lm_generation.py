@@ -1,0 +1,481 @@
+"""Interleaved generation on the real vLLM server (issue 3), checked against transformers.
+
+Every test talks to the unmodified vLLM OpenAI server started once per variant by the session
+fixture `servers.lm(...)`, on the embedded tiny checkpoints. The reference is what the official
+implementation runs: `LlamaForCausalLM.generate` (float32 here, CPU) with the §3 forbidden set as
+single-token `bad_words_ids`.
+
+One deliberate difference is mirrored in the reference: we never let vLLM pick an embedding row
+that has no token (the padding rows, §3: 32503-32511 base, 32667-32767 expressive), in any
+modality, because nothing could decode it (`prepare_prompt` and `SpiritTokenizer.allowed_ids`
+leave them out of `allowed_token_ids`). The reference bans them too through `bad_words_ids`, so
+greedy outputs must then be identical token for token. The banned sets below are written from
+the spec's id ranges, not taken from the code under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+
+from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
+from service.lm.client import LMClient, SamplingParams
+from service.lm.generation import GenerationResult, Generator, PreparedPrompt
+from service.lm.parsing import (
+    Done,
+    Event,
+    Segment,
+    SpeechSegment,
+    TextSegment,
+    parse_output_report,
+    segments_from_events,
+)
+from service.lm.prompt import OutputModality, PromptInput, SpeechInput, TextInput, build_prompt
+from service.lm.tokenizer import SpiritTokenizer
+
+T = TypeVar("T")
+VARIANTS = (BASE, EXPRESSIVE)
+TEXT, SPEECH, ARBITRARY = OutputModality.TEXT, OutputModality.SPEECH, OutputModality.ARBITRARY
+REPO = Path(__file__).resolve().parent.parent
+
+# §3 id map, written out from the spec.
+MARKERS = {32000, 32001}
+HUBERT_IDS = set(range(32002, 32503))
+PITCH_IDS = set(range(32503, 32567))
+STYLE_IDS = set(range(32567, 32667))
+TEXT_IDS = set(range(0, 32000))
+PADDING_ROWS = {BASE: set(range(32503, 32512)), EXPRESSIVE: set(range(32667, 32768))}
+GREEDY_TOKENS = 32
+
+
+def spec_banned(modality: OutputModality, variant: str) -> set[int]:
+    """§3's forbidden set (padding rows are not part of it)."""
+    if modality is TEXT:
+        units = HUBERT_IDS | (PITCH_IDS | STYLE_IDS if variant == EXPRESSIVE else set())
+        return MARKERS | units
+    if modality is SPEECH:
+        return MARKERS | TEXT_IDS
+    return set()
+
+
+def run(coroutine: Coroutine[Any, Any, T], timeout: float = 300.0) -> T:
+    return asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def speech_tokens(layout: CheckpointLayout, speech_file: Path) -> dict[str, str]:
+    """The real example file encoded by each variant's speech tokenizer (no [Speech] prefix)."""
+    from service.audio.decode import load_audio_file
+    from service.speech.pipeline import SpeechStack
+
+    wav = load_audio_file(speech_file)
+    return {variant: SpeechStack(layout, variant).encode_string(wav) for variant in VARIANTS}
+
+
+@cache
+def _tokenizer(lm_dir: Path) -> SpiritTokenizer:
+    return SpiritTokenizer.from_dir(lm_dir)
+
+
+def tokenizer_of(layout: CheckpointLayout, variant: str) -> SpiritTokenizer:
+    return _tokenizer(layout.lm_dir(variant))
+
+
+@cache
+def _reference_model(lm_dir: Path) -> Any:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(lm_dir, torch_dtype=torch.float32).eval()
+
+
+def reference_greedy(
+    layout: CheckpointLayout, variant: str, prompt_ids: list[int], modality: OutputModality, n: int
+) -> list[int]:
+    """transformers' greedy ids for the prompt ids, §3 set + padding rows as bad words."""
+    import torch
+
+    model = _reference_model(layout.lm_dir(variant))
+    banned = spec_banned(modality, variant) | PADDING_ROWS[variant]
+    ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=n,
+            bad_words_ids=[[i] for i in sorted(banned)],
+        )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+def generator_for(url: str, layout: CheckpointLayout, variant: str) -> Generator:
+    client = LMClient(url, variant)
+    return Generator(tokenizer_of(layout, variant), client, expressive=variant == EXPRESSIVE)
+
+
+async def generate(
+    generator: Generator, prepared: PreparedPrompt, params: SamplingParams
+) -> tuple[list[Event], GenerationResult]:
+    try:
+        return await generator.run(prepared, params)
+    finally:
+        await generator.lm.aclose()
+
+
+async def generate_many(
+    generator: Generator, prepared: list[PreparedPrompt], params: list[SamplingParams]
+) -> list[tuple[list[Event], GenerationResult]]:
+    """Concurrent requests on one client (vLLM batches them)."""
+    try:
+        jobs = [generator.run(p, s) for p, s in zip(prepared, params, strict=True)]
+        return list(await asyncio.gather(*jobs))
+    finally:
+        await generator.lm.aclose()
+
+
+def generated_text(tokenizer: SpiritTokenizer, prompt_ids: list[int], output: list[int]) -> str:
+    """The reference's slice of the decoded full sequence (§5.4)."""
+    full = tokenizer.decode_ids(prompt_ids + output)
+    return full[len(tokenizer.decode_ids(prompt_ids)) :]
+
+
+def prompt_cases(speech: str) -> dict[str, tuple[list[PromptInput], OutputModality]]:
+    return {
+        "text-to-text": ([TextInput("The largest country in the world is")], TEXT),
+        "speech-to-text": ([SpeechInput(speech)], TEXT),
+        "text-to-speech": ([TextInput("The train to the mountains leaves at seven.")], SPEECH),
+        "mixed-to-arbitrary": ([TextInput("Listen to this:"), SpeechInput(speech)], ARBITRARY),
+    }
+
+
+CASE_NAMES = ("text-to-text", "speech-to-text", "text-to-speech", "mixed-to-arbitrary")
+
+
+# ---------------------------------------------------------------------------------------------
+# greedy equality with transformers
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_greedy_ids_equal_transformers(
+    servers: Any,
+    layout: CheckpointLayout,
+    speech_tokens: dict[str, str],
+    variant: str,
+    case: str,
+) -> None:
+    inputs, modality = prompt_cases(speech_tokens[variant])[case]
+    prompt = build_prompt(inputs, modality)
+    generator = generator_for(servers.lm(variant), layout, variant)
+    prepared = generator.prepare(prompt, modality)
+    params = SamplingParams(max_tokens=GREEDY_TOKENS, temperature=0.0)
+    _, result = run(generate(generator, prepared, params))
+
+    expected = reference_greedy(layout, variant, prepared.prompt_ids, modality, GREEDY_TOKENS)
+    assert result.output_ids == expected
+    assert result.usage.prompt_tokens == len(prepared.prompt_ids)
+    assert result.usage.completion_tokens == len(expected)
+    if modality is SPEECH:  # </s> is banned, so speech always runs to the limit (§9.15)
+        assert result.finish_reason == "length" and len(expected) == GREEDY_TOKENS
+
+
+# ---------------------------------------------------------------------------------------------
+# forced modalities
+
+
+@pytest.mark.parametrize("modality", [TEXT, SPEECH], ids=["text", "speech"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sampled_forced_modality_never_emits_a_banned_token(
+    servers: Any, layout: CheckpointLayout, variant: str, modality: OutputModality
+) -> None:
+    # Unmasked sampling at temperature 1 over ~32.5k ids would hit a banned id within these
+    # 4 x 96 tokens with near certainty (speech ids are ~2% of the vocabulary, text ids ~98%).
+    prompt = build_prompt([TextInput("Every morning she opens the window")], modality)
+    generator = generator_for(servers.lm(variant), layout, variant)
+    prepared = generator.prepare(prompt, modality)
+    seeds = [1, 2, 3, 4]
+    params = [SamplingParams(max_tokens=96, temperature=1.0, seed=seed) for seed in seeds]
+    outputs = run(generate_many(generator, [prepared] * len(seeds), params))
+
+    forbidden = spec_banned(modality, variant) | PADDING_ROWS[variant]
+    for seed, (_, result) in zip(seeds, outputs, strict=True):
+        assert result.output_ids, f"seed {seed}: nothing generated"
+        bad = sorted(set(result.output_ids) & forbidden)
+        assert not bad, f"seed {seed}: forbidden ids {bad[:10]}"
+        assert max(result.output_ids) < 32768
+    distinct = {tuple(result.output_ids) for _, result in outputs}
+    assert len(distinct) == len(seeds), "different seeds gave identical samples"
+
+
+# ---------------------------------------------------------------------------------------------
+# client abort
+
+
+def vllm_metrics(url: str) -> dict[str, float]:
+    """The few vLLM counters the abort test reads, summed over their labels."""
+    wanted = (
+        "vllm:num_requests_running",
+        "vllm:request_success_total",
+        "vllm:generation_tokens_total",
+    )
+    totals = dict.fromkeys(wanted, 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=5.0).text.splitlines():
+        match = re.match(r"([a-z_:]+)(?:\{[^}]*\})? (\S+)$", line)
+        if match and match.group(1) in totals:
+            totals[match.group(1)] += float(match.group(2))
+    return totals
+
+
+async def read_then_close(generator: Generator, prepared: PreparedPrompt, deltas: int) -> int:
+    """Read a few events of a long stream, then leave it; return the ids received."""
+    result = GenerationResult()
+    seen = 0
+    stream = generator.stream(
+        prepared, SamplingParams(max_tokens=4000, temperature=1.0, seed=7), result
+    )
+    try:
+        async for _ in stream:
+            seen += 1
+            if seen >= deltas:
+                break
+    finally:
+        await stream.aclose()
+        await generator.lm.aclose()
+    return len(result.output_ids)
+
+
+def test_client_abort_cancels_the_vllm_request(servers: Any, layout: CheckpointLayout) -> None:
+    url = servers.lm(BASE)
+    before = vllm_metrics(url)
+    assert before["vllm:num_requests_running"] == 0
+    generator = generator_for(url, layout, BASE)
+    # SPEECH output cannot stop early (</s> banned), so only an abort ends it before 4000 ids.
+    prepared = generator.prepare(build_prompt([TextInput("Hello")], SPEECH), SPEECH)
+    received = run(read_then_close(generator, prepared, deltas=3))
+    assert 0 < received < 4000
+
+    deadline = time.monotonic() + 5.0
+    while True:
+        now = vllm_metrics(url)
+        if now["vllm:num_requests_running"] == 0:
+            break
+        assert time.monotonic() < deadline, f"request still running 5 s after close: {now}"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    settled = vllm_metrics(url)
+    # Generation stopped for good, far from the limit, and the request did not finish normally
+    # (vLLM 0.32 counts client aborts in none of request_success_total's reasons).
+    assert settled["vllm:generation_tokens_total"] == now["vllm:generation_tokens_total"]
+    assert settled["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] < 1000
+    assert settled["vllm:request_success_total"] == before["vllm:request_success_total"]
+    assert settled["vllm:num_requests_running"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming events against batch parsing
+
+
+def join_text(segments: list[Segment]) -> list[Segment]:
+    """Adjacent text segments joined, as the stream emits them (a dropped chunk leaves none)."""
+    joined: list[Segment] = []
+    for segment in segments:
+        previous = joined[-1] if joined else None
+        if isinstance(segment, TextSegment) and isinstance(previous, TextSegment):
+            joined[-1] = TextSegment(previous.text + segment.text)
+        else:
+            joined.append(segment)
+    return joined
+
+
+def interleaving_ids(tokenizer: SpiritTokenizer, variant: str) -> list[int]:
+    """A narrow ARBITRARY id set on which the random tiny LM interleaves text and speech.
+
+    Mostly unit tokens (long speech runs, some long enough to keep, some dropped), a few words
+    and both markers, so every branch of §5.4 sees real vLLM output.
+    """
+    words = tokenizer.encode(" the cat sat on a mat")[1:]
+    units = sorted(HUBERT_IDS)[:160]
+    if variant == EXPRESSIVE:
+        units += sorted(PITCH_IDS)[:40] + sorted(STYLE_IDS)[:8]
+    return sorted(set(words) | MARKERS | set(units))
+
+
+def assert_stream_matches_batch(
+    tokenizer: SpiritTokenizer,
+    prepared: PreparedPrompt,
+    events: list[Event],
+    result: GenerationResult,
+    expressive: bool,
+) -> None:
+    generated = generated_text(tokenizer, prepared.prompt_ids, result.output_ids)
+    report = parse_output_report(
+        prepared.prompt, generated, prepared.modality, expressive=expressive
+    )
+    expected = join_text(report.segments)
+    if prepared.modality is TEXT and expected == [TextSegment("")]:
+        expected = []
+    assert segments_from_events(events) == expected
+    assert events[-1] == Done(tuple(report.dropped))
+    assert sum(isinstance(event, Done) for event in events) == 1
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_stream_events_match_batch_parsing(
+    servers: Any, layout: CheckpointLayout, speech_tokens: dict[str, str], variant: str
+) -> None:
+    tokenizer = tokenizer_of(layout, variant)
+    expressive = variant == EXPRESSIVE
+    generator = generator_for(servers.lm(variant), layout, variant)
+    prepared: list[PreparedPrompt] = []
+    for inputs, modality in prompt_cases(speech_tokens[variant]).values():
+        prepared.append(generator.prepare(build_prompt(inputs, modality), modality))
+    # The prompt ends with speech, so an output starting with speech takes the overlap path.
+    mixed = build_prompt(
+        [TextInput("Listen to this:"), SpeechInput(speech_tokens[variant])], ARBITRARY
+    )
+    narrow = PreparedPrompt(
+        prompt=mixed,
+        prompt_ids=tokenizer.encode(mixed),
+        modality=ARBITRARY,
+        allowed_token_ids=interleaving_ids(tokenizer, variant),
+    )
+    text_first = PreparedPrompt(
+        prompt="[Text]Once upon a time",
+        prompt_ids=tokenizer.encode("[Text]Once upon a time"),
+        modality=ARBITRARY,
+        allowed_token_ids=interleaving_ids(tokenizer, variant),
+    )
+    jobs = [(p, SamplingParams(max_tokens=48, temperature=1.0, seed=11)) for p in prepared]
+    jobs += [(narrow, SamplingParams(max_tokens=160, temperature=1.0, seed=s)) for s in (1, 2, 3)]
+    jobs += [(text_first, SamplingParams(max_tokens=160, temperature=1.0, seed=4))]
+    outputs = run(generate_many(generator, [p for p, _ in jobs], [s for _, s in jobs]))
+
+    kept_speech = 0
+    for (prompt, _), (events, result) in zip(jobs, outputs, strict=True):
+        assert_stream_matches_batch(tokenizer, prompt, events, result, expressive)
+        kept_speech += sum(isinstance(s, SpeechSegment) for s in segments_from_events(events))
+    # The narrow set must really have produced kept speech next to text (else the test is weak).
+    assert kept_speech > len(prepared)
+
+
+# ---------------------------------------------------------------------------------------------
+# the `spiritlm-serve generate` command
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[dict[str, Any], str]:
+    """The JSON record the command prints, and its stderr (progress lines)."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "service", "generate", "--json", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1]), completed.stderr
+
+
+def check_speech_segment(layout: CheckpointLayout, variant: str, segment: dict[str, Any]) -> None:
+    from service.speech.pipeline import SpeechStack
+
+    wav, rate = soundfile.read(segment["audio"], dtype="float32")
+    assert rate == 16000
+    # The command vocodes with speaker 2 and duration prediction, as the reference's decode.
+    expected = SpeechStack(layout, variant).decode(segment["tokens"], speaker=2)
+    assert len(wav) == len(expected) > 0
+    assert len(wav) % 640 == 0
+    assert segment["seconds"] == round(len(wav) / 16000, 3)
+    assert np.max(np.abs(wav - expected)) < 2 / 32768 + 1e-6  # PCM_16 rounding
+
+
+def test_cli_generate_text_to_speech(
+    servers: Any, layout: CheckpointLayout, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    text = "The train to the mountains leaves at seven."
+    prefix = tmp_path / "tts"
+    record, _ = run_cli(
+        ["--model", BASE, "--lm-url", servers.lm(BASE), "--input", f"text:{text}"]
+        + ["--output-modality", "speech", "--max-tokens", "60", "-o", str(prefix)],
+        child_env,
+        timeout=300,
+    )
+    tokenizer = tokenizer_of(layout, BASE)
+    assert record["prompt"] == build_prompt([TextInput(text)], SPEECH)
+    assert record["prompt_token_ids"] == tokenizer.encode(record["prompt"])
+    expected = reference_greedy(layout, BASE, record["prompt_token_ids"], SPEECH, 60)
+    assert record["output_token_ids"] == expected
+    assert record["finish_reason"] == "length"
+    [segment] = record["segments"]
+    assert segment["type"] == "speech"
+    assert segment["tokens"] == tokenizer.decode_ids(expected).strip()
+    assert Path(segment["audio"]) == Path(f"{prefix}_0.wav")
+    check_speech_segment(layout, BASE, segment)
+
+
+def test_cli_generate_speech_to_text(
+    servers: Any,
+    layout: CheckpointLayout,
+    child_env: dict[str, str],
+    speech_file: Path,
+    speech_tokens: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    record, _ = run_cli(
+        ["--model", EXPRESSIVE, "--lm-url", servers.lm(EXPRESSIVE)]
+        + ["--input", f"speech:{speech_file}", "--output-modality", "text", "--max-tokens", "24"]
+        + ["-o", str(tmp_path / "asr")],
+        child_env,
+        timeout=300,
+    )
+    tokenizer = tokenizer_of(layout, EXPRESSIVE)
+    assert record["prompt"] == build_prompt([SpeechInput(speech_tokens[EXPRESSIVE])], TEXT)
+    assert record["prompt_token_ids"] == tokenizer.encode(record["prompt"])
+    expected = reference_greedy(layout, EXPRESSIVE, record["prompt_token_ids"], TEXT, 24)
+    assert record["output_token_ids"] == expected
+    generated = generated_text(tokenizer, record["prompt_token_ids"], expected)
+    assert record["segments"] == [{"type": "text", "text": generated.strip()}]
+    usage = {"prompt_tokens": len(record["prompt_token_ids"]), "completion_tokens": len(expected)}
+    assert record["usage"] == usage
+
+
+@pytest.mark.slow
+def test_cli_generate_starts_its_own_lm_worker(
+    layout: CheckpointLayout, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The one test of the self-started path: the command starts and stops vLLM itself."""
+    text = "The largest country in the world is"
+    record, progress = run_cli(
+        ["--model", BASE, "--input", f"text:{text}", "--output-modality", "arbitrary"]
+        + ["--max-tokens", "16", "-o", str(tmp_path / "self")],
+        child_env,
+        timeout=600,
+    )
+    tokenizer = tokenizer_of(layout, BASE)
+    assert record["prompt"] == "[Text]" + text
+    assert record["prompt_token_ids"] == tokenizer.encode(record["prompt"])
+    expected = reference_greedy(layout, BASE, record["prompt_token_ids"], ARBITRARY, 16)
+    assert record["output_token_ids"] == expected
+    # The worker it started is gone once the command has returned.
+    ready = re.search(r"LM worker ready at (http://[\d.]+:\d+)", progress)
+    assert ready, progress[-2000:]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{ready.group(1)}/health", timeout=2.0)

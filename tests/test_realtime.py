@@ -1,0 +1,600 @@
+"""WS /v1/realtime against the real processes (vLLM, speech worker, gateway).
+
+The client here is written from the protocol (OpenAI Realtime events over raw `websockets`),
+not with the project's SDK, so the tests check the wire format itself. Event names are accepted
+in both the GA and the beta spelling.
+
+Also unit tests of the pure parts: parsing, the VAD on the real speech file, input buffering,
+prompt truncation and cutting a reply back to the audio that was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+from scipy.signal import resample_poly
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from service.checkpoints.layout import BASE
+from service.gateway.realtime.conversation import (
+    Part,
+    fit_prompt,
+    head_hubert,
+    keep_speech_samples,
+    tail_speech,
+)
+from service.gateway.realtime.protocol import ProtocolError, parse_client_event
+from service.gateway.realtime.session import InputAudio
+from service.gateway.realtime.vad import SpeechStarted, SpeechStopped, VadSettings, VadStream
+from service.lm.prompt import SpeechInput, TextInput, build_prompt
+
+RATE = 24000
+# GA name <- beta name, so a test can ask for one name and accept both.
+BETA_NAMES = {
+    "response.audio.delta": "response.output_audio.delta",
+    "response.audio.done": "response.output_audio.done",
+    "response.audio_transcript.delta": "response.output_audio_transcript.delta",
+    "response.audio_transcript.done": "response.output_audio_transcript.done",
+    "response.text.delta": "response.output_text.delta",
+    "response.text.done": "response.output_text.done",
+    "conversation.item.created": "conversation.item.added",
+}
+EVENT_TIMEOUT = 120.0
+
+
+def canonical(name: str) -> str:
+    return BETA_NAMES.get(name, name)
+
+
+# ---- the test client ---------------------------------------------------------------------
+
+
+class Client:
+    """A minimal realtime client: send events, read events (kept in order in `seen`)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.seen: list[dict[str, Any]] = []
+
+    async def send(self, **event: Any) -> None:
+        await self.ws.send(json.dumps(event))
+
+    async def next(self, timeout: float = EVENT_TIMEOUT) -> dict[str, Any]:
+        frame = await asyncio.wait_for(self.ws.recv(), timeout)
+        event = json.loads(frame)
+        event["type"] = canonical(event["type"])
+        self.seen.append(event)
+        return event
+
+    async def until(self, *types: str, timeout: float = EVENT_TIMEOUT) -> dict[str, Any]:
+        """Read events until one of `types` arrives; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            event = await self.next(max(0.1, deadline - time.monotonic()))
+            if event["type"] in types:
+                return event
+
+    async def update(self, **session: Any) -> dict[str, Any]:
+        await self.send(type="session.update", session=session)
+        return await self.until("session.updated")
+
+    async def append(self, pcm: bytes, *, chunk_seconds: float = 0.1, rate: int = RATE) -> None:
+        step = int(chunk_seconds * rate) * 2
+        for start in range(0, len(pcm), step):
+            piece = base64.b64encode(pcm[start : start + step]).decode()
+            await self.send(type="input_audio_buffer.append", audio=piece)
+
+    def of(self, name: str, response_id: str | None = None) -> list[dict[str, Any]]:
+        return [
+            event
+            for event in self.seen
+            if event["type"] == name and response_id in (None, event.get("response_id"))
+        ]
+
+    def audio_samples(self, response_id: str) -> int:
+        deltas = self.of("response.output_audio.delta", response_id)
+        return sum(len(base64.b64decode(event["delta"])) // 2 for event in deltas)
+
+
+def ws_url(gateway: str, model: str = BASE) -> str:
+    return gateway.replace("http://", "ws://") + f"/v1/realtime?model={model}"
+
+
+async def open_client(gateway: str, **headers: str) -> Client:
+    ws = await connect(ws_url(gateway), max_size=None, additional_headers=headers or None)
+    client = Client(ws)
+    created = await client.until("session.created")
+    assert created["session"]["id"].startswith("sess_")
+    return client
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+# ---- audio -------------------------------------------------------------------------------
+
+
+def speech_pcm(path: Path, rate: int = RATE) -> bytes:
+    """The test speech file as pcm16 at `rate` (resampled with scipy, not the project's code)."""
+    wave, file_rate = soundfile.read(str(path), dtype="float32")
+    assert file_rate == 16000
+    if rate != file_rate:
+        wave = resample_poly(wave, rate // 8000, file_rate // 8000)
+    return (np.clip(wave, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def silence(seconds: float, rate: int = RATE) -> bytes:
+    return bytes(int(seconds * rate) * 2)
+
+
+# The speech file has speech at about 0.2-2.5 s, 4.1-6.9 s and 7.2-8.9 s: a silence of 2 s
+# ends the turn only after the whole utterance.
+ONE_TURN = {"type": "server_vad", "silence_duration_ms": 2000}
+
+
+@pytest.fixture(scope="module")
+def gateway(servers) -> str:  # noqa: ANN001
+    return servers.gateway(BASE)
+
+
+@pytest.fixture(scope="module")
+def lm_url(servers) -> str:  # noqa: ANN001
+    return servers.lm(BASE)
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (r"\{[^}]*" + re.escape(labels) + r"[^}]*\}" if labels else "")
+    values = [float(m.group(1)) for m in re.finditer(rf"^{pattern}\s+([0-9.e+-]+)$", text, re.M)]
+    return sum(values)
+
+
+def running_requests(lm_url: str) -> float:
+    text = httpx.get(lm_url + "/metrics", timeout=10).text
+    return metric(text, "vllm:num_requests_running")
+
+
+def wait_idle(lm_url: str, timeout: float = 20.0) -> float:
+    deadline = time.monotonic() + timeout
+    value = running_requests(lm_url)
+    while value > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = running_requests(lm_url)
+    return value
+
+
+# ---- sessions against the real stack -----------------------------------------------------
+
+
+def test_session_created_has_defaults(gateway: str) -> None:
+    async def scenario() -> dict[str, Any]:
+        client = await open_client(gateway)
+        await client.ws.close()
+        return client.seen[0]
+
+    session = run(scenario())["session"]
+    assert session["model"] == BASE
+    assert session["output_modalities"] == ["audio"]
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert session["audio"]["output"]["format"]["rate"] == 24000
+    assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+
+
+def test_server_vad_turn_gets_a_spoken_reply(gateway: str, speech_file: Path) -> None:
+    async def scenario() -> Client:
+        client = await open_client(gateway)
+        updated = await client.update(
+            audio={"input": {"turn_detection": ONE_TURN}}, max_output_tokens=48
+        )
+        assert updated["session"]["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 2000
+        await client.append(speech_pcm(speech_file) + silence(3.0))
+        await client.until("response.done")
+        await client.ws.close()
+        return client
+
+    client = run(scenario())
+    started = client.of("input_audio_buffer.speech_started")
+    stopped = client.of("input_audio_buffer.speech_stopped")
+    committed = client.of("input_audio_buffer.committed")
+    assert len(started) == len(stopped) == len(committed) == 1
+    assert 0 <= started[0]["audio_start_ms"] < 600
+    assert 8500 <= stopped[0]["audio_end_ms"] <= 9400
+    assert committed[0]["item_id"] == stopped[0]["item_id"] == started[0]["item_id"]
+    user_items = [e["item"] for e in client.of("conversation.item.added")]
+    assert user_items[0]["role"] == "user"
+    assert user_items[0]["content"][0]["type"] == "input_audio"
+    done = client.of("response.done")[0]["response"]
+    assert done["status"] == "completed"
+    # The prompt is the user's speech (about 9 s: well over a hundred HuBERT tokens).
+    assert done["usage"]["input_tokens"] > 100
+    assert done["usage"]["output_tokens"] == 48
+    response_id = done["id"]
+    assert client.audio_samples(response_id) > RATE // 10
+    deltas = "".join(e["delta"] for e in client.of("response.output_audio_transcript.delta"))
+    transcript = client.of("response.output_audio_transcript.done")[0]["transcript"]
+    assert transcript == deltas
+    content = done["output"][0]["content"][0]
+    assert content["type"] in ("output_audio", "audio") and content["transcript"] == transcript
+    order = [e["type"] for e in client.seen]
+    assert order.index("input_audio_buffer.speech_stopped") < order.index("response.created")
+    assert order.index("response.output_audio.delta") < order.index("response.done")
+    metrics = httpx.get(gateway + "/metrics", timeout=10).text
+    assert metric(metrics, "spiritlm_realtime_first_audio_seconds_count", 'trigger="vad"') >= 1
+
+
+def test_manual_commit_at_16khz_gives_a_text_reply(gateway: str, speech_file: Path) -> None:
+    async def scenario() -> Client:
+        client = await open_client(gateway)
+        await client.update(
+            output_modalities=["text"],
+            audio={"input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}},
+            max_output_tokens=24,
+        )
+        await client.append(speech_pcm(speech_file, 16000), rate=16000)
+        await client.send(type="input_audio_buffer.commit", event_id="commit-1")
+        committed = await client.until("input_audio_buffer.committed")
+        await client.send(type="response.create")
+        await client.until("response.done")
+        await client.ws.close()
+        return client, committed
+
+    client, committed = run(scenario())
+    assert not client.of("input_audio_buffer.speech_started")  # no VAD in manual mode
+    assert committed["item_id"].startswith("item_")
+    done = client.of("response.done")[0]["response"]
+    assert done["status"] in ("completed", "incomplete")
+    assert done["output_modalities"] == ["text"]
+    assert done["usage"]["input_tokens"] > 100
+    assert not client.of("response.output_audio.delta")
+    text = "".join(e["delta"] for e in client.of("response.output_text.delta"))
+    assert "\n" not in text
+    assert client.of("response.output_text.done")[0]["text"] == text
+
+
+def test_text_item_gets_a_spoken_reply_and_history_grows(gateway: str) -> None:
+    async def scenario() -> Client:
+        client = await open_client(gateway)
+        await client.update(max_output_tokens=30, audio={"output": {"voice": "1"}})
+        for turn in range(2):
+            await client.send(
+                type="conversation.item.create",
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": f"Hello there, turn {turn}."}],
+                },
+            )
+            await client.until("conversation.item.added")
+            await client.send(type="response.create")
+            await client.until("response.done")
+        await client.ws.close()
+        return client
+
+    client = run(scenario())
+    first, second = [e["response"] for e in client.of("response.done")]
+    assert first["status"] == second["status"] == "completed"
+    for response in (first, second):
+        assert client.audio_samples(response["id"]) > 0
+    # The second prompt holds the first turn, the first reply's 30 tokens and the new text.
+    assert second["usage"]["input_tokens"] > first["usage"]["input_tokens"] + 30
+
+
+def test_response_cancel_aborts_generation(gateway: str, lm_url: str) -> None:
+    async def scenario() -> Client:
+        client = await open_client(gateway)
+        await client.update(max_output_tokens=1500, audio={"input": {"turn_detection": None}})
+        await client.send(
+            type="conversation.item.create",
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Talk."}]},
+        )
+        await client.send(type="response.create")
+        delta = await client.until("response.output_audio.delta")
+        assert running_requests(lm_url) >= 1
+        await client.send(type="response.cancel", response_id=delta["response_id"])
+        await client.until("response.done")
+        # A later response still works, and its prompt holds only what was sent.
+        await client.send(type="response.create", response={"max_output_tokens": 10})
+        await client.until("response.done")
+        await client.ws.close()
+        return client
+
+    client = run(scenario())
+    cancelled, after = [e["response"] for e in client.of("response.done")]
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["status_details"]["reason"] == "client_cancelled"
+    assert cancelled["usage"]["output_tokens"] < 1500
+    done_at = client.seen.index(client.of("response.done")[0])
+    late = [
+        e
+        for e in client.seen[done_at:]
+        if e["type"] == "response.output_audio.delta" and e["response_id"] == cancelled["id"]
+    ]
+    assert not late
+    assert after["status"] == "completed"
+    kept = after["usage"]["input_tokens"] - cancelled["usage"]["input_tokens"]
+    assert 0 <= kept <= cancelled["usage"]["output_tokens"] + 1
+    assert wait_idle(lm_url) == 0
+
+
+def test_barge_in_cancels_the_reply(gateway: str, lm_url: str, speech_file: Path) -> None:
+    async def scenario() -> Client:
+        client = await open_client(gateway)
+        await client.update(audio={"input": {"turn_detection": ONE_TURN}}, max_output_tokens=1500)
+        speech = speech_pcm(speech_file)
+        await client.append(speech + silence(2.5))
+        await client.until("response.output_audio.delta")
+        await client.append(speech + silence(2.5))  # the user talks over the reply
+        await client.until("response.done")
+        await client.until("response.created")  # the reply to the second turn
+        await client.send(type="response.cancel")
+        await client.until("response.done")
+        await client.ws.close()
+        return client
+
+    client = run(scenario())
+    interrupted = client.of("response.done")[0]["response"]
+    assert interrupted["status"] == "cancelled"
+    assert interrupted["status_details"]["reason"] == "turn_detected"
+    types = [e["type"] for e in client.seen]
+    second_start = [i for i, t in enumerate(types) if t == "input_audio_buffer.speech_started"][1]
+    assert second_start < types.index("response.done")
+    assert len(client.of("input_audio_buffer.committed")) == 2
+    assert wait_idle(lm_url) == 0
+
+
+def test_bad_events_get_errors_and_the_session_survives(gateway: str) -> None:
+    async def scenario() -> tuple[Client, dict[str, Any]]:
+        client = await open_client(gateway)
+        await client.ws.send("{not json")
+        await client.until("error")
+        await client.send(type="no.such.event", event_id="evt-unknown")
+        await client.until("error")
+        await client.send(type="input_audio_buffer.append", audio="***not base64***", event_id="evt-b64")
+        await client.until("error")
+        await client.send(type="input_audio_buffer.append", audio="AA==", event_id="evt-odd")
+        await client.until("error")
+        await client.send(type="session.update", session={"temperature": 9}, event_id="evt-range")
+        await client.until("error")
+        await client.send(type="response.cancel", event_id="evt-cancel")
+        await client.until("error")
+        oversized = "A" * (5 * 1024 * 1024)
+        await client.send(type="input_audio_buffer.append", audio=oversized, event_id="evt-big")
+        await client.until("error")
+        await client.ws.send(b"\x00\x01binary")
+        await client.until("error")
+        updated = await client.update(instructions="still here")
+        await client.ws.close()
+        return client, updated
+
+    client, updated = run(scenario())
+    errors = [e["error"] for e in client.of("error")]
+    assert [e["code"] for e in errors] == [
+        "invalid_json",
+        "unknown_event",
+        "invalid_value",
+        "invalid_value",
+        "invalid_value",
+        "response_cancel_not_active",
+        "message_too_large",
+        "invalid_event",
+    ]
+    by_event = {e["event_id"]: e for e in errors}
+    assert by_event["evt-b64"]["param"] == "audio"
+    assert by_event["evt-odd"]["param"] == "audio"
+    assert by_event["evt-range"]["param"] == "session.temperature"
+    assert "evt-unknown" in by_event and "evt-cancel" in by_event
+    assert updated["session"]["instructions"] == "still here"
+    assert httpx.get(gateway + "/ready", timeout=10).status_code == 200
+
+
+def test_many_concurrent_sessions(gateway: str) -> None:
+    sessions = 8
+
+    async def one(index: int) -> dict[str, Any]:
+        client = await open_client(gateway)
+        await client.update(max_output_tokens=20, audio={"input": {"turn_detection": None}})
+        await client.send(
+            type="conversation.item.create",
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"Caller {index}."}]},
+        )
+        await client.send(type="response.create")
+        done = (await client.until("response.done"))["response"]
+        done["samples"] = client.audio_samples(done["id"])
+        await client.ws.close()
+        return done
+
+    async def scenario() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(one(index) for index in range(sessions)))
+
+    results = run(scenario())
+    assert [r["status"] for r in results] == ["completed"] * sessions
+    assert all(r["samples"] > 0 for r in results)
+    assert len({r["conversation_id"] for r in results}) == sessions
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = httpx.get(gateway + "/metrics", timeout=10).text
+        if metric(text, "spiritlm_realtime_sessions_active") == 0:
+            break
+        time.sleep(0.2)
+    assert metric(text, "spiritlm_realtime_sessions_active") == 0
+
+
+def test_beta_dialect_names(gateway: str) -> None:
+    async def scenario() -> list[str]:
+        ws = await connect(ws_url(gateway), max_size=None, additional_headers={"OpenAI-Beta": "realtime=v1"})
+        names = []
+        created = json.loads(await ws.recv())
+        assert created["session"]["modalities"] == ["audio"]
+        await ws.send(json.dumps({"type": "session.update", "session": {"turn_detection": None, "max_response_output_tokens": 12}}))
+        await ws.send(json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}}))
+        await ws.send(json.dumps({"type": "response.create"}))
+        while "response.done" not in names:
+            names.append(json.loads(await asyncio.wait_for(ws.recv(), EVENT_TIMEOUT))["type"])
+        await ws.close()
+        return names
+
+    names = run(scenario())
+    assert "conversation.item.created" in names and "conversation.item.added" not in names
+    assert "response.audio.delta" in names and "response.output_audio.delta" not in names
+    assert "response.audio_transcript.done" in names
+
+
+def test_session_cap_and_idle_timeout(servers) -> None:  # noqa: ANN001
+    gateway = servers.gateway(
+        BASE,
+        "--realtime-max-sessions",
+        "2",
+        "--realtime-idle-timeout-seconds",
+        "3",
+        name="realtime-limits",
+    )
+
+    async def scenario() -> tuple[int | None, str, dict[str, Any], int | None, float]:
+        first = await open_client(gateway)
+        second = await open_client(gateway)
+        refused = await connect(ws_url(gateway), max_size=None)
+        error = json.loads(await refused.recv())
+        with pytest.raises(ConnectionClosed):
+            await refused.recv()
+        code, reason = refused.close_code, refused.close_reason
+        await second.ws.close()
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(first.ws.recv(), 30)
+        return code, reason, error, first.ws.close_code, time.monotonic() - started
+
+    code, reason, error, idle_code, idle_after = run(scenario())
+    assert code == 1013 and "maximum of 2" in reason
+    assert error["type"] == "error" and error["error"]["code"] == "too_many_sessions"
+    assert idle_code == 1000
+    assert idle_after < 10
+
+
+# ---- pure parts --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("[]", "invalid_event"),
+        ('{"type": 3}', "missing_required_parameter"),
+        ('{"type": "response.cancel", "response_id": 5}', "invalid_value"),
+        ('{"type": "input_audio_buffer.append"}', "missing_required_parameter"),
+        ("[" * 100000, "invalid_json"),
+    ],
+)
+def test_parser_raises_only_protocol_errors(frame: str, code: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_event(frame)
+    assert caught.value.code == code
+
+
+def test_parser_accepts_ga_and_beta_session_fields() -> None:
+    event = parse_client_event(
+        json.dumps(
+            {
+                "type": "session.update",
+                "event_id": "e1",
+                "session": {
+                    "modalities": ["text", "audio"],
+                    "audio": {"input": {"turn_detection": None}},
+                    "tools": [{"type": "function"}],
+                },
+            }
+        )
+    )
+    assert event.event_id == "e1"
+    assert event.session.modalities == ["text", "audio"]
+    assert "turn_detection" in event.session.audio.input.model_fields_set
+
+
+def test_vad_finds_the_speech_in_the_file(speech_file: Path) -> None:
+    wave, rate = soundfile.read(str(speech_file), dtype="float32")
+    settings = VadSettings(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=500)
+    stream = VadStream(settings, rate)
+    events = []
+    for start in range(0, len(wave), 1600):  # 100 ms appends
+        events += stream.feed(wave[start : start + 1600])
+    events += stream.feed(np.zeros(rate, dtype=np.float32))
+    kinds = [type(e) for e in events]
+    # Three stretches of speech; the 0.4 s pause at 6.9 s is shorter than the 500 ms needed.
+    assert kinds == [SpeechStarted, SpeechStopped, SpeechStarted, SpeechStopped]
+    assert 100 <= events[0].audio_start_ms <= 400
+    assert 2300 <= events[1].audio_end_ms <= 2800
+    assert 3900 <= events[2].audio_start_ms <= 4300
+    assert 8700 <= events[3].audio_end_ms <= 9200
+
+
+def test_input_audio_commits_the_turn_with_prefix_padding(speech_file: Path) -> None:
+    pcm = speech_pcm(speech_file, 16000) + silence(1.0, 16000)
+    settings = VadSettings(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=2000)
+    buffer = InputAudio(16000, max_seconds=30)
+    buffer.set_vad(VadStream(settings, 16000))
+    happened = []
+    for start in range(0, len(pcm), 3200):
+        happened += buffer.append(pcm[start : start + 3200])
+    turns = [event for event in happened if hasattr(event, "utterance")]
+    assert len(turns) == 1
+    utterance = turns[0].utterance
+    started = next(e for e in happened if isinstance(e, SpeechStarted))
+    assert utterance.start_ms == max(0, started.audio_start_ms - 300)
+    assert utterance.end_ms == turns[0].stopped.audio_end_ms
+    assert len(utterance.pcm16) == (utterance.end_ms - utterance.start_ms) * 16 * 2
+    # Outside a turn the buffer holds no more than the padding (plus one VAD window of slack).
+    assert buffer.buffered_samples <= 16000 * 0.4
+
+
+def test_manual_buffer_limit_and_short_commit() -> None:
+    buffer = InputAudio(16000, max_seconds=1)
+    with pytest.raises(ProtocolError) as caught:
+        buffer.commit_all()
+    assert caught.value.code == "input_audio_buffer_commit_empty"
+    buffer.append(silence(0.8, 16000))
+    with pytest.raises(ProtocolError) as caught:
+        buffer.append(silence(0.5, 16000))
+    assert caught.value.code == "input_audio_buffer_full"
+    assert len(buffer.commit_all().pcm16) == 0.8 * 16000 * 2
+
+
+def test_tail_speech_keeps_the_style_in_force() -> None:
+    tokens = "[St3][Pi7][Hu1][Hu2][Pi9][Hu3][St4][Hu5][Hu6]"
+    assert tail_speech(tokens, 2) == "[St4][Pi9][Hu5][Hu6]"
+    assert tail_speech(tokens, 100) == tokens
+    assert tail_speech(tokens, 0) == ""
+    assert head_hubert(tokens, 2) == "[St3][Pi7][Hu1][Hu2][Pi9]"
+
+
+def test_fit_prompt_drops_the_oldest_turns_first() -> None:
+    turns = [[SpeechInput("[Hu1]" * 50)], [TextInput("middle turn"), TextInput("\n")], [SpeechInput("[Hu2]" * 30)]]
+
+    def count(prompt: str) -> int:  # one token per speech token or character of text
+        return len(re.findall(r"\[(?:Hu|Pi|St)\d+\]|\[Text\]|\[Speech\]|.", prompt, re.S)) + 1
+
+    whole = fit_prompt([], turns, "speech", 1000, count)
+    assert whole == build_prompt([p for t in turns for p in t], "speech")
+    fitted = fit_prompt([], turns, "speech", 60, count)
+    assert fitted.startswith("[Text]middle turn\n[Speech][Hu2]") and "[Hu1]" not in fitted
+    assert count(fitted) <= 60
+    cut = fit_prompt([TextInput("Be kind."), TextInput("\n")], turns, "speech", 25, count)
+    assert cut.startswith("[Text]Be kind.\n[Speech][Hu2]") and count(cut) <= 25
+
+
+def test_reply_cut_to_the_audio_sent() -> None:
+    part = Part("audio", tokens="[Hu1][Hu2][Hu3][Hu4][Hu5][Hu6]", samples_sent=6000, sample_rate=24000, finished=False)
+    keep_speech_samples(part, 6000, fallback_per_token=1920.0)  # two 25 Hz frames per token
+    assert part.tokens == "[Hu1][Hu2][Hu3]"
+    finished = Part("audio", tokens="[Hu1][Hu2][Hu3][Hu4]", samples_sent=4000, sample_rate=24000)
+    keep_speech_samples(finished, 2000, fallback_per_token=1.0)  # its own rate: 1000 per token
+    assert finished.tokens == "[Hu1][Hu2]" and finished.samples_sent == 2000

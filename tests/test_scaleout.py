@@ -1,0 +1,206 @@
+"""Scale-out routing and graceful shutdown with several real worker processes on loopback.
+
+- speech workers: a dead one is ejected, requests go to the other (encode is retried), and it is
+  re-admitted once it answers its health check again;
+- LM workers: requests with the same conversation id (`X-Session-Id`) always reach the same vLLM
+  replica; a dead replica's conversations move to a live one;
+- SIGTERM on the gateway: not ready, new requests refused, the in-flight stream completes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.checkpoints.layout import BASE
+from service.lm.worker import vllm_argv
+from tests.conftest import Servers, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def gateway_argv(port: int, lm_urls: list[str], speech_urls: list[str], *extra: str) -> list[str]:
+    argv = [sys.executable, "-m", "service", "gateway", "--port", str(port), "--model", BASE]
+    for url in lm_urls:
+        argv += ["--lm-url", url]
+    for url in speech_urls:
+        argv += ["--speech-url", url]
+    return argv + list(extra)
+
+
+def fast_health_env(servers: Servers) -> dict[str, str]:
+    return {**servers.env, "SPIRITLM_HEALTH_INTERVAL": "0.3"}
+
+
+def speech_request(speech_file: Path) -> dict:
+    audio = base64.b64encode(speech_file.read_bytes()).decode()
+    return {
+        "inputs": [{"type": "speech", "audio": audio}],
+        "output_modality": "text",
+        "max_tokens": 2,
+        "temperature": 0,
+    }
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def worker_states(gateway: str, kind: str) -> dict[str, bool]:
+    return httpx.get(f"{gateway}/ready", timeout=5).json()[f"{kind}_workers"]
+
+
+def test_speech_worker_failover_and_readmission(servers: Servers, speech_file: Path) -> None:
+    lm = servers.lm(BASE)
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    workers = [
+        servers.spawn(f"speech-{i}", servers.speech_argv(port), urls[i], "/ready", 300)
+        for i, port in enumerate(ports)
+    ]
+    port = free_port()
+    gateway = f"http://127.0.0.1:{port}"
+    servers.spawn(
+        "gateway-failover", gateway_argv(port, [lm], urls), gateway, "/ready", 120,
+        env=fast_health_env(servers),
+    )  # fmt: skip
+    body = speech_request(speech_file)
+    assert httpx.post(f"{gateway}/v1/generate", json=body, timeout=60).status_code == 200
+
+    workers[0].popen.send_signal(signal.SIGKILL)
+    workers[0].popen.wait(10)
+    # Every request succeeds although one worker is dead: encode is retried on the other one.
+    for _ in range(4):
+        response = httpx.post(f"{gateway}/v1/generate", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+    wait_for(lambda: worker_states(gateway, "speech") == {urls[0]: False, urls[1]: True})
+    assert httpx.get(f"{gateway}/ready", timeout=5).status_code == 200
+
+    restarted = servers.spawn(
+        "speech-0-again", servers.speech_argv(ports[0]), urls[0], "/ready", 300
+    )
+    wait_for(lambda: worker_states(gateway, "speech") == {urls[0]: True, urls[1]: True})
+
+    restarted.stop()
+    workers[1].stop()
+    wait_for(lambda: not any(worker_states(gateway, "speech").values()))
+    response = httpx.post(f"{gateway}/v1/generate", json=body, timeout=60)
+    assert response.status_code == 503
+    assert "no healthy speech worker" in response.json()["error"]["message"]
+    assert httpx.get(f"{gateway}/ready", timeout=5).status_code == 503
+
+
+def requests_served(lm_url: str) -> float:
+    text = httpx.get(f"{lm_url}/metrics", timeout=5).text
+    return sum(
+        float(match.group(1))
+        for match in re.finditer(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    )
+
+
+def test_lm_conversation_affinity_and_failover(servers: Servers) -> None:
+    first = servers.lm(BASE)
+    port = free_port()
+    second = f"http://127.0.0.1:{port}"
+    argv = vllm_argv(servers.layout.lm_dir(BASE), BASE, host="127.0.0.1", port=port)
+    replica = servers.spawn("lm-replica", argv, second, "/health", 600)
+    gateway_port = free_port()
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    servers.spawn(
+        "gateway-affinity",
+        gateway_argv(gateway_port, [first, second], [servers.speech()]),
+        gateway,
+        "/ready",
+        120,
+        env=fast_health_env(servers),
+    )
+    wait_for(lambda: all(worker_states(gateway, "lm").values()))
+    body = {
+        "inputs": [{"type": "text", "text": "Once upon a time"}],
+        "output_modality": "text",
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+    placements: dict[str, str] = {}
+    for conversation in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta"):
+        before = {url: requests_served(url) for url in (first, second)}
+        for _ in range(3):
+            response = httpx.post(
+                f"{gateway}/v1/generate",
+                json=body,
+                headers={"X-Session-Id": conversation},
+                timeout=60,
+            )
+            assert response.status_code == 200, response.text
+        after = {url: requests_served(url) for url in (first, second)}
+        served = {url: after[url] - before[url] for url in after}
+        # All three turns of a conversation landed on one replica.
+        assert sorted(served.values()) == [0, 3], served
+        placements[conversation] = max(served, key=served.get)
+    assert set(placements.values()) == {first, second}, "hashing should spread conversations"
+
+    moved = [name for name, url in placements.items() if url == second]
+    replica.stop()
+    for conversation in moved:
+        response = httpx.post(
+            f"{gateway}/v1/generate", json=body, headers={"X-Session-Id": conversation}, timeout=60
+        )
+        assert response.status_code == 200, response.text
+
+
+def test_sigterm_drains_in_flight_stream(servers: Servers) -> None:
+    port = free_port()
+    gateway = f"http://127.0.0.1:{port}"
+    child = servers.spawn(
+        "gateway-drain",
+        gateway_argv(port, [servers.lm(BASE)], [servers.speech()], "--drain-seconds", "60"),
+        gateway,
+        "/ready",
+        120,
+    )
+    body = {
+        "inputs": [{"type": "text", "text": "Hello"}],
+        "output_modality": "speech",
+        "max_tokens": 250,
+        "temperature": 0,
+        "stream": True,
+    }
+    events: list[dict] = []
+    started = threading.Event()
+
+    def consume() -> None:
+        with httpx.stream("POST", f"{gateway}/v1/generate", json=body, timeout=120) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    events.append(json.loads(line[6:]))
+                    started.set()
+                elif line == "data: [DONE]":
+                    events.append({"type": "[DONE]"})
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    assert started.wait(60)
+    child.popen.send_signal(signal.SIGTERM)
+    wait_for(lambda: httpx.get(f"{gateway}/ready", timeout=5).status_code == 503, timeout=10)
+    refused = httpx.post(f"{gateway}/v1/generate", json={**body, "stream": False}, timeout=10)
+    assert refused.status_code == 503
+    assert "shutting down" in refused.json()["error"]["message"]
+    reader.join(120)
+    assert events[-1] == {"type": "[DONE]"}
+    done = [event for event in events if event["type"] == "done"]
+    assert done and len(done[0]["output_token_ids"]) == 250
+    assert child.popen.wait(60) == 0
