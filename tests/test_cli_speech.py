@@ -497,14 +497,15 @@ def test_bench_speech_measures_and_replaces_its_section(
     assert len(timing_rows) == 7 + 2  # 4 encode + 3 decode stages, 2 streaming rows
     seconds = 40000 / 16000
     for row in timing_rows[:4]:  # encode: RTF relative to the input's 2.5 s
-        audio, median, rtf = (float(cell) for cell in row.strip("|").split("|")[3:6])
-        assert audio == seconds and median > 0 and rtf == pytest.approx(median / seconds, abs=2e-3)
+        audio, wall, rtf, cpu = (float(cell) for cell in row.strip("|").split("|")[3:7])
+        assert audio == seconds and wall > 0 and cpu > 0
+        assert rtf == pytest.approx(wall / seconds, abs=2e-3)
     raw_units = timing_rows[6].strip("|").split("|")  # one frame per unit, no prediction
     frames = conv_frames(40000, HUBERT_KERNELS, HUBERT_STRIDES)
     assert "raw units" in raw_units[2] and float(raw_units[3]) == frames * HOP / 16000
     for row in timing_rows[7:]:
-        latency, needed, worst, audio_ms = (float(c) for c in row.strip("|").split("|")[2:6])
-        assert latency > 0 and 10 <= needed <= worst and audio_ms >= 10 * 40
+        latency, cpu, needed, worst, audio_ms = (float(c) for c in row.strip("|").split("|")[2:7])
+        assert latency > 0 and cpu > 0 and 10 <= needed <= worst and audio_ms >= 10 * 40
     text = output.read_text()
     assert text.startswith(
         "# Benchmarks\n\n<!-- bench-lm:start -->\nLM figures\n<!-- bench-lm:end -->"

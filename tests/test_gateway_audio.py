@@ -21,6 +21,8 @@ import soundfile
 
 from service.audio.decode import decode_audio, load_audio_file
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
+from service.errors import CheckpointError
+from service.gateway.fewshot import EMBEDDED_BANK_DIR, ExemplarBank
 from service.lm.prompt import asr_prompt, tts_prompt
 from service.lm.tokenizer import SpiritTokenizer
 from service.speech.pipeline import SpeechStack
@@ -120,8 +122,7 @@ def bank_shots(
 
 
 def embedded_bank(layout: CheckpointLayout) -> Path:
-    [directory] = [p for p in layout.root.iterdir() if p.name.startswith("fewshot-")]
-    return directory
+    return layout.root / EMBEDDED_BANK_DIR
 
 
 @pytest.fixture(scope="module")
@@ -607,6 +608,14 @@ def bad_cases(flac: bytes) -> list[tuple[str, str, str, dict, int, str]]:
             "voice 'nobody'",
         ),
         (
+            "tts-unknown-voice-id",
+            "main",
+            SPEECH,
+            {"json": {"input": "hi", "voice": {"id": "voice_1234"}}},
+            400,
+            "voice 'voice_1234'",
+        ),
+        (
             "tts-bad-format",
             "main",
             SPEECH,
@@ -762,3 +771,50 @@ def test_workers_are_healthy_afterwards(servers, gateway: str, clip: Path) -> No
         timeout=300,
     )
     assert response.status_code == 200
+
+
+# ---- exemplar banks (no servers needed) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        ([], "has no exemplars"),
+        (['{"audio": "0.flac", "text": "ok"}', "{not json"], "line 2: not valid JSON"),
+        (['{"audio": "/etc/passwd", "text": "x"}'], "line 1: 'audio' must be a relative"),
+        (['{"audio": "missing.wav", "text": "x"}'], "missing.wav does not exist"),
+        (['{"audio": "0.flac", "text": "two\\nlines"}'], "line 1: 'text' must not contain"),
+        (['{"audio": "0.flac", "text": "  "}'], "line 1: 'text' must be a non-empty"),
+    ],
+)
+def test_bad_manifest_is_refused_naming_the_line(
+    tmp_path: Path, bank: Path, lines: list[str], problem: str
+) -> None:
+    (tmp_path / "0.flac").write_bytes((bank / "0.flac").read_bytes())
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(CheckpointError, match="manifest.jsonl") as raised:
+        ExemplarBank.from_dir(tmp_path, 3)
+    assert problem in str(raised.value)
+
+
+def test_gateway_with_a_bad_bank_does_not_start(tmp_path: Path, child_env: dict[str, str]) -> None:
+    (tmp_path / "manifest.jsonl").write_text('{"audio": "gone.wav", "text": "x"}\n')
+    command = [sys.executable, "-m", "service", "gateway", "--port", str(free_port())]
+    command += ["--lm-url", "http://127.0.0.1:9", "--speech-url", "http://127.0.0.1:9"]
+    env = {**child_env, "SPIRITLM_FEWSHOT_DIR": str(tmp_path)}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "gone.wav does not exist" in result.stderr
+
+
+def test_up_passes_gateway_flags_to_the_gateway() -> None:
+    from service.cli import build_parser
+    from service.commands.serve import given_gateway_env
+
+    args = build_parser().parse_args(
+        ["up", "--fewshot-dir", "/banks/en", "--fewshot-shots", "5", "--port", "9000"]
+    )
+    env = given_gateway_env(args)
+    assert env["SPIRITLM_FEWSHOT_DIR"] == "/banks/en"
+    assert env["SPIRITLM_FEWSHOT_SHOTS"] == "5"
+    assert "SPIRITLM_PORT" not in env  # passed as a flag of the gateway command instead

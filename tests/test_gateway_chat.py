@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 from pathlib import Path
 
@@ -294,3 +295,62 @@ def test_bad_role_is_refused(gateway: str) -> None:
     response = httpx.post(gateway + "/v1/chat/completions", json=body, timeout=30.0)
     assert response.status_code == 422
     assert response.json()["error"]["param"] == "messages.0.role"
+
+
+# ---- aborting -----------------------------------------------------------------------------------
+
+
+def lm_counters(lm_url: str) -> tuple[float, float]:
+    """(requests running, tokens generated so far) from the vLLM worker's metrics."""
+    values = {"vllm:num_requests_running": 0.0, "vllm:generation_tokens_total": 0.0}
+    for line in httpx.get(lm_url + "/metrics", timeout=10).text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in values:
+            values[name] += float(line.rsplit(" ", 1)[1])
+    return values["vllm:num_requests_running"], values["vllm:generation_tokens_total"]
+
+
+def wait_idle(lm_url: str, timeout: float = 60.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running, generated = lm_counters(lm_url)
+        if running == 0:
+            return generated
+        time.sleep(0.2)
+    raise AssertionError("the LM worker kept a request running")
+
+
+def first_text(http: httpx.Client, body: dict) -> str:
+    """The first text piece of a streamed reply (the stream is then abandoned)."""
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                choices = json.loads(line[len("data: ") :])["choices"]
+                if choices and choices[0]["delta"].get("content"):
+                    return choices[0]["delta"]["content"]
+    raise AssertionError("the reply had no text")
+
+
+@pytest.mark.parametrize("how", ["client disconnects", "stop string"])
+def test_ending_early_aborts_the_lm_request(servers, gateway: str, how: str) -> None:  # noqa: ANN001
+    lm_url = servers.lm(BASE)
+    before = wait_idle(lm_url)
+    body = {
+        "messages": [{"role": "user", "content": "Talk for a long time."}],
+        "max_tokens": 2000,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.Client(base_url=gateway, timeout=60) as http:
+        if how == "stop string":
+            # The first piece of greedy output, so the stop hits at once.
+            body["stop"] = first_text(http, body)
+            before = wait_idle(lm_url)
+            reply = http.post("/v1/chat/completions", json={**body, "stream": False}).json()
+            assert reply["choices"][0]["finish_reason"] == "stop"
+            assert reply["choices"][0]["message"]["content"] == ""
+        else:
+            with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                assert next(response.iter_lines()).startswith("data: ")
+    after = wait_idle(lm_url)
+    assert after - before < 2000, "vLLM generated the whole budget for an abandoned request"

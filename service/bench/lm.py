@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from service.bench.report import RequestTiming, Summary, summarize
+from service.bench.report import RequestTiming, Summary, load_average, summarize
 from service.checkpoints.layout import EXPRESSIVE, CheckpointLayout
 from service.lm.client import LMClient, SamplingParams
 from service.lm.generation import GenerationResult, Generator
@@ -97,6 +97,7 @@ class BenchResult:
     config: BenchConfig
     lm_url: str | None
     workloads: list[WorkloadResult]
+    load: tuple[float | None, float | None] = (None, None)  # at the start and at the end
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +173,10 @@ class Baseline:
         if config.temperature > 0:
             set_seed(seed)
         ids = torch.tensor([self.tokenizer.encode(prompt)], device=self.device)
+        # §3's set plus the padding rows: the reference would sample a padding row now and then
+        # and crash decoding it; ours never samples them either (see `prepare_prompt`).
         banned = self.tokenizer.banned_ids(workload.modality, self.stack.expressive)
+        banned |= set(range(self.tokenizer.num_tokens, self.tokenizer.vocab_size))
         sample = {"temperature": config.temperature, "top_p": config.top_p}
         with torch.inference_mode():
             out = self.model.generate(
@@ -398,9 +402,10 @@ def run_lm_benchmark(
     progress: Progress = print,
 ) -> BenchResult:
     """Baseline first (with no vLLM server running when we start it), then ours."""
-    from service.commands.lm import free_port
+    from service.commands.lm import free_port, worker_log_path
     from service.lm.worker import start_lm_worker
 
+    load_at_start = load_average()
     stack = SpeechStack(layout, variant, device=device)
     stack.load()
     progress(f"encoding the speech prompt {audio}")
@@ -413,7 +418,14 @@ def run_lm_benchmark(
     url = lm_url
     if url is None:
         port = free_port()
-        worker = start_lm_worker(layout.lm_dir(variant), variant, port=port, progress=progress)
+        progress(f"LM worker log: {worker_log_path(port)}")
+        worker = start_lm_worker(
+            layout.lm_dir(variant),
+            variant,
+            port=port,
+            log_path=worker_log_path(port),
+            progress=progress,
+        )
         url = f"http://127.0.0.1:{port}"
     try:
         ours = asyncio.run(
@@ -423,4 +435,4 @@ def run_lm_benchmark(
         if worker is not None:
             worker.stop()
     results = [WorkloadResult(w, baseline[w.name], ours[w.name]) for w in workloads]
-    return BenchResult(variant, config, lm_url, results)
+    return BenchResult(variant, config, lm_url, results, (load_at_start, load_average()))

@@ -116,12 +116,15 @@ def machine_description() -> str:
             versions.append(f"{name} {version}")
     if versions:
         parts.append(", ".join(versions))
-    try:
-        load = os.getloadavg()[0]
-        parts.append(f"load average at the end {load:.1f}")
-    except OSError:
-        pass
     return "; ".join(parts)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (other jobs on the machine skew the numbers)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,27 +55,55 @@ class BenchSettings:
 
 
 @dataclass(frozen=True)
+class Elapsed:
+    """Median wall-clock seconds and process CPU seconds (summed over threads) of some runs.
+
+    CPU time barely moves when other processes compete for the cores, wall time does: both are
+    reported so that figures from a busy shared machine can still be read.
+    """
+
+    wall: float
+    cpu: float
+
+    @classmethod
+    def median(cls, samples: Sequence[tuple[float, float]]) -> Elapsed:
+        return cls(
+            statistics.median(wall for wall, _ in samples),
+            statistics.median(cpu for _, cpu in samples),
+        )
+
+
+def clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = clock()
+    return wall - start[0], cpu - start[1]
+
+
+@dataclass(frozen=True)
 class Timing:
-    """One timed stage: the median seconds for `audio_seconds` of (input or output) audio."""
+    """One timed stage, for `audio_seconds` of (input or output) audio."""
 
     checkpoints: str
     variant: str
     stage: str
     audio_seconds: float
-    seconds: float
+    elapsed: Elapsed
 
     @property
     def rtf(self) -> float:
-        return self.seconds / self.audio_seconds if self.audio_seconds else float("nan")
+        return self.elapsed.wall / self.audio_seconds if self.audio_seconds else float("nan")
 
 
 @dataclass(frozen=True)
 class FirstChunk:
-    """Streaming start-up: median latency and the units pushed before the first chunk."""
+    """Streaming start-up: latency and the units pushed before the first chunk."""
 
     checkpoints: str
     variant: str
-    seconds: float
+    elapsed: Elapsed
     units_needed: int
     worst_case_units: int
     chunk_seconds: float
@@ -88,6 +116,8 @@ class Report:
     settings: BenchSettings
     timings: list[Timing] = field(default_factory=list)
     first_chunks: list[FirstChunk] = field(default_factory=list)
+    # 1-minute load averages at the start and the end: how busy the machine was.
+    load: tuple[float, float] | None = None
 
 
 # ------------------------------------------------------------------------------- timing
@@ -98,17 +128,21 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_time(fn: Callable[[], Any], settings: BenchSettings) -> tuple[float, Any]:
-    """Median wall time of `fn` over the repeats after one warm-up call, and its last result."""
+def median_time(fn: Callable[[], Any], settings: BenchSettings) -> tuple[Elapsed, Any]:
+    """Median time of `fn` over the repeats after one warm-up call, and its last result."""
     result = fn()  # first-call allocations and lazy initialisation stay out of the figures
-    times = []
+    samples = []
     for _ in range(settings.repeats):
         synchronize(settings.device)
-        start = time.perf_counter()
+        start = clock()
         result = fn()
         synchronize(settings.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        samples.append(since(start))
+    return Elapsed.median(samples), result
+
+
+def load_average() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 # ------------------------------------------------------------------------------- stages
@@ -179,20 +213,20 @@ def bench_decoding(
 
 def first_chunk_once(
     stack: SpeechStack, units: Units, settings: BenchSettings
-) -> tuple[float, int, int, int]:
-    """(seconds, units pushed, worst-case units, first-chunk samples) for one fresh stream."""
+) -> tuple[tuple[float, float], int, int, int]:
+    """((wall, cpu) seconds, units pushed, worst-case units, first-chunk samples), fresh stream."""
     stream = stack.streaming_vocoder(
         first_chunk_units=settings.first_chunk_units, chunk_units=settings.chunk_units
     )
-    start = time.perf_counter()
+    start = clock()
     for index, unit in enumerate(units.hubert):
         pitch = [units.pitch[index]] if stack.expressive and units.pitch else None
         style = [units.style[index]] if stack.expressive and units.style else None
         chunks = stream.push([unit], pitch, style)
         if chunks:  # numpy output: the device work is already finished
-            return time.perf_counter() - start, index + 1, stream.latency_units, len(chunks[0])
+            return since(start), index + 1, stream.latency_units, len(chunks[0])
     chunks = stream.finish()  # fewer units than the first chunk needs: the end releases it
-    return time.perf_counter() - start, len(units.hubert), stream.latency_units, len(chunks[0])
+    return since(start), len(units.hubert), stream.latency_units, len(chunks[0])
 
 
 def bench_first_chunk(
@@ -208,7 +242,7 @@ def bench_first_chunk(
         # The LM emits aligned units: the token string's decoding, as a served stream gets it.
         aligned = string_to_units(units_to_string(units[variant], expressive=stack.expressive))
         runs = [first_chunk_once(stack, aligned, settings) for _ in range(settings.repeats + 1)]
-        latency = statistics.median(run[0] for run in runs[1:])
+        latency = Elapsed.median([run[0] for run in runs[1:]])
         _, needed, worst, samples = runs[-1]
         results.append(FirstChunk(label, variant, latency, needed, worst, samples / SAMPLE_RATE))
     return results
@@ -249,6 +283,7 @@ def run_benchmark(
     if len(wav) < SAMPLE_RATE:
         raise SpiritError(f"{audio}: {len(wav) / SAMPLE_RATE:.2f} s of audio; give at least 1 s")
     report = Report(Path(audio), len(wav) / SAMPLE_RATE, settings)
+    load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-speech-") as workdir:
         for label, layout in checkpoint_sets(sizes, checkpoints, Path(workdir), progress):
             stacks = {v: SpeechStack(layout, v, device=settings.device) for v in VARIANTS}
@@ -258,6 +293,9 @@ def run_benchmark(
             report.timings += timings
             report.timings += bench_decoding(label, stacks, units, settings, progress)
             report.first_chunks += bench_first_chunk(label, stacks, units, settings, progress)
+    load_end = load_average()
+    if load_start is not None and load_end is not None:
+        report.load = (load_start, load_end)
     return report
 
 
@@ -266,27 +304,28 @@ def run_benchmark(
 
 def timing_table(report: Report) -> str:
     lines = [
-        "| Checkpoints | Model | Stage | Audio (s) | Median time (s) | RTF |",
-        "|---|---|---|---:|---:|---:|",
+        "| Checkpoints | Model | Stage | Audio (s) | Wall time (s) | RTF | CPU time (s) |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for t in report.timings:
         lines.append(
             f"| {t.checkpoints} | {SHORT_NAMES[t.variant]} | {t.stage} | "
-            f"{t.audio_seconds:.2f} | {t.seconds:.3f} | {t.rtf:.3f} |"
+            f"{t.audio_seconds:.2f} | {t.elapsed.wall:.3f} | {t.rtf:.3f} | {t.elapsed.cpu:.3f} |"
         )
     return "\n".join(lines)
 
 
 def first_chunk_table(report: Report) -> str:
     lines = [
-        "| Checkpoints | Model | First chunk latency (ms) | Units needed | Worst case (units) "
-        "| First chunk audio (ms) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| Checkpoints | Model | First chunk latency (ms) | CPU time (ms) | Units needed "
+        "| Worst case (units) | First chunk audio (ms) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for c in report.first_chunks:
         lines.append(
-            f"| {c.checkpoints} | {SHORT_NAMES[c.variant]} | {c.seconds * 1000:.1f} | "
-            f"{c.units_needed} | {c.worst_case_units} | {c.chunk_seconds * 1000:.0f} |"
+            f"| {c.checkpoints} | {SHORT_NAMES[c.variant]} | {c.elapsed.wall * 1000:.1f} | "
+            f"{c.elapsed.cpu * 1000:.1f} | {c.units_needed} | {c.worst_case_units} | "
+            f"{c.chunk_seconds * 1000:.0f} |"
         )
     return "\n".join(lines)
 
@@ -319,16 +358,26 @@ def machine_lines(device: str) -> list[str]:
         lines.append("- GPU: not measured (run with `--device cuda`)")
     else:
         lines.append("- GPU: not measured (no GPU lent)")
-    if hasattr(os, "getloadavg"):
-        load = os.getloadavg()[0]
-        lines.append(f"- load average (1 min) when the run started: {load:.2f}")
     return lines
 
 
+def load_line(report: Report) -> str:
+    if report.load is None:
+        return "- load average: unknown"
+    start, end = report.load
+    line = f"- load average (1 min): {start:.2f} at the start, {end:.2f} at the end"
+    if max(start, end) > (os.cpu_count() or 1):
+        line += " (other processes competed for the cores: wall times are inflated)"
+    return line
+
+
 RTF_NOTE = (
-    "RTF = processing time / audio duration (input audio for encoding, output audio for "
-    "decoding); below 1 is faster than real time. Random weights give random units, so decoded "
-    "lengths differ from those of real checkpoints (the RTF is per second of output)."
+    "RTF = wall time / audio duration (input audio for encoding, output audio for decoding); "
+    "below 1 is faster than real time. CPU time is the process's, summed over its threads: it "
+    "hardly changes when other processes compete for the cores, and on an otherwise idle machine "
+    "the wall time lies between CPU time / threads and CPU time. Random weights give random "
+    "units, so decoded lengths differ from those of real checkpoints (the RTF is per second of "
+    "output)."
 )
 STREAMING_NOTE = (
     "Latency is the time from the first push to the first audio chunk, i.e. the vocoder's share "
@@ -352,7 +401,7 @@ def markdown_section(report: Report, command: str, machine: Sequence[str]) -> st
     parts = [
         "## Speech stack (`bench-speech`)",
         f"Command: `{command}` ({date})",
-        "\n".join(machine),
+        "\n".join([*machine, load_line(report)]),
         audio,
         timing_table(report),
         streaming,

@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def worker_log_path(port: int) -> str:
+    """Where a command that starts its own LM worker sends vLLM's output.
+
+    vLLM logs to stdout, which must stay machine-readable (`generate --json`, `bench-lm`).
+    """
+    return str(Path(tempfile.gettempdir()) / f"spiritlm-lm-worker-{port}.log")
 
 
 def run_lm(args: argparse.Namespace) -> int:
@@ -68,11 +77,13 @@ def run_generate(args: argparse.Namespace) -> int:
     if lm_url is None:
         port = free_port()
         extra = ["--dtype", args.dtype] if args.dtype else []
+        log(f"LM worker log: {worker_log_path(port)}")
         worker = start_lm_worker(
             layout.lm_dir(settings.model),
             settings.model,
             port=port,
             extra_args=extra,
+            log_path=worker_log_path(port),
             progress=log,
         )
         lm_url = f"http://127.0.0.1:{port}"

@@ -228,8 +228,12 @@ class Engine:
                 yield item
         finally:
             producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await producer
+            # asyncio.wait, not `await producer`: when the consumer itself is being cancelled
+            # (client gone; anyio re-delivers cancellation on every await), awaiting the task
+            # directly would forward each cancellation into it and break its cleanup, leaving
+            # the LM connection open and vLLM generating.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({producer})
 
     async def _produce(
         self,

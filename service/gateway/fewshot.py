@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from service.checkpoints.layout import BASE, CheckpointLayout
 from service.errors import CheckpointError
 from service.speech_worker.protocol import EncodeResult
@@ -34,7 +36,7 @@ log = logging.getLogger("spiritlm.gateway.fewshot")
 
 MANIFEST = "manifest.jsonl"
 # Bump when the generated bank changes, so banks written by older versions are regenerated.
-EMBEDDED_BANK_VERSION = "1"
+EMBEDDED_BANK_VERSION = "2"
 EMBEDDED_BANK_DIR = f"fewshot-v{EMBEDDED_BANK_VERSION}"
 EMBEDDED_SENTENCES = (
     "the birch canoe slid on the smooth planks",
@@ -183,6 +185,19 @@ def embedded_units(index: int, text: str) -> list[int]:
     return units
 
 
+def voiced_carrier(samples: int, index: int, rate: int = 16000) -> np.ndarray:
+    """A harmonic tone with a gliding F0 (100-160 Hz), peak 1.
+
+    The tiny vocoder's output is noise-like, and the expressive encoder's pitch tracker (FCPE)
+    fails on audio without any voiced frame; mixing this in gives every exemplar a pitch.
+    """
+    t = np.arange(samples) / rate
+    f0 = 130.0 + 30.0 * np.sin(2 * np.pi * 0.7 * t + index)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    tone = sum(np.sin(k * phase) / k for k in range(1, 9))
+    return (tone / np.abs(tone).max()).astype(np.float32)
+
+
 def write_embedded_bank(layout: CheckpointLayout, directory: Path) -> None:
     """Synthesise the embedded bank's audio with the base vocoder and write its manifest."""
     from service.audio.encode import encode_audio
@@ -192,7 +207,10 @@ def write_embedded_bank(layout: CheckpointLayout, directory: Path) -> None:
     stack = SpeechStack(layout, BASE, device="cpu")
     lines = []
     for index, text in enumerate(EMBEDDED_SENTENCES):
-        wav = stack.decode(Units(hubert=embedded_units(index, text)), speaker=EMBEDDED_SPEAKER)
+        units = Units(hubert=embedded_units(index, text))
+        vocoded = stack.decode(units, speaker=EMBEDDED_SPEAKER)
+        vocoded = vocoded / max(float(np.abs(vocoded).max()), 1e-6)
+        wav = 0.45 * vocoded + 0.45 * voiced_carrier(len(vocoded), index)
         name = f"{index:02d}.wav"
         (directory / name).write_bytes(encode_audio(wav, stack.sample_rate, "wav"))
         lines.append(json.dumps({"audio": name, "text": text}))

@@ -126,6 +126,10 @@ class LMClient:
         if not line.startswith("data: ") or line == "data: [DONE]":
             return None
         event = json.loads(line[len("data: ") :])
+        error = event.get("error")
+        if error is not None:
+            # vLLM reports a failure after the 200 header as an error event, then [DONE].
+            raise _stream_error(error)
         choices = event.get("choices") or []
         if not choices:
             usage = event.get("usage")
@@ -149,6 +153,14 @@ class LMClient:
             result.finish_reason = delta.finish_reason or result.finish_reason
             result.usage = delta.usage or result.usage
         return result
+
+
+def _stream_error(error: Any) -> LMError:
+    if not isinstance(error, dict):
+        return LMError(500, f"LM worker error: {error}")
+    code = error.get("code")
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    return LMError(status, f"LM worker error: {error.get('message', error)}")
 
 
 def _error_message(response: httpx.Response) -> str:

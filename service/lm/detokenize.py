@@ -38,6 +38,14 @@ class IncrementalDecoder:
         self._trim()
         return delta
 
+    def finish(self) -> str:
+        """Text still withheld at the end (an unfinished multi-byte character decodes to U+FFFD,
+        as in a full decode)."""
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return after[len(before) :] if len(after) > len(before) else ""
+
     def _trim(self) -> None:
         # Forget ids that can no longer influence the window, so memory stays bounded.
         if self._prefix > 4 * WINDOW:

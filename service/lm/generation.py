@@ -90,6 +90,10 @@ class Generator:
                             yield event
         finally:
             await stream.aclose()
+        tail = decoder.finish()
+        if tail:
+            for event in parser.feed(tail):
+                yield event
         for event in parser.finish():
             yield event
 

@@ -70,6 +70,19 @@ def vllm_argv(
         argv += ["--dtype", "float32"]
     if cpu and not _has_flag(extra_args, "--kv-cache-memory-bytes"):
         argv += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
+    if cpu and not any(
+        _has_flag(extra_args, flag)
+        for flag in (
+            "--enable-chunked-prefill",
+            "--no-enable-chunked-prefill",
+            "--max-num-batched-tokens",
+        )
+    ):
+        # vLLM 0.32's CPU runner kills the engine ("CPU Generator does not use offset") when a
+        # request with a `seed` has its prefill split in chunks (a prompt over the 2048-token
+        # budget, or several prompts at once). Without chunked prefill, vLLM raises the budget
+        # to max_model_len and a prompt is always prefilled in one step.
+        argv.append("--no-enable-chunked-prefill")
     if (
         cpu
         and not _has_flag(extra_args, "--enforce-eager")

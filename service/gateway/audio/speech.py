@@ -27,7 +27,7 @@ from service.gateway.audio.prompting import (
     speech_budget,
     speech_prompt,
 )
-from service.gateway.audio.protocol import SpeechRequest
+from service.gateway.audio.protocol import SpeechRequest, VoiceRef
 from service.gateway.engine import AudioOut, Engine, Finished
 from service.gateway.errors import APIError, error_body
 from service.gateway.state import GatewayState
@@ -49,7 +49,8 @@ async def speak(request: SpeechRequest, state: GatewayState) -> StreamingRespons
     if not text:
         raise APIError(400, "input is empty", param="input")
     _check_options(request)
-    speaker = resolve_voice(model_voices(engine.layout, model), request.voice, model)
+    voice = request.voice.id if isinstance(request.voice, VoiceRef) else request.voice
+    speaker = resolve_voice(model_voices(engine.layout, model), voice, model)
     style = _style_token(engine, model, request.style)
     encoder = _encoder(request)
     max_tokens = max_tokens_for(engine, request.max_tokens, speech_budget(text, model))

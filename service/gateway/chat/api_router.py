@@ -9,6 +9,7 @@ from service.gateway.chat.memory import ChatMemory
 from service.gateway.chat.protocol import ChatCompletion, ChatCompletionRequest
 from service.gateway.chat.serving import chat_completion
 from service.gateway.state import GatewayState, gateway_state
+from service.gateway.uploads import require_json
 
 router = APIRouter()
 
@@ -22,7 +23,12 @@ def chat_memory(request: Request) -> ChatMemory:
     return memory
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion, tags=["openai"])
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    tags=["openai"],
+    dependencies=[Depends(require_json)],
+)
 async def create_chat_completion(
     request: ChatCompletionRequest,
     state: GatewayState = Depends(gateway_state),

@@ -37,10 +37,10 @@ class ChatMessage(BaseModel):
 
 
 class AudioOptions(BaseModel):
-    voice: str | int | None = Field(
+    voice: str | int | dict[str, str] | None = Field(
         default=None,
-        description="Speaker index (0..) or name from the vocoder's speakers.txt; OpenAI voice "
-        "names mean the default speaker.",
+        description="Speaker index ('0'..'3'), speakers.txt name, or an OpenAI voice name "
+        "(= the default speaker 2); see GET /v1/audio/voices.",
     )
     format: ChatAudioFormat = "wav"
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -38,15 +39,23 @@ from service.gateway.chat.protocol import (
     Usage,
 )
 from service.gateway.chat.stops import StopMatcher, parse_stops
-from service.gateway.chat.voices import voices_for
 from service.gateway.engine import AudioOut as EngineAudio
 from service.gateway.engine import Engine, SpeechTokensOut, TextOut
 from service.gateway.errors import APIError, error_body
 from service.gateway.state import GatewayState
-from service.gateway.streams import SSE_DONE, SSE_HEADERS, Timings, pcm16_to_float, sse
+from service.gateway.streams import (
+    SSE_DONE,
+    SSE_HEADERS,
+    Timings,
+    pcm16_to_float,
+    sse,
+)
+from service.gateway.voices import model_voices, resolve_voice
 from service.lm.client import SamplingParams
 from service.lm.generation import GenerationResult, PreparedPrompt
 from service.lm.prompt import OutputModality, build_prompt
+
+log = logging.getLogger("spiritlm.gateway.chat")
 
 ROUTE = "/v1/chat/completions"
 OUTPUT_SAMPLE_RATE = 24000
@@ -101,7 +110,7 @@ async def chat_completion(
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
     chunks = _ChunkMaker(response_id, created, plan.model, include_usage)
     return StreamingResponse(
-        _sse_stream(plan, first, events, outcome, memory, chunks),
+        _ChatStream(plan, outcome, memory, chunks).body(first, events),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
@@ -119,9 +128,8 @@ async def plan_chat(
     max_tokens = _max_tokens(request, engine.max_tokens_limit)
     stops = parse_stops(request.stop)
     audio = request.audio
-    speaker = voices_for(engine.layout, model).resolve(
-        audio.voice if audio else None, "audio.voice"
-    )
+    voice = audio.voice if audio else None
+    speaker = resolve_voice(model_voices(engine.layout, model), voice, model, "audio.voice")
     inputs = await conversation_inputs(request.messages, engine, model, memory)
     modality = OutputModality.SPEECH if speech else OutputModality.TEXT
     prepared = engine.prepare(build_prompt(inputs, modality), modality, model)
@@ -314,37 +322,67 @@ class _ChunkMaker:
         return sse({**self.base, "choices": [], "usage": usage.model_dump()})
 
 
-async def _sse_stream(
-    plan: ChatPlan,
-    first: str | bytes | None,
-    events: AsyncIterator[str | bytes],
-    outcome: Outcome,
-    memory: ChatMemory,
-    chunks: _ChunkMaker,
-) -> AsyncIterator[bytes]:
-    audio_id = memory.new_audio_id()
-    encoder = StreamEncoder(plan.encoder_format, OUTPUT_SAMPLE_RATE) if plan.speech else None
-    yield chunks.delta({"role": "assistant", "content": None if plan.speech else ""})
-    try:
-        async for piece in _chained(first, events):
-            if isinstance(piece, str):
-                yield chunks.delta({"content": piece})
-            elif encoder is not None:
-                data = encoder.write(pcm16_to_float(piece))
-                if data:
-                    yield chunks.delta({"audio": {"id": audio_id, "data": _b64(data)}})
-        if encoder is not None:
-            tail = encoder.close()
+class _ChatStream:
+    """The SSE body of one streamed reply."""
+
+    def __init__(
+        self, plan: ChatPlan, outcome: Outcome, memory: ChatMemory, chunks: _ChunkMaker
+    ) -> None:
+        self.plan = plan
+        self.outcome = outcome
+        self.memory = memory
+        self.chunks = chunks
+        self.audio_id = memory.new_audio_id()
+        self.encoder = (
+            StreamEncoder(plan.encoder_format, OUTPUT_SAMPLE_RATE) if plan.speech else None
+        )
+
+    async def body(
+        self, first: str | bytes | None, events: AsyncIterator[str | bytes]
+    ) -> AsyncIterator[bytes]:
+        yield self.chunks.delta({"role": "assistant", "content": None if self.plan.speech else ""})
+        # aclosing: a client that goes away closes this stream, which must end the generation.
+        async with contextlib.aclosing(events):
+            try:
+                async for piece in _chained(first, events):
+                    chunk = self._piece(piece)
+                    if chunk:
+                        yield chunk
+                for chunk in self._ending():
+                    yield chunk
+            except APIError as error:
+                yield sse(error_body(error.status, error.message, error.param, error.code))
+            except Exception:  # the 200 is sent already: report in the stream, do not cut it
+                log.exception("chat completion stream failed")
+                yield sse(error_body(500, "internal error while generating the reply"))
+        yield SSE_DONE
+
+    def _piece(self, piece: str | bytes) -> bytes | None:
+        if isinstance(piece, str):
+            return self.chunks.delta({"content": piece})
+        if self.encoder is None:
+            return None
+        return self._audio(self.encoder.write(pcm16_to_float(piece)))
+
+    def _audio(self, data: bytes) -> bytes | None:
+        if not data:
+            return None
+        return self.chunks.delta({"audio": {"id": self.audio_id, "data": _b64(data)}})
+
+    def _ending(self) -> list[bytes]:
+        out: list[bytes] = []
+        if self.encoder is not None:
+            tail = self._audio(self.encoder.close())
             if tail:
-                yield chunks.delta({"audio": {"id": audio_id, "data": _b64(tail)}})
-            expires = memory.put_audio(audio_id, plan.model, "".join(outcome.speech_tokens))
-            yield chunks.delta({"audio": {"id": audio_id, "expires_at": expires, "transcript": ""}})
-        yield chunks.delta({}, outcome.finish_reason)
-        if chunks.include_usage:
-            yield chunks.usage(outcome.usage)
-    except APIError as error:
-        yield sse(error_body(error.status, error.message, error.param, error.code))
-    yield SSE_DONE
+                out.append(tail)
+            tokens = "".join(self.outcome.speech_tokens)
+            expires = self.memory.put_audio(self.audio_id, self.plan.model, tokens)
+            audio = {"id": self.audio_id, "expires_at": expires, "transcript": ""}
+            out.append(self.chunks.delta({"audio": audio}))
+        out.append(self.chunks.delta({}, self.outcome.finish_reason))
+        if self.chunks.include_usage:
+            out.append(self.chunks.usage(self.outcome.usage))
+        return out
 
 
 async def _chained(

@@ -339,8 +339,19 @@ class RealtimeSession:
             self._spawn(self._transcribe_input(item, part))
         self._last_turn = (trigger, ended)
         detection = self.config.turn_detection
-        automatic = trigger == "vad" and detection is not None and detection.create_response
-        if automatic and (self.response is None or not self.response.active):
+        if trigger != "vad" or detection is None or not detection.create_response:
+            return
+        previous = self.response
+        if previous is None or not previous.active:
+            self._start_response(ResponseIn(), None)
+        elif previous.cancel_reason is not None:
+            # Barge-in: the interrupted reply is still winding down; answer once it is done.
+            self._spawn(self._respond_after(previous))
+
+    async def _respond_after(self, previous: Response) -> None:
+        if previous.task is not None:
+            await asyncio.wait({previous.task})
+        if self.response is previous:
             self._start_response(ResponseIn(), None)
 
     async def _encode(self, wav: bytes) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,10 @@ def load_model() -> torch.jit.ScriptModule:
         if _model is None:
             path = model_path()
             try:
-                loaded = torch.jit.load(str(path), map_location="cpu")
+                with warnings.catch_warnings():
+                    # The wheel ships TorchScript; torch now nudges towards torch.export.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    loaded = torch.jit.load(str(path), map_location="cpu")
             except (RuntimeError, OSError) as error:
                 raise CheckpointError(path, f"cannot load the VAD model: {error}") from error
             # A 32 ms window is a few microseconds of arithmetic; intra-op threads only add

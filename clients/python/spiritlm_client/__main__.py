@@ -1,0 +1,3 @@
+from spiritlm_client.cli import main
+
+raise SystemExit(main())
