@@ -7,6 +7,7 @@ ports, started on first use and stopped at the end of the session.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -120,7 +121,7 @@ class Servers:
             argv,
             url + health,
             env=env or self.env,
-            log_path=str(self.log_dir / f"{name}.log"),
+            log_path=str(self.log_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".log")),
         )
         child.start()
         self.extra.append(child)

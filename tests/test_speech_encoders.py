@@ -565,3 +565,14 @@ def test_encoders_run_on_cuda(layout: CheckpointLayout, hubert, wav) -> None:
     assert units.device.type == "cuda" and units.shape == (228,)
     assert load_pitch_tokenizer(layout.pitch_dir, device="cuda")(wav.cuda()).shape == (114,)
     assert load_style_encoder(layout.style_dir, device="cuda")(wav.cuda()).shape == (10,)
+
+
+@pytest.mark.parametrize("kind", ["silence", "noise"])
+def test_pitch_of_unvoiced_audio_is_all_unvoiced(pitch, kind: str) -> None:
+    # torchfcpe raises when no frame is voiced; the tokenizer must still give codes.
+    generator = torch.Generator().manual_seed(3)
+    wav = torch.zeros(16000) if kind == "silence" else 0.01 * torch.randn(16000, generator=generator)
+    f0, vuv = pitch.extract_f0(wav)
+    assert not vuv.any() and not f0.any()
+    codes = pitch(wav)
+    assert len(codes) == pitch.frame_count(16000)

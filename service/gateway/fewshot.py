@@ -138,6 +138,9 @@ def _exemplar(directory: Path, path: Path, number: int, line: str) -> Exemplar:
     audio, text = entry.get("audio"), entry.get("text")
     if not isinstance(audio, str) or not audio or Path(audio).is_absolute():
         raise CheckpointError(path, f"{where}: 'audio' must be a relative file path")
+    if ".." in Path(audio).parts:
+        # The bank is one directory: an entry must not reach files outside it.
+        raise CheckpointError(path, f"{where}: 'audio' must not contain '..' ({audio!r})")
     if not isinstance(text, str) or not text.strip():
         raise CheckpointError(path, f"{where}: 'text' must be a non-empty string")
     if "\n" in text or "\r" in text:

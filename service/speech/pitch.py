@@ -317,21 +317,33 @@ class PitchTokenizer:
     def extract_f0(self, wav: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(f0 in Hz, vuv with 1.0 = voiced), float32 arrays of N // 80 + 1 frames."""
         _check_wav(wav)
+        try:
+            f0, uv = self._fcpe_infer(wav, interp_uv=True)
+        except IndexError:
+            # torchfcpe cannot interpolate across unvoiced frames when no frame is voiced
+            # (silence, noise) and raises; the reference crashes there. Nothing is voiced, so
+            # the F0 track is all zeros (deliberate difference, docs/checkpoints.md).
+            f0, uv = self._fcpe_infer(wav, interp_uv=False)
+            f0 = torch.zeros_like(f0)
+        f0_track = f0[0, :, 0].float().cpu().numpy()
+        vuv = (1 - uv[0, :, 0]).float().cpu().numpy()
+        return f0_track, vuv
+
+    def _fcpe_infer(
+        self, wav: torch.Tensor, *, interp_uv: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
-            f0, uv = self._fcpe.infer(
+            return self._fcpe.infer(
                 wav.to(self.device, torch.float32)[None, :, None],
                 sr=SAMPLE_RATE,
                 decoder_mode="local_argmax",
                 threshold=FCPE_THRESHOLD,
                 f0_min=F0_MIN,
                 f0_max=F0_MAX,
-                interp_uv=True,
+                interp_uv=interp_uv,
                 output_interp_target_length=wav.numel() // F0_HOP + 1,
                 retur_uv=True,  # sic: torchfcpe's spelling
             )
-        f0 = f0[0, :, 0].float().cpu().numpy()
-        vuv = (1 - uv[0, :, 0]).float().cpu().numpy()
-        return f0, vuv
 
     def features(self, f0: np.ndarray, vuv: np.ndarray) -> torch.Tensor:
         """Level-0 encoder output as [frames, emb_width] (halves summed when twice as wide)."""

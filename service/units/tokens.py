@@ -52,6 +52,8 @@ _TOKEN_LIKE = re.compile(r"\[(?:Hu|Pi|St)[0-9]")
 # A trailing fragment that may still grow into a speech token.
 _TOKEN_PREFIX = re.compile(r"\[(?:[HPS]|(?:Hu|Pi|St)[0-9]*)?")
 _INTEGER = re.compile(r"-?[0-9]+")
+# No unit table comes near 10**18 entries; Python's int() even refuses more than 4300 digits.
+MAX_VALUE_DIGITS = 18
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,18 @@ def _parse_int_list(value: object, field: str) -> list[int]:
     items = value.split()
     for item in items:
         if not _INTEGER.fullmatch(item):
-            raise UnitFormatError(f"units field '{field}': '{item}' is not an integer")
-    return [int(item) for item in items]
+            raise UnitFormatError(f"units field '{field}': '{item[:20]}' is not an integer")
+    return [unit_value(item, f"units field '{field}'") for item in items]
+
+
+def unit_value(digits: str, where: str) -> int:
+    """The integer of a (signed) digit string; `UnitFormatError` when it is absurdly long."""
+    significant = digits.lstrip("-").lstrip("0")
+    if len(significant) > MAX_VALUE_DIGITS:
+        raise UnitFormatError(
+            f"{where}: a {len(significant)}-digit value is out of the range of any unit table"
+        )
+    return int(digits)
 
 
 def _join(values: Sequence[int]) -> str:
@@ -154,7 +166,8 @@ def iter_speech_tokens(text: str, *, strict: bool = False) -> Iterator[tuple[Str
     for match in SPEECH_TOKEN.finditer(text):
         if strict:
             _check_gap(text, pos, match.start())
-        yield _KIND_BY_PREFIX[match.group(1)], int(match.group(2))
+        where = f"token string: speech token at {match.start()}"
+        yield _KIND_BY_PREFIX[match.group(1)], unit_value(match.group(2), where)
         pos = match.end()
     if strict:
         _check_gap(text, pos, len(text))
@@ -277,7 +290,8 @@ class SpeechTokenScanner:
         found: list[tuple[StreamKind, int]] = []
         end = 0
         for match in SPEECH_TOKEN.finditer(buffer):
-            found.append((_KIND_BY_PREFIX[match.group(1)], int(match.group(2))))
+            value = unit_value(match.group(2), "token string: speech token")
+            found.append((_KIND_BY_PREFIX[match.group(1)], value))
             end = match.end()
         # A token contains one "[" and no "]" before its end, so only a tail starting at the
         # last "[" (with no "]" after it) can still complete into a token.
