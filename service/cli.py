@@ -7,7 +7,18 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from service.commands import checkpoints, lm, serve, speech, workers
+from service.commands import (
+    bench,
+    bench_load,
+    bench_realtime,
+    bench_report,
+    bench_speech,
+    checkpoints,
+    lm,
+    serve,
+    speech,
+    workers,
+)
 from service.commands.common import log
 from service.errors import SpiritError
 
@@ -17,7 +28,9 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spiritlm-serve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (checkpoints, speech, lm, workers, serve):
+    modules = (checkpoints, speech, lm, workers, serve)
+    benchmarks = (bench_speech, bench, bench_realtime, bench_load, bench_report)
+    for module in modules + benchmarks:
         module.register(commands)
     return parser
 

@@ -14,8 +14,12 @@ import numpy as np
 import openai
 import pytest
 import soundfile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.checkpoints.layout import BASE, CheckpointLayout
+from service.gateway.chat.memory import ChatMemory
+from service.gateway.chat.stops import StopMatcher
 from service.lm.tokenizer import SpiritTokenizer
 
 pytestmark = pytest.mark.slow
@@ -354,3 +358,51 @@ def test_ending_early_aborts_the_lm_request(servers, gateway: str, how: str) -> 
                 assert next(response.iter_lines()).startswith("data: ")
     after = wait_idle(lm_url)
     assert after - before < 2000, "vLLM generated the whole budget for an abandoned request"
+
+
+# ---- pieces without servers -------------------------------------------------------------------
+
+
+@settings(max_examples=300)
+@given(
+    text=st.text(alphabet="ab \n", max_size=40),
+    cuts=st.lists(st.integers(0, 40), max_size=8),
+    stops=st.lists(st.text(alphabet="ab \n", min_size=1, max_size=4), max_size=4),
+)
+def test_stop_matcher_cuts_before_the_first_stop(
+    text: str, cuts: list[int], stops: list[str]
+) -> None:
+    bounds = sorted({0, len(text), *(min(cut, len(text)) for cut in cuts)})
+    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    matcher = StopMatcher(stops)
+    out = ""
+    for piece in pieces:
+        out += matcher.feed(piece)
+        if matcher.stopped:
+            break
+    out += matcher.flush()
+    # Checked after every character: the text up to the first point some stop is complete.
+    complete = next(
+        (end for end in range(len(text) + 1) if any(stop in text[:end] for stop in stops)), None
+    )
+    if complete is None:
+        assert out == text and not matcher.stopped
+    else:
+        seen = text[:complete]
+        assert out == seen[: min(seen.find(stop) for stop in stops if stop in seen)]
+        assert matcher.stopped
+
+
+def test_chat_memory_expires_and_evicts() -> None:
+    now = [1000.0]
+    memory = ChatMemory(ttl=10, max_audio_turns=2, clock=lambda: now[0])
+    for name in "abc":
+        memory.put_audio(name, BASE, f"[Hu{ord(name)}]")
+    assert memory.get_audio("a") is None  # the oldest went beyond max_audio_turns
+    assert memory.get_audio("c").tokens == "[Hu99]"
+    assert memory.get_audio("c").expires_at == 1010
+    memory.remember_encoded(BASE, b"sound", "[Hu5]")
+    assert memory.encoded(BASE, b"sound") == "[Hu5]"
+    assert memory.encoded("spirit-lm-expressive-7b", b"sound") is None
+    now[0] += 10
+    assert memory.get_audio("c") is None and memory.encoded(BASE, b"sound") is None

@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ import pytest
 import soundfile
 from scipy.signal import resample_poly
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from service.checkpoints.layout import BASE
 from service.gateway.realtime.conversation import (
@@ -35,8 +38,14 @@ from service.gateway.realtime.conversation import (
     tail_speech,
 )
 from service.gateway.realtime.protocol import ProtocolError, parse_client_event
-from service.gateway.realtime.session import InputAudio
-from service.gateway.realtime.vad import SpeechStarted, SpeechStopped, VadSettings, VadStream
+from service.gateway.realtime.session import InputAudio, PauseDetected, TurnDetected
+from service.gateway.realtime.vad import (
+    SpeechPaused,
+    SpeechStarted,
+    SpeechStopped,
+    VadSettings,
+    VadStream,
+)
 from service.lm.prompt import SpeechInput, TextInput, build_prompt
 
 RATE = 24000
@@ -345,22 +354,27 @@ def test_response_cancel_aborts_generation(gateway: str, lm_url: str) -> None:
 def test_barge_in_cancels_the_reply(gateway: str, lm_url: str, speech_file: Path) -> None:
     async def scenario() -> Client:
         client = await open_client(gateway)
-        await client.update(audio={"input": {"turn_detection": ONE_TURN}}, max_output_tokens=1500)
+        await client.update(audio={"input": {"turn_detection": ONE_TURN}}, max_output_tokens=2048)
         speech = speech_pcm(speech_file)
         await client.append(speech + silence(2.5))
         await client.until("response.output_audio.delta")
+        await client.update(max_output_tokens=30)  # for the replies still to come
         await client.append(speech + silence(2.5))  # the user talks over the reply
         await client.until("response.done")
-        await client.until("response.created")  # the reply to the second turn
-        await client.send(type="response.cancel")
-        await client.until("response.done")
+        await client.until("response.done")  # the reply to the second turn
         await client.ws.close()
         return client
 
     client = run(scenario())
-    interrupted = client.of("response.done")[0]["response"]
+    interrupted, answer = [e["response"] for e in client.of("response.done")]
     assert interrupted["status"] == "cancelled"
     assert interrupted["status_details"]["reason"] == "turn_detected"
+    # The second turn is answered in full, after the interrupted reply wound down.
+    assert answer["status"] == "completed" and client.audio_samples(answer["id"]) > 0
+    # Its prompt: both user turns and only what of the first reply was sent.
+    sent = client.audio_samples(interrupted["id"])
+    assert answer["usage"]["input_tokens"] > interrupted["usage"]["input_tokens"] + 100
+    assert sent > 0
     types = [e["type"] for e in client.seen]
     second_start = [i for i, t in enumerate(types) if t == "input_audio_buffer.speech_started"][1]
     assert second_start < types.index("response.done")
@@ -491,36 +505,72 @@ def test_beta_dialect_names(gateway: str) -> None:
     assert "response.audio_transcript.done" in names
 
 
-def test_session_cap_and_idle_timeout(servers) -> None:  # noqa: ANN001
+def test_session_cap_idle_timeout_and_keys(servers) -> None:  # noqa: ANN001
+    key = "realtime-secret"
     gateway = servers.gateway(
         BASE,
         "--realtime-max-sessions",
         "2",
         "--realtime-idle-timeout-seconds",
         "3",
+        "--api-keys",
+        key,
         name="realtime-limits",
     )
+    bearer = {"Authorization": f"Bearer {key}"}
 
-    async def scenario() -> tuple[int | None, str, dict[str, Any], int | None, float]:
-        first = await open_client(gateway)
-        second = await open_client(gateway)
-        refused = await connect(ws_url(gateway), max_size=None)
-        error = json.loads(await refused.recv())
+    async def scenario() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        with pytest.raises(InvalidStatus) as refused_key:
+            await connect(ws_url(gateway))
+        seen["no_key_status"] = refused_key.value.response.status_code
+        first = await open_client(gateway, **bearer)
+        # Browsers cannot set headers: the key comes as a subprotocol, "realtime" is answered.
+        browser_like = await connect(
+            ws_url(gateway), subprotocols=["realtime", f"openai-insecure-api-key.{key}"]
+        )
+        seen["subprotocol"] = browser_like.subprotocol
+        second = Client(browser_like)
+        await second.until("session.created")
+        refused = await connect(ws_url(gateway), additional_headers=bearer)
+        seen["error"] = json.loads(await refused.recv())
         with pytest.raises(ConnectionClosed):
             await refused.recv()
-        code, reason = refused.close_code, refused.close_reason
+        seen["full"] = (refused.close_code, refused.close_reason)
         await second.ws.close()
         started = time.monotonic()
         with pytest.raises(ConnectionClosed):
             while True:
                 await asyncio.wait_for(first.ws.recv(), 30)
-        return code, reason, error, first.ws.close_code, time.monotonic() - started
+        seen["idle"] = (first.ws.close_code, first.ws.close_reason, time.monotonic() - started)
+        return seen
 
-    code, reason, error, idle_code, idle_after = run(scenario())
+    seen = run(scenario())
+    assert seen["no_key_status"] == 403
+    assert seen["subprotocol"] == "realtime"
+    code, reason = seen["full"]
     assert code == 1013 and "maximum of 2" in reason
-    assert error["type"] == "error" and error["error"]["code"] == "too_many_sessions"
-    assert idle_code == 1000
-    assert idle_after < 10
+    assert seen["error"]["error"]["code"] == "too_many_sessions"
+    idle_code, idle_reason, idle_after = seen["idle"]
+    assert idle_code == 1000 and idle_reason == "idle timeout" and idle_after < 10
+
+
+def test_converse_command_saves_the_reply(gateway: str, speech_file: Path, tmp_path: Path) -> None:
+    question, reply = tmp_path / "question.wav", tmp_path / "reply.wav"
+    soundfile.write(str(question), np.frombuffer(speech_pcm(speech_file, 16000), "<i2"), 16000)
+    clients = Path(__file__).resolve().parent.parent / "clients" / "python"
+    done = subprocess.run(
+        [sys.executable, "-m", "spiritlm_client", "--base-url", gateway, "converse"]
+        + ["--input", str(question), "-o", str(reply), "--speed", "0", "--max-tokens", "30"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(clients)},
+    )
+    assert done.returncode == 0, done.stderr
+    info = soundfile.info(str(reply))
+    assert info.samplerate == 24000 and info.frames > 0
+    assert "reply completed" in done.stderr and str(reply) in done.stderr
 
 
 # ---- pure parts --------------------------------------------------------------------------
@@ -569,13 +619,21 @@ def test_vad_finds_the_speech_in_the_file(speech_file: Path) -> None:
     for start in range(0, len(wave), 1600):  # 100 ms appends
         events += stream.feed(wave[start : start + 1600])
     events += stream.feed(np.zeros(rate, dtype=np.float32))
-    kinds = [type(e) for e in events]
+    turns = [e for e in events if not isinstance(e, SpeechPaused)]
     # Three stretches of speech; the 0.4 s pause at 6.9 s is shorter than the 500 ms needed.
-    assert kinds == [SpeechStarted, SpeechStopped, SpeechStarted, SpeechStopped]
-    assert 100 <= events[0].audio_start_ms <= 400
-    assert 2300 <= events[1].audio_end_ms <= 2800
-    assert 3900 <= events[2].audio_start_ms <= 4300
-    assert 8700 <= events[3].audio_end_ms <= 9200
+    assert [type(e) for e in turns] == [SpeechStarted, SpeechStopped, SpeechStarted, SpeechStopped]
+    assert 100 <= turns[0].audio_start_ms <= 400
+    assert 2300 <= turns[1].audio_end_ms <= 2800
+    assert 3900 <= turns[2].audio_start_ms <= 4300
+    assert 8700 <= turns[3].audio_end_ms <= 9200
+    # Each end of a turn was announced as a pause (250 ms in) starting at the same point.
+    pauses = [e.audio_end_ms for e in events if isinstance(e, SpeechPaused)]
+    assert turns[1].audio_end_ms in pauses and turns[3].audio_end_ms in pauses
+    for pause in pauses:
+        stop = next(
+            e for e in events[events.index(SpeechPaused(pause)) :] if isinstance(e, SpeechStopped)
+        )
+        assert pause <= stop.audio_end_ms
 
 
 def test_input_audio_commits_the_turn_with_prefix_padding(speech_file: Path) -> None:
@@ -586,9 +644,12 @@ def test_input_audio_commits_the_turn_with_prefix_padding(speech_file: Path) -> 
     happened = []
     for start in range(0, len(pcm), 3200):
         happened += buffer.append(pcm[start : start + 3200])
-    turns = [event for event in happened if hasattr(event, "utterance")]
+    turns = [event for event in happened if isinstance(event, TurnDetected)]
     assert len(turns) == 1
     utterance = turns[0].utterance
+    # The pause that became the end of the turn offered the very same utterance beforehand.
+    candidates = [e.utterance for e in happened if isinstance(e, PauseDetected)]
+    assert candidates[-1] == utterance
     started = next(e for e in happened if isinstance(e, SpeechStarted))
     assert utterance.start_ms == max(0, started.audio_start_ms - 300)
     assert utterance.end_ms == turns[0].stopped.audio_end_ms

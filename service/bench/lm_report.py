@@ -138,6 +138,11 @@ def section(result: BenchResult, table: str, command: str) -> str:
   it streams by one `StreamingVocoder` per request on one vocoder thread in the bench process.
   "first audio" is when the first audio chunk is ready.
 - Latencies are per request from its own start; throughput is over the wall time of the level.
+- Read with care: the checkpoints are the embedded tiny random-weight ones unless the command
+  names real ones, so per-token compute is tiny and the ratios mostly measure serving overhead
+  (batching, streaming, per-step framework cost, the baseline's `bad_words_ids` processing of
+  32k single-token lists for speech output), not 7B-model compute. The cores were shared with
+  other jobs (load averages above), so single runs vary by tens of percent.
 
 {table}
 """

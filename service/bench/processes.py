@@ -44,6 +44,10 @@ def role_of(process: psutil.Process) -> str:
             return role
     if "EngineCore" in name or "EngineCore" in line:
         return "lm engine core (vLLM)"
+    if "VLLM::Worker" in name or "VLLM::Worker" in line:
+        return "lm model worker (vLLM)"
+    if "resource_tracker" in line:
+        return "multiprocessing resource tracker"
     return name or (argv[0] if argv else "unknown")
 
 

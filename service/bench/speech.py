@@ -349,7 +349,7 @@ def machine_lines(device: str) -> list[str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     lines = [
         f"- CPU: {cpu_model()}, {cores} logical cores ({usable} usable by the run)",
-        f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
+        f"- torch {torch.__version__}, intra-op threads: {torch.get_num_threads()}, "
         f"device `{device}`",
     ]
     if torch.device(device).type == "cuda":

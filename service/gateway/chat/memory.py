@@ -90,15 +90,14 @@ class ChatMemory:
 
     def put_audio(self, audio_id: str, model: str, tokens: str) -> int:
         """Remember a generated audio turn; returns its expiry (unix seconds)."""
-        return int(self._audio.put(audio_id, StoredAudio(model, tokens, 0)))
+        return int(self._audio.put(audio_id, (model, tokens)))
 
     def get_audio(self, audio_id: str) -> StoredAudio | None:
         entry = self._audio.get(audio_id)
         if entry is None:
             return None
-        expires, stored = entry
-        assert isinstance(stored, StoredAudio)
-        return StoredAudio(stored.model, stored.tokens, int(expires))
+        expires, (model, tokens) = entry  # type: ignore[misc]
+        return StoredAudio(model, tokens, int(expires))
 
     def encoded(self, model: str, audio: bytes) -> str | None:
         entry = self._encoded.get(_audio_key(model, audio))

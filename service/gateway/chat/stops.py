@@ -29,11 +29,11 @@ class StopMatcher:
         if not self.stops:
             return text
         buffer = self._held + text
-        hits = [index for index in (buffer.find(stop) for stop in self.stops) if index >= 0]
-        if hits:
+        cut = first_stop(buffer, self.stops)
+        if cut is not None:
             self.stopped = True
             self._held = ""
-            return buffer[: min(hits)]
+            return buffer[:cut]
         keep = self._partial_suffix(buffer)
         self._held = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep]
@@ -52,6 +52,16 @@ class StopMatcher:
                     longest = size
                     break
         return longest
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where `text` is cut: before the stop string that is complete first, reading left to right.
+
+    Deciding by the end of each occurrence (not its start) gives the same answer however the
+    text was split into pieces, as if it were checked after every character.
+    """
+    found = [(index + len(stop), index) for stop in stops if (index := text.find(stop)) >= 0]
+    return min(found)[1] if found else None
 
 
 def parse_stops(stop: str | list[str] | None) -> list[str]:

@@ -50,7 +50,9 @@ class Part:
 
     async def speech_tokens(self) -> str:
         if self.encoding is not None:
-            self.tokens = await self.encoding
+            # Shielded: a response cancelled while it waits must not cancel the encoding,
+            # which the next response needs.
+            self.tokens = await asyncio.shield(self.encoding)
             self.encoding = None
         return self.tokens
 

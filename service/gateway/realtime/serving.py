@@ -9,7 +9,9 @@ Three kinds of work run beside the reading loop, so that reading never waits for
 * the writer task, the only one that sends on the socket (events queue in an `Outbox`);
 * at most one `Response` (response.py), cancelled by response.cancel or by barge-in;
 * encoding of committed user audio on a speech worker (and its transcript when asked for),
-  started at commit; a response waits for the encodings its prompt needs.
+  started at commit, or already at a pause that may end the turn (the server VAD reports it
+  before `silence_duration_ms` is over; the encoding is kept when the turn ends exactly there);
+  a response waits for the encodings its prompt needs.
 
 Close codes: 1000 when the client closes or the session is idle, 1008 at the maximum session
 duration, 1013 when the gateway is full or draining (api_router.py), 1011 on an internal error.
@@ -55,7 +57,7 @@ from service.gateway.realtime.protocol import (
     parse_client_event,
 )
 from service.gateway.realtime.response import Response, ResponseContext, ResponseRequest
-from service.gateway.realtime.session import InputAudio, TurnDetected, Utterance
+from service.gateway.realtime.session import InputAudio, PauseDetected, TurnDetected, Utterance
 from service.gateway.realtime.transcripts import transcribe
 from service.gateway.realtime.vad import SpeechStarted, VadStream, load_model
 from service.gateway.state import GatewayState
@@ -160,6 +162,8 @@ class RealtimeSession:
         self.last_heard = self.started
         self._pending_item_id: str | None = None
         self._last_turn: tuple[str, float] | None = None  # (trigger, perf_counter) of a commit
+        # Encoding started at a pause: ((start_ms, end_ms) of the candidate turn, task).
+        self._early: tuple[tuple[int, int], asyncio.Task[str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._client_gone = False
 
@@ -296,6 +300,8 @@ class RealtimeSession:
                 self._speech_started(happened)
             elif isinstance(happened, TurnDetected):
                 self._speech_stopped(happened)
+            elif isinstance(happened, PauseDetected):
+                self._encode_early(happened.utterance)
 
     def _speech_started(self, event: SpeechStarted) -> None:
         self._pending_item_id = new_id("item")
@@ -322,10 +328,29 @@ class RealtimeSession:
         )
         self._commit(turn.utterance, "vad")
 
+    def _encode_early(self, utterance: Utterance) -> None:
+        """Start encoding at a pause: if the pause ends the turn, the encoding is ready sooner."""
+        self._drop_early_encoding()
+        task = self._spawn(self._encode(utterance.wav(self.input.rate)))
+        self._early = ((utterance.start_ms, utterance.end_ms), task)
+
+    def _drop_early_encoding(self) -> None:
+        if self._early is not None:
+            self._early[1].cancel()
+            self._early = None
+
+    def _encoding_of(self, utterance: Utterance) -> asyncio.Task[str]:
+        early, self._early = self._early, None
+        if early is not None and early[0] == (utterance.start_ms, utterance.end_ms):
+            return early[1]
+        if early is not None:
+            early[1].cancel()
+        return self._spawn(self._encode(utterance.wav(self.input.rate)))
+
     def _commit(self, utterance: Utterance, trigger: str) -> None:
         ended = time.perf_counter()
         part = Part("audio")
-        part.encoding = self._spawn(self._encode(utterance.wav(self.input.rate)))
+        part.encoding = self._encoding_of(utterance)
         item = Item(self._pending_item_id or new_id("item"), "user", [part])
         self._pending_item_id = None
         previous = self.conversation.add(item)

@@ -3,8 +3,9 @@
 States: *listening* (no speech; the buffer keeps only the last `prefix_padding_ms` so a turn
 can start a little before the detected speech) and *speaking* (server VAD heard speech; the
 buffer grows until the VAD hears `silence_duration_ms` of silence, or the turn reaches the
-buffer limit, and the utterance is handed out for commit). Without turn detection the buffer
-just grows until the client commits or clears it.
+buffer limit, and the utterance is handed out for commit). A pause within a turn hands out the
+utterance so far as a candidate (`PauseDetected`): the turn, if the pause ends it. Without
+turn detection the buffer just grows until the client commits or clears it.
 
 All positions are in samples of the session's input rate, counted from the first sample the
 client appended; the protocol reports them in milliseconds.
@@ -19,7 +20,13 @@ import numpy as np
 import soundfile
 
 from service.gateway.realtime.protocol import ProtocolError
-from service.gateway.realtime.vad import SpeechStarted, SpeechStopped, VadEvent, VadStream
+from service.gateway.realtime.vad import (
+    SpeechPaused,
+    SpeechStarted,
+    SpeechStopped,
+    VadEvent,
+    VadStream,
+)
 
 BYTES_PER_SAMPLE = 2
 MIN_COMMIT_MS = 100  # shorter commits are refused, as the reference API does
@@ -48,6 +55,16 @@ class TurnDetected:
 
     stopped: SpeechStopped
     utterance: Utterance
+
+
+@dataclass(frozen=True)
+class PauseDetected:
+    """The speaker paused: `utterance` is the turn if the pause turns out to end it."""
+
+    utterance: Utterance
+
+
+InputEvent = SpeechStarted | TurnDetected | PauseDetected
 
 
 class InputAudio:
@@ -79,7 +96,7 @@ class InputAudio:
     def now_ms(self) -> int:
         return self._to_ms(self._total)
 
-    def append(self, pcm16: bytes) -> list[VadEvent | TurnDetected]:
+    def append(self, pcm16: bytes) -> list[InputEvent]:
         """Add audio; with a VAD, the events it raised (CPU-bound: run off the event loop)."""
         if len(pcm16) % BYTES_PER_SAMPLE:
             raise ProtocolError(
@@ -100,7 +117,7 @@ class InputAudio:
         if self.vad is None:
             return []
         audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
-        events: list[VadEvent | TurnDetected] = []
+        events: list[InputEvent] = []
         for event in self.vad.feed(audio):
             events.append(self._on_vad(event))
         if self.speaking and self._turn_samples() > self.max_samples:
@@ -133,7 +150,7 @@ class InputAudio:
         if self.vad is not None:
             self.vad.force_stop()
 
-    def _on_vad(self, event: VadEvent) -> VadEvent | TurnDetected:
+    def _on_vad(self, event: VadEvent) -> InputEvent:
         if isinstance(event, SpeechStarted):
             start = self._at_ms(event.audio_start_ms) - self._prefix_samples
             self._turn_start = max(start, self._start)
@@ -141,6 +158,8 @@ class InputAudio:
         end = min(self._at_ms(event.audio_end_ms), self._total)
         start = self._start if self._turn_start is None else self._turn_start
         utterance = Utterance(self._slice(start, end), self._to_ms(start), self._to_ms(end))
+        if isinstance(event, SpeechPaused):
+            return PauseDetected(utterance)
         self._turn_start = None
         return TurnDetected(event, utterance)
 

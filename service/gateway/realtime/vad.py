@@ -9,8 +9,11 @@ and each session keeps its own recurrent state.
 
 Turn taking follows the usual Silero rule: speech starts at the first 32 ms window whose
 probability reaches `threshold`; it stops once the probability has stayed below
-``threshold - 0.15`` for `silence_duration_ms`. Times are milliseconds of session audio, counted
-from the first sample the client appended (as the realtime protocol reports them).
+``threshold - 0.15`` for `silence_duration_ms`. A silence that has lasted `PAUSE_MS` (at most
+half of that) is reported as a pause first: if it goes on, the turn ends exactly where the
+pause began, so work on the utterance can start before the turn is over. Times are
+milliseconds of session audio, counted from the first sample the client appended (as the
+realtime protocol reports them).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ WINDOW = 512  # samples per model call at 16 kHz (32 ms), fixed by the model
 CONTEXT = 64  # samples of the previous window the model reads first
 STATE_SHAPE = (2, 1, 128)
 HYSTERESIS = 0.15  # speech ends below threshold - HYSTERESIS (Silero's own rule)
+PAUSE_MS = 300  # silence reported as a pause (at most half of silence_duration_ms)
 PACKAGE = "silero-vad"
 
 _lock = threading.Lock()
@@ -92,7 +96,14 @@ class SpeechStopped:
     audio_end_ms: int
 
 
-VadEvent = SpeechStarted | SpeechStopped
+@dataclass(frozen=True)
+class SpeechPaused:
+    """Silence has begun at `audio_end_ms`; if it lasts, the turn ends exactly there."""
+
+    audio_end_ms: int
+
+
+VadEvent = SpeechStarted | SpeechStopped | SpeechPaused
 
 
 class VadStream:
@@ -110,6 +121,9 @@ class VadStream:
         self._samples = 0
         self._offset_ms = offset_ms
         self._silence_since: int | None = None
+        self._pause_reported = False
+        # A pause this long is reported (a chance to start work on the turn early).
+        self._pause_ms = min(PAUSE_MS, settings.silence_duration_ms // 2)
 
     def feed(self, audio: np.ndarray) -> list[VadEvent]:
         """Float samples at the input rate; CPU-bound (run it off the event loop)."""
@@ -130,6 +144,7 @@ class VadStream:
             return None
         self.speaking = False
         self._silence_since = None
+        self._pause_reported = False
         return SpeechStopped(self.now_ms())
 
     def now_ms(self) -> int:
@@ -155,14 +170,19 @@ class VadStream:
             return None
         if probability >= threshold:
             self._silence_since = None
+            self._pause_reported = False
         elif probability < threshold - HYSTERESIS and self._silence_since is None:
             self._silence_since = start
-        if (
-            self._silence_since is not None
-            and now - self._silence_since >= self.settings.silence_duration_ms
-        ):
+        if self._silence_since is None:
+            return None
+        silent = now - self._silence_since
+        if silent >= self.settings.silence_duration_ms:
             self.speaking = False
             end = self._silence_since
             self._silence_since = None
+            self._pause_reported = False
             return SpeechStopped(end)
+        if silent >= self._pause_ms and not self._pause_reported:
+            self._pause_reported = True
+            return SpeechPaused(self._silence_since)
         return None

@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""docs/performance.md and its plots from the JSON results of the benchmarks.
+
+Inputs (each optional; a missing one leaves its section saying how to produce it):
+  RESULTS/lm.json      spiritlm-serve bench-report (baseline vs ours per concurrency)
+  RESULTS/speech.json  spiritlm-serve bench-report (speech model real-time factors)
+  LOAD/load.json       spiritlm-serve bench-load (errors, latency, RSS over time)
+
+Needs matplotlib, which the project venv does not carry: run it with the report venv's python
+(scripts/install_report_tools.sh prints it), as `spiritlm-serve bench-report` does. Only the
+standard library, numpy and matplotlib are used, so the project need not be importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SPEECH_KINDS = ("generate-speech", "speech", "realtime")
+COLORS = {"ours": "#1f77b4", "baseline": "#d62728"}
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def save(figure: plt.Figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# ---- LM: throughput and time to first audio ------------------------------------------------
+
+
+def throughput_plot(lm: dict[str, Any], path: Path) -> None:
+    workloads = lm["workloads"]
+    figure, axes = plt.subplots(1, len(workloads), figsize=(5.2 * len(workloads), 3.8))
+    for ax, (name, workload) in zip(np.atleast_1d(axes), workloads.items(), strict=False):
+        levels = sorted(workload["ours"], key=int)
+        x = [int(level) for level in levels]
+        y = [workload["ours"][level]["summary"]["requests_per_s"] for level in levels]
+        base = workload["baseline"]["summary"]["requests_per_s"]
+        ax.plot(x, y, "o-", color=COLORS["ours"], label="ours: vLLM + streaming vocoder")
+        ax.axhline(base, ls="--", color=COLORS["baseline"],
+                   label="baseline: transformers, one at a time")  # fmt: skip
+        for xi, yi in zip(x, y, strict=False):
+            ax.annotate(f"{yi / base:.1f}x", (xi, yi), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=8)  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [str(v) for v in x])
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel("requests per second")
+        ax.set_title(f"{name} ({workload['max_tokens']} tokens)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8, loc="upper left")
+    save(figure, path)
+
+
+def first_audio_plot(lm: dict[str, Any] | None, load_report: dict[str, Any] | None,
+                     path: Path) -> bool:  # fmt: skip
+    panels = []
+    speech = lm["workloads"].get("text-to-speech") if lm else None
+    if speech:
+        panels.append("lm")
+    firsts = load_first_audio(load_report) if load_report else {}
+    if firsts:
+        panels.append("load")
+    if not panels:
+        return False
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 3.9))
+    axes = np.atleast_1d(axes)
+    for ax, panel in zip(axes, panels, strict=False):
+        if panel == "lm":
+            levels = sorted(speech["ours"], key=int)
+            data = [[r["first_output"] for r in speech["ours"][lv]["requests"]
+                     if r["first_output"] is not None] for lv in levels]  # fmt: skip
+            base = [r["first_output"] for r in speech["baseline"]["requests"]]
+            ax.boxplot([base, *data], labels=["baseline", *[f"ours c={lv}" for lv in levels]],
+                       showfliers=True)  # fmt: skip
+            ax.set_yscale("log")
+            ax.set_ylabel("seconds to first audio")
+            ax.set_title("text-to-speech: first audio per request")
+            ax.tick_params(axis="x", labelsize=8)
+        else:
+            for kind, values in firsts.items():
+                values = np.sort(values)
+                ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post",
+                        label=f"{kind} (n={len(values)})")  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_xlabel("seconds to first audio")
+            ax.set_ylabel("fraction of requests")
+            ax.set_title("load test: first audio (CDF)")
+            ax.legend(fontsize=8)
+    save(figure, path)
+    return True
+
+
+def load_first_audio(report: dict[str, Any]) -> dict[str, list[float]]:
+    requests = report.get("requests") or []
+    out: dict[str, list[float]] = {}
+    for row in requests:
+        if row["ok"] and row["first_audio"] is not None and row["kind"] in SPEECH_KINDS:
+            out.setdefault(row["kind"], []).append(row["first_audio"])
+    return out
+
+
+def lm_tables(lm: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, workload in lm["workloads"].items():
+        base = workload["baseline"]["summary"]
+        first = "first audio" if workload["modality"] == "speech" else "first text"
+        lines += [
+            f"**{name}** ({workload['max_tokens']} tokens per request):",
+            "",
+            f"| system | concurrency | requests | req/s | vs baseline | gen tok/s "
+            f"| latency p50 (s) | p95 | {first} p50 (s) | p95 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        rows = [("baseline", "1 (sequential)", base)]
+        rows += [("ours", level, workload["ours"][level]["summary"])
+                 for level in sorted(workload["ours"], key=int)]  # fmt: skip
+        for system, level, s in rows:
+            lines.append(
+                f"| {system} | {level} | {s['requests']} | {s['requests_per_s']:.2f} | "
+                f"{s['requests_per_s'] / base['requests_per_s']:.1f}x | {s['tokens_per_s']:.0f} | "
+                f"{fmt(s['latency_p50'])} | {fmt(s['latency_p95'])} | {fmt(s['first_p50'])} | "
+                f"{fmt(s['first_p95'])} |"
+            )
+        lines.append("")
+    return lines
+
+
+# ---- speech models -------------------------------------------------------------------------
+
+
+def rtf_plot(speech: dict[str, Any], path: Path) -> None:
+    stages = speech["stages"]
+    sets = list(dict.fromkeys(stage["checkpoints"] for stage in stages))
+    labels = list(dict.fromkeys(f"{short(s['variant'])}: {s['stage']}" for s in stages))
+    figure, ax = plt.subplots(figsize=(9.5, 0.45 * len(labels) + 1.6))
+    height = 0.8 / len(sets)
+    for index, name in enumerate(sets):
+        values = {f"{short(s['variant'])}: {s['stage']}": s["rtf"] for s in stages
+                  if s["checkpoints"] == name}  # fmt: skip
+        y = np.arange(len(labels)) + index * height
+        ax.barh(y, [values.get(label, np.nan) for label in labels], height=height, label=name)
+    ax.axvline(1.0, color="black", lw=0.8, ls="--")
+    ax.text(1.0, -0.6, " real time", fontsize=8, va="top")
+    ax.set_yticks(np.arange(len(labels)) + 0.4 - height / 2, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("real-time factor (compute seconds per audio second; < 1 is faster)")
+    ax.legend(fontsize=8)
+    save(figure, path)
+
+
+def short(variant: str) -> str:
+    return "expressive" if "expressive" in variant else "base"
+
+
+def speech_tables(speech: dict[str, Any]) -> list[str]:
+    lines = ["| checkpoints | model | stage | audio (s) | RTF |", "|---|---|---|---:|---:|"]
+    for s in speech["stages"]:
+        lines.append(f"| {s['checkpoints']} | {short(s['variant'])} | {s['stage']} | "
+                     f"{s['audio_seconds']:.2f} | {s['rtf']:.3f} |")  # fmt: skip
+    lines += ["", "| checkpoints | model | streaming first chunk (ms) | units needed |",
+              "|---|---|---:|---:|"]  # fmt: skip
+    for c in speech["first_chunks"]:
+        lines.append(f"| {c['checkpoints']} | {short(c['variant'])} | {c['seconds'] * 1000:.1f} "
+                     f"| {c['units_needed']} |")  # fmt: skip
+    return lines
+
+
+# ---- load test -----------------------------------------------------------------------------
+
+
+def load_plots(report: dict[str, Any], latency_path: Path, rss_path: Path) -> None:
+    summary = report["summary"]
+    kinds = list(summary["endpoints"])
+    figure, ax = plt.subplots(figsize=(8.5, 3.6))
+    width = 0.27
+    for index, q in enumerate(("p50", "p95", "p99")):
+        values = [summary["endpoints"][k]["latency"][q] or np.nan for k in kinds]
+        ax.bar(np.arange(len(kinds)) + (index - 1) * width, values, width, label=q)
+    ax.set_xticks(np.arange(len(kinds)), kinds, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency of successful requests (s)")
+    ax.set_title("load test: latency per endpoint")
+    ax.legend(fontsize=8)
+    save(figure, latency_path)
+
+    figure, ax = plt.subplots(figsize=(8.5, 3.8))
+    by_pid: dict[int, list[tuple[float, int, str]]] = {}
+    for sample in report["rss_samples"]:
+        by_pid.setdefault(sample["pid"], []).append(
+            (sample["seconds"], sample["rss"], sample["role"])
+        )
+    for pid, rows in sorted(by_pid.items(), key=lambda item: -item[1][-1][1]):
+        rows.sort()
+        ax.plot([r[0] for r in rows], [r[1] / 2**20 for r in rows], label=f"{rows[0][2]} ({pid})")
+    ax.axvspan(0, report["config_warmup"], color="grey", alpha=0.15, label="warm-up")
+    ax.set_xlabel("seconds since the start of the traffic")
+    ax.set_ylabel("RSS (MiB)")
+    ax.set_title("load test: memory of every process of the stack")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    save(figure, rss_path)
+
+
+def load_tables(report: dict[str, Any]) -> list[str]:
+    s, config = report["summary"], report["config"]
+    lines = [
+        f"{s['requests']} requests in {s['wall_seconds']:.0f} s ({s['achieved_rate']:.2f}/s; "
+        f"asked {config['rate']:g}/s with at most {config['max_in_flight']} in flight): "
+        f"**{s['errors']} failed** (target 0). Worst RSS growth after the "
+        f"{report['config_warmup']:.0f} s warm-up: **{fmt(s['worst_rss_growth_percent'], 1)} %** "
+        f"(target < {config['max_rss_growth']:g} %).",
+        "",
+        "| endpoint | requests | errors | latency p50 (s) | p95 | p99 | first audio p50 (s) "
+        "| p95 | p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, row in s["endpoints"].items():
+        lat, first = row["latency"], row["first_audio"]
+        lines.append(
+            f"| {kind} | {row['requests']} | {row['errors']} | {fmt(lat['p50'])} | "
+            f"{fmt(lat['p95'])} | {fmt(lat['p99'])} | {fmt(first['p50'])} | "
+            f"{fmt(first['p95'])} | {fmt(first['p99'])} |"
+        )
+    lines += ["", "| process | after warm-up (MiB) | end (MiB) | growth | peak (MiB) |",
+              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for row in s["rss"]:
+        growth = row["growth_percent"]
+        lines.append(
+            f"| {row['role']} | {row['rss_after_warmup'] / 2**20:.0f} | "
+            f"{row['rss_end'] / 2**20:.0f} | {'-' if growth is None else f'{growth:+.1f} %'} | "
+            f"{row['rss_peak'] / 2**20:.0f} |"
+        )
+    if s["error_messages"]:
+        lines += ["", "Failures, most frequent first:", ""]
+        lines += [f"- {count} x {message[:200]}" for message, count in s["error_messages"]]
+    if s.get("notes"):
+        lines += ["", *[f"- {note}" for note in s["notes"]]]
+    after = ", ".join(
+        f"{name} = {'-' if value is None else f'{value:g}'}" for name, value in s["after"].items()
+    )
+    lines += ["", f"Left over after the traffic (leak check): {after}."]
+    return lines
+
+
+def load_requests(load_dir: Path) -> list[dict[str, Any]]:
+    """Per-request rows of load-requests.csv (for the first-audio distribution)."""
+    import csv
+
+    path = load_dir / "load-requests.csv"
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as handle:
+        return [
+            {"kind": row["kind"], "ok": row["ok"] == "1",
+             "first_audio": float(row["first_audio_s"]) if row["first_audio_s"] else None}
+            for row in csv.DictReader(handle)
+        ]  # fmt: skip
+
+
+# ---- findings: the numbers the sections are about -----------------------------------------
+
+
+def findings(lm: dict | None, load_report: dict | None) -> list[str]:
+    lines = []
+    for name, workload in (lm or {}).get("workloads", {}).items():
+        base = workload["baseline"]["summary"]
+        levels = sorted(workload["ours"], key=int)
+        best = max(levels, key=lambda lv: workload["ours"][lv]["summary"]["requests_per_s"])
+        top = workload["ours"][best]["summary"]
+        lines.append(
+            f"- {name}: ours peaks at {top['requests_per_s']:.2f} req/s with {best} requests in "
+            f"flight, {top['requests_per_s'] / base['requests_per_s']:.1f}x the sequential "
+            f"baseline's {base['requests_per_s']:.2f} req/s."
+        )
+        one = workload["ours"][levels[0]]["summary"]
+        if workload["modality"] == "speech" and one["first_p50"] is not None:
+            lines.append(
+                f"- {name}: with {levels[0]} request in flight the first audio comes after "
+                f"{one['first_p50']:.2f} s (p50), against {base['latency_p50']:.2f} s for the "
+                f"baseline, whose audio exists only when the whole response is done "
+                f"({one['first_p50'] / base['latency_p50'] * 100:.0f} %)."
+            )
+    if load_report:
+        s = load_report["summary"]
+        lines.append(
+            f"- Load test: {s['errors']} of {s['requests']} requests failed; the largest RSS "
+            f"growth of a process after warm-up was {fmt(s['worst_rss_growth_percent'], 1)} %."
+        )
+    return lines
+
+
+# ---- the document --------------------------------------------------------------------------
+
+INTRO = """# Performance
+
+Measured on the project's build machine: **CPU only**. No GPU was lent to this task, so there
+are no GPU figures here; on a GPU the same commands measure the GPU path (`--device cuda`, the
+CUDA vLLM build). The checkpoints are the embedded tiny ones (random weights in the official
+layout; the speech section also has official-size random weights): the *shape* of the results
+(how throughput scales with concurrency, how soon audio starts, whether memory stays flat) is
+what these runs show; absolute numbers for the 7B model on a GPU are a different matter.
+
+The machine is shared: 2 cores with other jobs running (the load averages are in the machine
+lines), so absolute times are pessimistic and noisy. Every figure of one section comes from one
+run, in which baseline and ours were measured side by side on the same machine.
+"""
+
+
+def document(args: argparse.Namespace, lm: dict | None, speech: dict | None,
+             load_report: dict | None, images: dict[str, str]) -> str:  # fmt: skip
+    parts = [INTRO, "## Reproduce", "", "```bash"]
+    parts += ["# LM baseline vs ours, speech RTF, then this file and the plots",
+              (lm or speech or {}).get("command", "spiritlm-serve bench-report"),
+              "# the load test (10 minutes; its load.json is read by bench-report)",
+              (load_report or {}).get("summary", {}).get("command",
+                                                         "spiritlm-serve bench-load"),
+              "# only re-plot from existing results",
+              "spiritlm-serve bench-report --measure ''", "```", ""]  # fmt: skip
+    summary = findings(lm, load_report)
+    if summary:
+        parts += ["## Summary", "", *summary, ""]
+    parts += ["## Throughput against concurrency", ""]
+    if lm:
+        parts += [
+            "Baseline = what the reference implementation does: transformers `generate`, one "
+            "request at a time, the whole output vocoded at the end. Ours = the vLLM worker "
+            "with that many streaming requests in flight and the streaming vocoder. Same "
+            "checkpoints, prompts and sampling (temperature 0.9, top-p 0.95).",
+            "", f"Machine: {lm['machine']}", "",
+            f"![throughput]({images['throughput']})", "", *lm_tables(lm),
+        ]  # fmt: skip
+    else:
+        parts += ["_Not measured yet: run `spiritlm-serve bench-report --measure lm`._", ""]
+    parts += ["## Time to first audio", ""]
+    if "first_audio" in images:
+        parts += [
+            "Left: the LM benchmark's text-to-speech requests (the baseline returns audio only "
+            "when the whole response is ready, so its first audio is its full latency). Right: "
+            "the load test's speech requests, with all the other traffic around them.",
+            "", f"![time to first audio]({images['first_audio']})", "",
+        ]  # fmt: skip
+    else:
+        parts += ["_No data yet._", ""]
+    parts += ["## Speech models: real-time factors", ""]
+    if speech:
+        parts += [
+            f"On {speech['audio_seconds']:.1f} s of speech; median of the repeats. "
+            f"Machine: {speech['machine']}", "",
+            f"![real-time factors]({images['rtf']})", "", *speech_tables(speech), "",
+        ]  # fmt: skip
+    else:
+        parts += ["_Not measured yet: run `spiritlm-serve bench-report --measure speech`._", ""]
+    parts += ["## Load test", ""]
+    if load_report:
+        parts += [
+            "Mixed traffic, Poisson arrivals: /v1/generate (text, and speech streamed as SSE), "
+            "/v1/audio/transcriptions, /v1/audio/speech (SSE), /v1/speech/tokenize and "
+            "realtime sessions (WS /v1/realtime: one text turn answered in speech), against "
+            "a stack started by the tool (`spiritlm-serve up`, tiny checkpoints). A request "
+            "fails on any non-200 status, an error event, a stream without its final event, "
+            "or no answer within the timeout.", "",
+            *load_tables(load_report), "",
+            f"![latency]({images['load_latency']})", "", f"![memory]({images['load_rss']})", "",
+        ]  # fmt: skip
+    else:
+        parts += ["_Not run yet: `spiritlm-serve bench-load` writes .cache/perf/load._", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=Path(".cache/perf"))
+    parser.add_argument("--load", type=Path, default=Path(".cache/perf/load"))
+    parser.add_argument("--output", type=Path, default=Path("docs/performance.md"))
+    parser.add_argument("--img-dir", type=Path, default=Path("docs/img"))
+    args = parser.parse_args(argv)
+    lm = load(args.results / "lm.json")
+    speech = load(args.results / "speech.json")
+    load_report = load(args.load / "load.json")
+    args.img_dir.mkdir(parents=True, exist_ok=True)
+    relative = Path(os.path.relpath(args.img_dir.resolve(), args.output.resolve().parent))
+    images: dict[str, str] = {}
+
+    def target(name: str) -> Path:
+        images[name.replace("-", "_")] = str(relative / f"perf-{name}.png")
+        return args.img_dir / f"perf-{name}.png"
+
+    if lm:
+        throughput_plot(lm, target("throughput"))
+    if load_report:
+        load_report["requests"] = load_requests(args.load)
+        load_report["config_warmup"] = load_report["config"]["warmup"] or min(
+            60.0, load_report["config"]["duration"] / 4
+        )
+        load_plots(load_report, target("load-latency"), target("load-rss"))
+    if first_audio_plot(lm, load_report, args.img_dir / "perf-first-audio.png"):
+        images["first_audio"] = str(relative / "perf-first-audio.png")
+    if speech:
+        rtf_plot(speech, target("rtf"))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(document(args, lm, speech, load_report, images), encoding="utf-8")
+    print(f"wrote {args.output} and {len(images)} plots in {args.img_dir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
