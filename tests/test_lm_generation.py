@@ -224,44 +224,38 @@ def test_end_of_sequence_stops_like_transformers(servers: Any, layout: Checkpoin
     assert events == [Done()]
 
 
-def test_refused_request_raises_lm_error(servers: Any) -> None:
-    client = LMClient(servers.lm(BASE), BASE)
-
-    async def refused() -> None:
-        try:
-            await client.complete([1, 40000], SamplingParams(max_tokens=2))  # id beyond vocab
-        finally:
-            await client.aclose()
-
-    with pytest.raises(LMError) as caught:
-        run(refused())
-    assert 400 <= caught.value.status < 500
-
-
-def test_seeded_long_prompts_keep_the_engine_alive(servers: Any) -> None:
-    """Seeded requests whose prompts exceed vLLM's default 2048-token CPU prefill budget.
-
-    With chunked prefill (vLLM's default) the CPU runner dies on them ("CPU Generator does not
-    use offset"); the worker's flags must keep every prompt in one prefill step.
-    """
+def test_refused_requests_raise_lm_error_and_the_engine_lives(
+    servers: Any, layout: CheckpointLayout
+) -> None:
     url = servers.lm(BASE)
     client = LMClient(url, BASE)
-    long_prompt = [1] + [32002 + (7 * i) % 500 for i in range(3000)]
-    prompts = [long_prompt] + [long_prompt[: 600 + 50 * k] for k in range(4)]
 
-    async def seeded() -> list[Any]:
+    async def refusals() -> list[LMError | None]:
+        errors: list[LMError | None] = []
         try:
-            jobs = [
-                client.complete(ids, SamplingParams(max_tokens=4, temperature=1.0, seed=k))
-                for k, ids in enumerate(prompts)
-            ]
-            return list(await asyncio.gather(*jobs))
+            for params, allowed in [
+                (SamplingParams(max_tokens=5000), None),  # refused before streaming (HTTP 400)
+                (SamplingParams(max_tokens=2), [40000]),  # refused by an error event after 200
+            ]:
+                try:
+                    await client.complete([1, 100], params, allowed)
+                    errors.append(None)
+                except LMError as error:
+                    errors.append(error)
         finally:
             await client.aclose()
+        return errors
 
-    completions = run(seeded())
-    assert [c.finish_reason for c in completions] == ["length"] * len(prompts)
-    assert all(len(c.token_ids) == 4 for c in completions)
+    too_long, out_of_vocab = run(refusals())
+    assert too_long is not None and too_long.status == 400 and "max_tokens" in str(too_long)
+    assert out_of_vocab is not None and out_of_vocab.status == 400
+    assert "allowed_token_ids" in str(out_of_vocab)
+
+    # A prompt id outside the vocabulary would kill vLLM's engine: it never leaves the generator.
+    generator = generator_for(url, layout, BASE)
+    bad = PreparedPrompt("[Text]x", [1, 32600], TEXT, None)
+    with pytest.raises(ValueError, match="32600"):
+        run(generate(generator, bad, SamplingParams(max_tokens=2)))
     assert httpx.get(f"{url}/health", timeout=5.0).status_code == 200
 
 
@@ -576,3 +570,31 @@ def test_cli_generate_starts_its_own_lm_worker(
     assert ready, progress[-2000:]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{ready.group(1)}/health", timeout=2.0)
+
+
+# Last: if vLLM's chunked-prefill crash came back, it would take the shared server down.
+def test_seeded_long_prompts_keep_the_engine_alive(servers: Any) -> None:
+    """Seeded requests whose prompts exceed vLLM's default 2048-token CPU prefill budget.
+
+    With chunked prefill (vLLM's default) the CPU runner dies on them ("CPU Generator does not
+    use offset"); the worker's flags must keep every prompt in one prefill step.
+    """
+    url = servers.lm(BASE)
+    client = LMClient(url, BASE)
+    long_prompt = [1] + [32002 + (7 * i) % 500 for i in range(3000)]
+    prompts = [long_prompt] + [long_prompt[: 600 + 50 * k] for k in range(4)]
+
+    async def seeded() -> list[Any]:
+        try:
+            jobs = [
+                client.complete(ids, SamplingParams(max_tokens=4, temperature=1.0, seed=k))
+                for k, ids in enumerate(prompts)
+            ]
+            return list(await asyncio.gather(*jobs))
+        finally:
+            await client.aclose()
+
+    completions = run(seeded())
+    assert [c.finish_reason for c in completions] == ["length"] * len(prompts)
+    assert all(len(c.token_ids) == 4 for c in completions)
+    assert httpx.get(f"{url}/health", timeout=5.0).status_code == 200
