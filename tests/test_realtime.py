@@ -710,3 +710,14 @@ def test_reply_cut_to_the_audio_sent() -> None:
     finished = Part("audio", tokens="[Hu1][Hu2][Hu3][Hu4]", samples_sent=4000, sample_rate=24000)
     keep_speech_samples(finished, 2000, fallback_per_token=1.0)  # its own rate: 1000 per token
     assert finished.tokens == "[Hu1][Hu2]" and finished.samples_sent == 2000
+
+
+def test_benchmark_stall_is_the_playback_pause() -> None:
+    from service.bench.realtime import stall_of
+
+    # 1 s of audio at t=0, the next second arrives at 1.5 s: the player waits 0.5 s.
+    assert stall_of([(0.0, 1.0), (1.5, 1.0)]) == pytest.approx(0.5)
+    # Ahead of time: no pause; pauses add up and shift later deadlines.
+    assert stall_of([(0.0, 1.0), (0.5, 1.0), (1.9, 1.0)]) == 0.0
+    assert stall_of([(0.0, 0.5), (1.0, 0.5), (2.0, 0.5)]) == pytest.approx(1.0)
+    assert stall_of([]) == 0.0

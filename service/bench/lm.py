@@ -165,46 +165,58 @@ class Baseline:
     def request(
         self, config: BenchConfig, workload: Workload, index: int, seed: int
     ) -> RequestTiming:
+        started = time.perf_counter()
+        prompt = workload.prompt(index)
+        prompt_ids = self.tokenizer.encode(prompt)
+        output_ids = self._generate(prompt_ids, config, workload, seed)
+        full = self.tokenizer.decode_ids(prompt_ids + output_ids)
+        generated = full[len(self.tokenizer.decode_ids(prompt_ids)) :]
+        samples = self._vocode(prompt, generated, config, workload)
+        latency = time.perf_counter() - started
+        return RequestTiming(
+            latency=latency,
+            first_output=latency,  # nothing is returned before the whole response is ready
+            tokens=len(output_ids),
+            audio_seconds=samples / self.stack.sample_rate,
+        )
+
+    def _generate(
+        self, prompt_ids: list[int], config: BenchConfig, workload: Workload, seed: int
+    ) -> list[int]:
         import torch
         from transformers import set_seed
 
-        started = time.perf_counter()
-        prompt = workload.prompt(index)
-        if config.temperature > 0:
-            set_seed(seed)
-        ids = torch.tensor([self.tokenizer.encode(prompt)], device=self.device)
         # §3's set plus the padding rows: the reference would sample a padding row now and then
         # and crash decoding it; ours never samples them either (see `prepare_prompt`).
         banned = self.tokenizer.banned_ids(workload.modality, self.stack.expressive)
         banned |= set(range(self.tokenizer.num_tokens, self.tokenizer.vocab_size))
-        sample = {"temperature": config.temperature, "top_p": config.top_p}
+        sampled = config.temperature > 0
+        options = {"temperature": config.temperature, "top_p": config.top_p} if sampled else {}
+        if sampled:
+            set_seed(seed)
+        ids = torch.tensor([prompt_ids], device=self.device)
         with torch.inference_mode():
             out = self.model.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=workload.max_tokens,
                 bad_words_ids=[[i] for i in sorted(banned)] or None,
-                do_sample=config.temperature > 0,
-                **(sample if config.temperature > 0 else {}),
+                do_sample=sampled,
+                **options,
             )
-        full = out[0].tolist()
-        generated = self.tokenizer.decode_ids(full)[
-            len(self.tokenizer.decode_ids(full[: ids.shape[1]])) :
-        ]
-        audio = 0
-        for segment in parse_output(
+        return out[0, len(prompt_ids) :].tolist()
+
+    def _vocode(self, prompt: str, generated: str, config: BenchConfig, workload: Workload) -> int:
+        """Samples of every kept speech segment, each vocoded in one piece (§5.4)."""
+        samples = 0
+        segments = parse_output(
             prompt, generated, workload.modality, expressive=self.stack.expressive
-        ):
+        )
+        for segment in segments:
             if isinstance(segment, SpeechSegment):
                 wav = self.stack.decode(segment.tokens, speaker=config.speaker)
-                audio += len(segment.trim.apply(wav) if segment.trim else wav)
-        latency = time.perf_counter() - started
-        return RequestTiming(
-            latency=latency,
-            first_output=latency,  # nothing is returned before the whole response is ready
-            tokens=len(full) - ids.shape[1],
-            audio_seconds=audio / self.stack.sample_rate,
-        )
+                samples += len(segment.trim.apply(wav) if segment.trim else wav)
+        return samples
 
     def run(self, config: BenchConfig, workload: Workload, progress: Progress) -> Summary:
         self.request(config, workload, 0, seed=0)  # warm-up, not timed
@@ -288,7 +300,7 @@ class Ours:
         samples = 0
         stream = self.generator.stream(prepared, sampling(config, workload, seed), result)
         async for event in stream:
-            produced = 0
+            produced = 0  # samples (speech) or characters (text) of output this event released
             if isinstance(event, ModalitySwitch):
                 if sink is not None:
                     produced = await self._in_thread(sink.finish)
@@ -296,8 +308,8 @@ class Ours:
                 sink = AudioSink(self.stack, config.speaker) if event.to == "speech" else None
             elif isinstance(event, SpeechTokens) and sink is not None:
                 produced = await self._in_thread(sink.push, "".join(event.tokens))
-            elif isinstance(event, TextDelta) and event.text:
-                produced = 1
+            elif isinstance(event, TextDelta):
+                produced = len(event.text)
             if produced and first is None:
                 first = time.perf_counter() - started
         if sink is not None:

@@ -81,6 +81,7 @@ class LevelResult:
 @dataclass
 class Report:
     url: str
+    target: str  # how the gateway was run, for the report
     audio: Path
     audio_seconds: float
     max_tokens: int
@@ -211,9 +212,10 @@ async def run_benchmark(
     max_tokens: int,
     time_budget: float,
     progress: Progress,
+    target: str = "",
 ) -> Report:
     pcm, seconds = speech_pcm(audio)
-    report = Report(url, audio, seconds, max_tokens, load_before=load_average())
+    report = Report(url, target, audio, seconds, max_tokens, load_before=load_average())
     started = time.perf_counter()
     for sessions in levels:
         if time.perf_counter() - started > time_budget:
@@ -288,7 +290,7 @@ def markdown_section(report: Report, command: str) -> str:
             "",
             f"- Machine: {machine_description()}",
             f"- Load average (1 min): {loads} (other jobs on the machine inflate every figure)",
-            f"- Gateway: {report.url}, embedded tiny checkpoints unless the command says otherwise",
+            f"- Gateway: {report.target}",
             f"- Each session streams `{report.audio.name}` ({report.audio_seconds:.1f} s) in real "
             f"time as 100 ms appends, then silence; server VAD ends the turn "
             f"(silence_duration_ms {SILENCE_MS}); the reply is speech, "

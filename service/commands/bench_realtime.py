@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise SpiritError("--max-tokens must be at least 1")
 
-    def measure(url: str):  # noqa: ANN202
+    def measure(url: str, target: str):  # noqa: ANN202
         return asyncio.run(
             run_benchmark(
                 url,
@@ -54,18 +54,24 @@ def run(args: argparse.Namespace) -> int:
                 max_tokens=args.max_tokens,
                 time_budget=args.time_budget,
                 progress=log,
+                target=target,
             )
         )
 
     if args.url:
-        report = measure(args.url.rstrip("/"))
+        url = args.url.rstrip("/")
+        report = measure(url, f"the running gateway at {url}")
     else:
         from service.bench.stack import LocalStack
 
         logs = Path(tempfile.mkdtemp(prefix="bench-realtime-"))
         with LocalStack(logs) as stack:
             stack.start(progress=log)
-            report = measure(stack.url)
+            report = measure(
+                stack.url,
+                "a local stack started by the command (`spiritlm-serve up`: one "
+                "vLLM worker, one speech worker, the gateway; embedded tiny checkpoints)",
+            )
         log(f"stack logs: {logs}")
     from service.bench.realtime import markdown_section
 
