@@ -132,6 +132,7 @@ class _Runner:
         self.progress = progress
         self.records: list[Record] = []
         self.gate = asyncio.Semaphore(config.max_in_flight)
+        self.in_flight = 0
         self.started = time.monotonic()
 
     def now(self) -> float:
@@ -139,9 +140,11 @@ class _Runner:
 
     async def _one(self, kind: str) -> None:
         started = self.now()
+        self.in_flight += 1
         try:
             result: Result = await run_one(kind, self.traffic)
         finally:
+            self.in_flight -= 1
             self.gate.release()
         self.records.append(
             Record(kind, started, self.now() - started, result.ok, result.first_audio, result.error)
@@ -166,10 +169,9 @@ class _Runner:
         while True:
             await asyncio.sleep(PROGRESS_SECONDS)
             failed = sum(1 for record in self.records if not record.ok)
-            open_now = self.config.max_in_flight - self.gate._value  # noqa: SLF001
             self.progress(
                 f"[{self.now():.0f} s] {len(self.records)} requests done, {failed} failed, "
-                f"{open_now} in flight"
+                f"{self.in_flight} in flight"
             )
 
 
