@@ -570,8 +570,8 @@ def test_encoders_run_on_cuda(layout: CheckpointLayout, hubert, wav) -> None:
 @pytest.mark.parametrize("kind", ["silence", "noise"])
 def test_pitch_of_unvoiced_audio_is_all_unvoiced(pitch, kind: str) -> None:
     # torchfcpe raises when no frame is voiced; the tokenizer must still give codes.
-    generator = torch.Generator().manual_seed(3)
-    wav = torch.zeros(16000) if kind == "silence" else 0.01 * torch.randn(16000, generator=generator)
+    noise = 0.01 * torch.randn(16000, generator=torch.Generator().manual_seed(3))
+    wav = torch.zeros(16000) if kind == "silence" else noise
     f0, vuv = pitch.extract_f0(wav)
     assert not vuv.any() and not f0.any()
     codes = pitch(wav)
