@@ -14,6 +14,7 @@ from service.commands import (
     bench_report,
     bench_speech,
     checkpoints,
+    docs,
     lm,
     serve,
     speech,
@@ -28,7 +29,7 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spiritlm-serve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    modules = (checkpoints, speech, lm, workers, serve)
+    modules = (checkpoints, speech, lm, workers, serve, docs)
     benchmarks = (bench_speech, bench, bench_realtime, bench_load, bench_report)
     for module in modules + benchmarks:
         module.register(commands)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from service.config import Settings
 
+# Lists come from env vars and flags as comma-separated strings, not JSON.
+CommaList = Annotated[list[str], NoDecode]
+
 
 def _split(value: object) -> object:
-    # Env vars carry lists as comma-separated strings; pydantic-settings would expect JSON.
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
@@ -19,12 +23,12 @@ def _split(value: object) -> object:
 class GatewaySettings(Settings):
     host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(default=8000, description="Port the gateway listens on.")
-    lm_urls: list[str] = Field(default_factory=list, description="LM worker base URLs.")
-    speech_urls: list[str] = Field(default_factory=list, description="Speech worker base URLs.")
-    api_keys: list[str] = Field(
+    lm_urls: CommaList = Field(default_factory=list, description="LM worker base URLs.")
+    speech_urls: CommaList = Field(default_factory=list, description="Speech worker base URLs.")
+    api_keys: CommaList = Field(
         default_factory=list, description="Accepted Bearer API keys; empty = no auth."
     )
-    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins.")
+    cors_origins: CommaList = Field(default_factory=list, description="Allowed CORS origins.")
     max_body_bytes: int = Field(default=25 * 1024 * 1024, gt=0, description="Largest request body.")
     max_tokens_limit: int = Field(default=2048, gt=0, description="Largest max_tokens accepted.")
     max_concurrent_requests: int = Field(
