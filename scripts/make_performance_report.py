@@ -24,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 SPEECH_KINDS = ("generate-speech", "speech", "realtime")
@@ -90,7 +91,7 @@ def first_audio_plot(lm: dict[str, Any] | None, load_report: dict[str, Any] | No
             data = [[r["first_output"] for r in speech["ours"][lv]["requests"]
                      if r["first_output"] is not None] for lv in levels]  # fmt: skip
             base = [r["first_output"] for r in speech["baseline"]["requests"]]
-            ax.boxplot([base, *data], labels=["baseline", *[f"ours c={lv}" for lv in levels]],
+            ax.boxplot([base, *data], tick_labels=["baseline", *[f"ours c={lv}" for lv in levels]],
                        showfliers=True)  # fmt: skip
             ax.set_yscale("log")
             ax.set_ylabel("seconds to first audio")
@@ -102,6 +103,8 @@ def first_audio_plot(lm: dict[str, Any] | None, load_report: dict[str, Any] | No
                 ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post",
                         label=f"{kind} (n={len(values)})")  # fmt: skip
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("seconds to first audio")
             ax.set_ylabel("fraction of requests")
             ax.set_title("load test: first audio (CDF)")
@@ -165,7 +168,7 @@ def rtf_plot(speech: dict[str, Any], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("real-time factor (compute seconds per audio second; < 1 is faster)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(sets))
     save(figure, path)
 
 
@@ -259,6 +262,10 @@ def load_tables(report: dict[str, Any]) -> list[str]:
         f"{name} = {'-' if value is None else f'{value:g}'}" for name, value in s["after"].items()
     )
     lines += ["", f"Left over after the traffic (leak check): {after}."]
+    figures = [f"{name}: {value:.3f}" for name, value in s.get("servers", {}).items() if value]
+    if figures:
+        lines += ["", "Measured by the servers themselves over the run: " + "; ".join(figures)
+                  + "."]  # fmt: skip
     return lines
 
 
@@ -326,16 +333,18 @@ run, in which baseline and ours were measured side by side on the same machine.
 """
 
 
-def document(args: argparse.Namespace, lm: dict | None, speech: dict | None,
-             load_report: dict | None, images: dict[str, str]) -> str:  # fmt: skip
+def document(lm: dict | None, speech: dict | None, load_report: dict | None,
+             overload: dict | None, images: dict[str, str],
+             overload_dir: Path | None = None) -> str:  # fmt: skip
     parts = [INTRO, "## Reproduce", "", "```bash"]
     parts += ["# LM baseline vs ours, speech RTF, then this file and the plots",
               (lm or speech or {}).get("command", "spiritlm-serve bench-report"),
               "# the load test (10 minutes; its load.json is read by bench-report)",
               (load_report or {}).get("summary", {}).get("command",
                                                          "spiritlm-serve bench-load"),
-              "# only re-plot from existing results",
-              "spiritlm-serve bench-report --measure ''", "```", ""]  # fmt: skip
+              "# only re-plot from existing results (here with the run past capacity too)",
+              "spiritlm-serve bench-report --measure ''"
+              + (f" --overload-dir {overload_dir}" if overload_dir else ""), "```", ""]  # fmt: skip
     summary = findings(lm, load_report)
     if summary:
         parts += ["## Summary", "", *summary, ""]
@@ -384,6 +393,15 @@ def document(args: argparse.Namespace, lm: dict | None, speech: dict | None,
         ]  # fmt: skip
     else:
         parts += ["_Not run yet: `spiritlm-serve bench-load` writes .cache/perf/load._", ""]
+    if overload:
+        parts += [
+            "### Past capacity", "",
+            "The same test at a higher rate (`"
+            + overload["summary"].get("command", "spiritlm-serve bench-load") + "`), while other "
+            "jobs also loaded the machine. Requests that cannot be served within the timeout "
+            "fail; memory still stays flat and nothing is left in flight afterwards.", "",
+            *load_tables(overload), "",
+        ]  # fmt: skip
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -391,12 +409,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path(".cache/perf"))
     parser.add_argument("--load", type=Path, default=Path(".cache/perf/load"))
+    parser.add_argument(
+        "--overload", type=Path, default=None, help="bench-load output of a run past capacity"
+    )
     parser.add_argument("--output", type=Path, default=Path("docs/performance.md"))
     parser.add_argument("--img-dir", type=Path, default=Path("docs/img"))
     args = parser.parse_args(argv)
     lm = load(args.results / "lm.json")
     speech = load(args.results / "speech.json")
     load_report = load(args.load / "load.json")
+    overload = load(args.overload / "load.json") if args.overload else None
+    for report in (load_report, overload):
+        if report:
+            config = report["config"]
+            report["config_warmup"] = config["warmup"] or min(60.0, config["duration"] / 4)
     args.img_dir.mkdir(parents=True, exist_ok=True)
     relative = Path(os.path.relpath(args.img_dir.resolve(), args.output.resolve().parent))
     images: dict[str, str] = {}
@@ -409,16 +435,14 @@ def main(argv: list[str] | None = None) -> int:
         throughput_plot(lm, target("throughput"))
     if load_report:
         load_report["requests"] = load_requests(args.load)
-        load_report["config_warmup"] = load_report["config"]["warmup"] or min(
-            60.0, load_report["config"]["duration"] / 4
-        )
         load_plots(load_report, target("load-latency"), target("load-rss"))
     if first_audio_plot(lm, load_report, args.img_dir / "perf-first-audio.png"):
         images["first_audio"] = str(relative / "perf-first-audio.png")
     if speech:
         rtf_plot(speech, target("rtf"))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(document(args, lm, speech, load_report, images), encoding="utf-8")
+    text = document(lm, speech, load_report, overload, images, args.overload)
+    args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output} and {len(images)} plots in {args.img_dir}", file=sys.stderr)
     return 0
 

@@ -20,6 +20,7 @@ from service.bench.load import (
     LoadConfig,
     Record,
     endpoint_summary,
+    histogram_mean,
     metric_sum,
     parse_mix,
     rss_growth,
@@ -90,6 +91,17 @@ def test_metric_sum_reads_labelled_and_plain_samples() -> None:
     assert metric_sum(text, "baz") is None
 
 
+def test_histogram_mean_filters_by_label() -> None:
+    text = (
+        'rtf_sum{model="a",operation="stream"} 6.0\nrtf_count{model="a",operation="stream"} 3\n'
+        'rtf_sum{model="a",operation="encode"} 1.0\nrtf_count{model="a",operation="encode"} 4\n'
+        'rtf_bucket{le="1.0"} 7\n'
+    )
+    assert histogram_mean(text, "rtf", 'operation="stream"') == 2.0
+    assert histogram_mean(text, "rtf") == 1.0
+    assert histogram_mean(text, "rtf", "decode") is None
+
+
 def run_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     bench_load.register(parser.add_subparsers())
@@ -125,3 +137,4 @@ def test_short_run_against_the_stack(servers: Servers, tmp_path: Path) -> None:
     assert {"gateway", "speech worker", "lm worker (vLLM API server)"} <= roles, roles
     assert summary["after"]["gateway_in_flight"] == 0
     assert all(value == 0 for name, value in summary["after"].items() if value is not None)
+    assert summary["servers"]["speech worker: encode RTF, mean"] > 0

@@ -102,6 +102,7 @@ class LoadRun:
     records: list[Record]
     rss: list[RssSample]
     after: dict[str, float | None]  # leak gauges once the traffic stopped
+    servers: dict[str, float | None] = field(default_factory=dict)  # the servers' own figures
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -228,6 +229,7 @@ async def run_load(
         if sampler is not None:
             await asyncio.to_thread(sampler.sample)  # the state right after the traffic
         after = await leak_gauges(http, traffic.base_url, headers)
+        servers = await server_figures(http, traffic.base_url, headers)
     return LoadRun(
         config,
         url,
@@ -237,6 +239,7 @@ async def run_load(
         sorted(runner.records, key=lambda record: record.started),
         sampler.samples if sampler is not None else [],
         after,
+        servers,
     )
 
 
@@ -297,6 +300,49 @@ async def _gauges(
         text = await _scrape(http, f"{worker}/metrics", {})
         gauges[f"vllm_running {worker}"] = metric_sum(text, "vllm:num_requests_running")
     return gauges
+
+
+def histogram_mean(text: str, name: str, labels: str = "") -> float | None:
+    """Mean of a Prometheus histogram (all series whose labels contain `labels`)."""
+    total = count = 0.0
+    pattern = rf"^{re.escape(name)}_(sum|count)\{{([^}}]*)\}}\s+([0-9.eE+-]+)$"
+    for match in re.finditer(pattern, text, re.M):
+        if labels in match.group(2):
+            if match.group(1) == "sum":
+                total += float(match.group(3))
+            else:
+                count += float(match.group(3))
+    return total / count if count else None
+
+
+async def server_figures(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str]
+) -> dict[str, float | None]:
+    """What the servers measured themselves over the run (means of their histograms)."""
+    gateway = await _scrape(http, f"{url}/metrics", headers)
+    figures = {
+        "gateway: time to first audio, mean (s)": histogram_mean(
+            gateway, "spiritlm_time_to_first_audio_seconds"
+        ),
+        "gateway: real-time factor, mean": histogram_mean(gateway, "spiritlm_real_time_factor"),
+    }
+    try:
+        ready = (await http.get(f"{url}/ready", headers=headers, timeout=10)).json()
+    except (httpx.HTTPError, ValueError):
+        ready = {}
+    for worker in ready.get("speech_workers", {}):
+        text = await _scrape(http, f"{worker}/metrics", {})
+        rtf = "spiritlm_speech_real_time_factor"
+        figures.update(
+            {
+                "speech worker: streaming RTF, mean": histogram_mean(text, rtf, '"stream"'),
+                "speech worker: encode RTF, mean": histogram_mean(text, rtf, '"encode"'),
+                "speech worker: stream first audio, mean (s)": histogram_mean(
+                    text, "spiritlm_speech_stream_first_audio_seconds"
+                ),
+            }
+        )
+    return figures
 
 
 # ---- summary
@@ -368,6 +414,7 @@ def summarize_run(run: LoadRun) -> dict[str, Any]:
         "rss": memory,
         "worst_rss_growth_percent": worst,
         "after": run.after,
+        "servers": run.servers,
         "targets": {
             "errors_zero": not failed,
             "rss_growth_below": run.config.max_rss_growth,
@@ -430,6 +477,9 @@ def markdown(summary: dict[str, Any], config: LoadConfig) -> str:
         for name, value in summary["after"].items()
     )
     lines += ["", f"After the traffic: {after}."]
+    figures = [f"{name} {value:.3f}" for name, value in summary["servers"].items() if value]
+    if figures:
+        lines += ["", "Measured by the servers: " + "; ".join(figures) + "."]
     return "\n".join(lines) + "\n"
 
 

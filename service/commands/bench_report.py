@@ -80,7 +80,10 @@ def render(args: argparse.Namespace, results: Path) -> None:
     argv = [str(python), str(REPO / "scripts" / "make_performance_report.py")]
     argv += ["--results", str(results), "--load", str(args.load_dir)]
     argv += ["--output", str(args.output), "--img-dir", str(args.img_dir)]
-    subprocess.run(argv, check=True)
+    if args.overload_dir:
+        argv += ["--overload", str(args.overload_dir)]
+    if subprocess.run(argv).returncode != 0:
+        raise SpiritError("scripts/make_performance_report.py failed (its error is above)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,6 +104,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--measure", default="lm,speech", help="lm,speech ('' = only re-plot)")
     parser.add_argument("--results-dir", default=".cache/perf", help="JSON results")
     parser.add_argument("--load-dir", default=".cache/perf/load", help="bench-load output")
+    parser.add_argument(
+        "--overload-dir", default=None, help="bench-load output of a run past capacity (optional)"
+    )
     parser.add_argument("--output", default="docs/performance.md")
     parser.add_argument("--img-dir", default="docs/img")
     parser.add_argument("--lm-url", default=None, help="use a running LM worker for 'ours'")
