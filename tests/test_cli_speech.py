@@ -170,10 +170,12 @@ def test_make_checkpoints_writes_every_official_file(made: tuple[CheckpointLayou
 
 
 def relative_files(root: Path) -> dict[str, bytes]:
+    """The files of the two official sub-trees (the cache root also holds e.g. few-shot banks)."""
     return {
         str(path.relative_to(root)): path.read_bytes()
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and path.name != ".complete"
+        for tree in ("speech_tokenizer", "spiritlm_model")
+        for path in sorted((root / tree).rglob("*"))
+        if path.is_file()
     }
 
 

@@ -101,12 +101,27 @@ class _Outgoing:
 
 
 class Outbox:
-    """Events waiting for the writer; audio of a cancelled response can be taken back."""
+    """Events waiting for the writer; audio of a cancelled response can be taken back.
 
-    def __init__(self) -> None:
+    `limit` bounds how far the session runs ahead of a client that does not read: the reader
+    stops taking client events while this many are pending (backpressure).
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
         self._items: deque[_Outgoing] = deque()
         self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._limit = limit
         self._closed = False
+
+    def full(self) -> bool:
+        return len(self._items) >= self._limit and not self._closed
+
+    async def wait_for_room(self) -> None:
+        while self.full():
+            self._room.clear()
+            await self._room.wait()
 
     def put(
         self,
@@ -121,6 +136,8 @@ class Outbox:
 
     def drop_audio(self, response_id: str) -> None:
         self._items = deque(item for item in self._items if item.audio_of != response_id)
+        if len(self._items) < self._limit:
+            self._room.set()
 
     async def get(self) -> _Outgoing | None:
         while not self._items:
@@ -128,11 +145,15 @@ class Outbox:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        return self._items.popleft()
+        item = self._items.popleft()
+        if len(self._items) < self._limit:
+            self._room.set()
+        return item
 
     def close(self) -> None:
         self._closed = True
         self._ready.set()
+        self._room.set()
 
 
 class RealtimeSession:
@@ -234,6 +255,11 @@ class RealtimeSession:
                     continue
                 return CLOSE_NORMAL, "idle timeout"
             try:
+                if self.outbox.full():
+                    await asyncio.wait_for(
+                        self.outbox.wait_for_room(), min(session_left, idle_left)
+                    )
+                    continue
                 return await asyncio.wait_for(self.ws.receive(), min(session_left, idle_left))
             except asyncio.TimeoutError:
                 continue
