@@ -245,24 +245,7 @@ class Engine:
         synthesize: bool,
         affinity: str | None,
     ) -> None:
-        try:
-            await self._generate_into(queue, finished, params, model, voice, synthesize, affinity)
-            await queue.put(None)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as error:  # handed to the consumer, which raises it
-            await queue.put(error)
-
-    async def _generate_into(
-        self,
-        queue: asyncio.Queue,
-        finished: Finished,
-        params: SamplingParams,
-        model: str,
-        voice: _Voice,
-        synthesize: bool,
-        affinity: str | None,
-    ) -> None:
+        """Run one generation into `queue`; an error is handed to the consumer, which raises it."""
         segment = _SegmentState()
         try:
             attempts = max(1, len(self.lm_pool.endpoints))
@@ -273,11 +256,17 @@ class Engine:
                 )  # fmt: skip
                 if not retry:
                     break
+            await segment.abort()
+            await queue.put(finished)
+            await queue.put(None)
+        except asyncio.CancelledError:
+            raise
         except NoHealthyWorker as error:
-            raise APIError(503, str(error)) from error
+            await queue.put(APIError(503, str(error)))
+        except BaseException as error:
+            await queue.put(error)
         finally:
             await segment.abort()
-        await queue.put(finished)
 
     async def _stream_from_lm(
         self,
