@@ -27,6 +27,7 @@ from service.gateway.audio.protocol import TranscriptionForm
 from service.gateway.engine import Finished, TextOut
 from service.gateway.errors import APIError, error_body
 from service.gateway.state import GatewayState
+from service.gateway.stops import StopMatcher
 from service.gateway.streams import SSE_HEADERS, Primed, Timings, sse
 from service.gateway.uploads import check_audio, read_upload
 from service.lm.client import SamplingParams
@@ -47,24 +48,6 @@ class Job:
     temperature: float
     audio_tokens: int
     stop_ids: tuple[int, ...]
-
-
-class LineCut:
-    """Collects text deltas up to the first newline."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.ended = False
-
-    def feed(self, delta: str) -> str:
-        if self.ended:
-            return ""
-        ends = [index for index in (delta.find("\n"), delta.find("\r")) if index >= 0]
-        if ends:
-            delta = delta[: min(ends)].rstrip()
-            self.ended = True
-        self.text += delta
-        return delta
 
 
 async def transcribe(form: TranscriptionForm, state: GatewayState) -> Response:
@@ -117,15 +100,18 @@ async def start(form: TranscriptionForm, state: GatewayState) -> Job:
 async def _texts(job: Job, state: GatewayState) -> AsyncIterator[str]:
     """Text deltas up to the first newline; leaving early closes the generation."""
     timings = Timings(state.metrics, ROUTE, 16000)
-    cut = LineCut()
+    # The transcript is the first line; its trailing spaces are not part of it.
+    cut = StopMatcher(["\n", "\r"])
     async with aclosing(job.outputs.items()) as items:
         async for item in items:
             timings.observe(item)
             if isinstance(item, TextOut):
                 delta = cut.feed(item.text)
+                if cut.stopped:
+                    delta = delta.rstrip()
                 if delta:
                     yield delta
-                if cut.ended:
+                if cut.stopped:
                     break
             elif isinstance(item, Finished):
                 break

@@ -38,11 +38,11 @@ from service.gateway.chat.protocol import (
     Choice,
     Usage,
 )
-from service.gateway.chat.stops import StopMatcher, parse_stops
 from service.gateway.engine import AudioOut as EngineAudio
 from service.gateway.engine import Engine, SpeechTokensOut, TextOut
 from service.gateway.errors import APIError, error_body
 from service.gateway.state import GatewayState
+from service.gateway.stops import StopMatcher, parse_stops
 from service.gateway.streams import (
     SSE_DONE,
     SSE_HEADERS,
