@@ -247,11 +247,14 @@ def test_speech_worker_killed_mid_stream_then_back(stack: FaultStack) -> None:
     """Rounds of kill -9 mid-stream and restart; nothing leaks from one round to the next."""
     descriptors: list[int] = []
     for _ in range(FAULT_ROUNDS):
-        events = read_stream(stack.gateway_url, speech_body(1000), kill_at_first_audio(
-            stack.kill_speech))  # fmt: skip
-        assert_clean_error(events, "speech worker")
-        wait_for(lambda: gateway_in_flight(stack.gateway_url) == 0, 10, "gateway in flight 0")
-        stack.restart_speech()
+        try:
+            events = read_stream(stack.gateway_url, speech_body(1000), kill_at_first_audio(
+                stack.kill_speech))  # fmt: skip
+            assert_clean_error(events, "speech worker")
+            wait_for(lambda: gateway_in_flight(stack.gateway_url) == 0, 10, "gateway in flight 0")
+        finally:
+            if not stack.speech.running():
+                stack.restart_speech()  # the other tests of the module need it, pass or fail
         generate_speech_ok(stack.gateway_url)
         wait_for(lambda: quiet(stack), 10, "no request, stream or generation left")
         descriptors.append(psutil.Process(stack.gateway_pid).num_fds())
@@ -322,13 +325,25 @@ def test_speech_worker_killed_mid_realtime_response(stack: FaultStack) -> None:
 
 def test_lm_worker_killed_mid_stream_then_back(stack: FaultStack) -> None:
     streams_before = metric(stack.speech_url, "spiritlm_speech_streams_total")
-    events = read_stream(stack.gateway_url, speech_body(1000), kill_at_first_audio(stack.kill_lm))
-    assert_clean_error(events, "LM worker")
+    generating: list[float] = []
+
+    def kill_lm_while_generating() -> None:
+        # On a fast machine vLLM can finish a short generation before the first audio is out.
+        generating.append(metric(stack.lm_url, "vllm:num_requests_running"))
+        stack.kill_lm()
+
+    try:
+        body = speech_body(MAX_TOKENS_LIMIT - 100)
+        events = read_stream(stack.gateway_url, body, kill_at_first_audio(kill_lm_while_generating))
+        assert generating == [1], f"vLLM was not generating at the first audio: {generating}"
+        assert_clean_error(events, "LM worker")
+    finally:
+        if not stack.lm.running():
+            stack.restart_lm()  # the other tests of the module need it, pass or fail
     # The request's vocoder stream was closed, not left open on the speech worker.
     wait_for(lambda: metric(stack.speech_url, "spiritlm_speech_active_streams") == 0, 10)
     assert metric(stack.speech_url, "spiritlm_speech_streams_total") == streams_before + 1
     wait_for(lambda: gateway_in_flight(stack.gateway_url) == 0, 10, "gateway in flight 0")
-    stack.restart_lm()
     generate_speech_ok(stack.gateway_url)
     wait_for(lambda: quiet(stack), 10, "no request, stream or generation left")
     all_healthy(stack)

@@ -731,6 +731,17 @@ def test_flood_of_bad_events_from_a_client_that_never_reads(gateway: str) -> Non
     growth = asyncio.run(scenario())
     # 60 000 error events of about 800 bytes each would be about 50 MB if they piled up.
     assert growth < 24 * 2**20, f"gateway RSS grew by {growth / 2**20:.0f} MiB"
+    # The aborted session ends now, not at its idle timeout.
+    deadline = time.monotonic() + 15
+    while realtime_sessions(gateway) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert realtime_sessions(gateway) == 0, "the aborted session is still open"
+
+
+def realtime_sessions(gateway: str) -> float:
+    text = httpx.get(f"{gateway}/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith("spiritlm_realtime_sessions_active "))
+    return float(line.split()[1])
 
 
 def test_base64_and_json_bombs_are_refused(gateway: str) -> None:

@@ -34,6 +34,11 @@ from service.speech_worker.client import (
 )
 from service.units.tokens import SPEECH_TOKEN
 
+# Outputs produced ahead of a consumer that does not take them. Audio items are vocoder chunks
+# (up to a second of audio, ~100 kB at 48 kHz), so this is what bounds the memory a client that
+# stops reading can hold in the gateway; beyond it, the LM and vocoder streams wait.
+OUTPUTS_AHEAD = 16
+
 
 @dataclass(frozen=True)
 class SegmentStart:
@@ -205,7 +210,7 @@ class Engine:
         tokens (e.g. a forced ``[St5]`` that ends the prompt) go to the vocoder at the start of
         every speech segment, since the generated tokens that follow them depend on them.
         """
-        queue: asyncio.Queue[Output | None | BaseException] = asyncio.Queue(maxsize=256)
+        queue: asyncio.Queue[Output | None | BaseException] = asyncio.Queue(OUTPUTS_AHEAD)
         finished = Finished(prepared, result if result is not None else GenerationResult())
         producer = asyncio.create_task(
             self._produce(

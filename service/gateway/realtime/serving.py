@@ -237,6 +237,8 @@ class RealtimeSession:
     async def _next_message(self) -> dict[str, Any] | tuple[int, str]:
         """The next frame, or the close (code, reason) when the session times out."""
         while True:
+            if self._client_gone:
+                return CLOSE_NORMAL, ""
             now = time.monotonic()
             session_left = self.started + self.limits.max_session_seconds - now
             idle_left = self.last_heard + self.limits.idle_timeout_seconds - now
@@ -695,7 +697,9 @@ class RealtimeSession:
             try:
                 await self.ws.send_text(outgoing.text)
             except (WebSocketDisconnect, RuntimeError, OSError):
+                # The reader may be parked on a full outbox that nobody drains any more.
                 self._client_gone = True
+                self.outbox.close()
                 return
             if outgoing.on_sent is not None:
                 outgoing.on_sent()
