@@ -721,3 +721,32 @@ def test_benchmark_stall_is_the_playback_pause() -> None:
     assert stall_of([(0.0, 1.0), (0.5, 1.0), (1.9, 1.0)]) == 0.0
     assert stall_of([(0.0, 0.5), (1.0, 0.5), (2.0, 0.5)]) == pytest.approx(1.0)
     assert stall_of([]) == 0.0
+
+
+def test_outbox_holds_back_audio_for_a_client_that_does_not_read() -> None:
+    from service.gateway.realtime.serving import Outbox
+
+    async def scenario() -> tuple[bool, bool, bool, int]:
+        outbox = Outbox(limit=100, audio_limit=3)
+        for index in range(3):
+            outbox.put({"type": "audio", "index": index}, audio_of="resp_1")
+        outbox.put({"type": "text"})  # other events do not count against the audio bound
+        producer = asyncio.create_task(outbox.wait_for_audio_room())
+        await asyncio.sleep(0.05)
+        held = not producer.done()
+        await outbox.get()  # the client reads one audio delta: room for one more
+        await asyncio.wait_for(producer, 1)
+        outbox.put({"type": "audio", "index": 3}, audio_of="resp_1")
+        second = asyncio.create_task(outbox.wait_for_audio_room())
+        await asyncio.sleep(0.05)
+        held_again = not second.done()
+        outbox.drop_audio("resp_1")  # barge-in takes the pending audio back
+        await asyncio.wait_for(second, 1)
+        left = [await outbox.get()]
+        outbox.close()
+        closed_waiter = not outbox.audio_full()
+        return held, held_again, closed_waiter, len(left)
+
+    held, held_again, closed_waiter, left = asyncio.run(scenario())
+    assert held and held_again
+    assert closed_waiter and left == 1

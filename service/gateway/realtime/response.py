@@ -22,7 +22,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -86,7 +86,8 @@ class ResponseContext:
     events: ServerEvents
     metrics: GatewayMetrics
     send: Callable[[dict[str, Any] | None], None]
-    send_audio: Callable[[dict[str, Any], Callable[[], None]], None]
+    # Waits while the client is behind on reading, which holds back the generation too.
+    send_audio: Callable[[dict[str, Any], Callable[[], None]], Awaitable[None]]
 
 
 class Response:
@@ -224,7 +225,7 @@ class Response:
                 elif isinstance(out, SpeechTokensOut) and self._open is not None:
                     self._open.tokens += out.tokens
                 elif isinstance(out, AudioOut) and self._open is not None:
-                    self._audio(self._open, out.pcm16)
+                    await self._audio(self._open, out.pcm16)
                 elif isinstance(out, Finished):
                     self._result = out.result
         await self._close_part()
@@ -246,7 +247,7 @@ class Response:
             self._send_delta("response.output_text.delta", part, delta=head)
         return bool(newline)
 
-    def _audio(self, part: Part, pcm16: bytes) -> None:
+    async def _audio(self, part: Part, pcm16: bytes) -> None:
         samples = len(pcm16) // 2
         event = self.ctx.events.event(
             "response.output_audio.delta",
@@ -262,7 +263,7 @@ class Response:
                 elapsed = time.perf_counter() - self.request.turn_ended_at
                 self.ctx.metrics.realtime_first_audio.labels(self.request.trigger).observe(elapsed)
 
-        self.ctx.send_audio(event, sent)
+        await self.ctx.send_audio(event, sent)
 
     async def _close_part(self) -> None:
         """Finish the open part normally: its audio (non-streaming), transcript, done events."""
@@ -290,7 +291,7 @@ class Response:
         )
         step = int(NON_STREAMING_DELTA_SECONDS * self.ctx.output_rate) * 2
         for start in range(0, len(pcm), step):
-            self._audio(part, pcm[start : start + step])
+            await self._audio(part, pcm[start : start + step])
 
     async def _transcript(self, part: Part) -> None:
         ctx = self.ctx

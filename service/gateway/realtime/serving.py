@@ -103,25 +103,36 @@ class _Outgoing:
 class Outbox:
     """Events waiting for the writer; audio of a cancelled response can be taken back.
 
-    `limit` bounds how far the session runs ahead of a client that does not read: the reader
-    stops taking client events while this many are pending (backpressure).
+    Two bounds hold a client that does not read: while `limit` events are pending the reader
+    stops taking client events, and while `audio_limit` audio deltas are pending (each up to a
+    second of audio) the response producing them waits, and with it the LM and the vocoder.
     """
 
-    def __init__(self, limit: int = 1024) -> None:
+    def __init__(self, limit: int = 1024, audio_limit: int = 16) -> None:
         self._items: deque[_Outgoing] = deque()
         self._ready = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._changed = asyncio.Event()
         self._limit = limit
+        self._audio_limit = audio_limit
+        self._audio = 0
         self._closed = False
 
     def full(self) -> bool:
         return len(self._items) >= self._limit and not self._closed
 
+    def audio_full(self) -> bool:
+        return self._audio >= self._audio_limit and not self._closed
+
     async def wait_for_room(self) -> None:
-        while self.full():
-            self._room.clear()
-            await self._room.wait()
+        await self._wait_until_not(self.full)
+
+    async def wait_for_audio_room(self) -> None:
+        await self._wait_until_not(self.audio_full)
+
+    async def _wait_until_not(self, blocked: Callable[[], bool]) -> None:
+        while blocked():
+            self._changed.clear()
+            await self._changed.wait()
 
     def put(
         self,
@@ -132,12 +143,13 @@ class Outbox:
         if event is None or self._closed:
             return
         self._items.append(_Outgoing(json.dumps(event, separators=(",", ":")), on_sent, audio_of))
+        self._audio += audio_of is not None
         self._ready.set()
 
     def drop_audio(self, response_id: str) -> None:
         self._items = deque(item for item in self._items if item.audio_of != response_id)
-        if len(self._items) < self._limit:
-            self._room.set()
+        self._audio = sum(item.audio_of is not None for item in self._items)
+        self._changed.set()
 
     async def get(self) -> _Outgoing | None:
         while not self._items:
@@ -146,14 +158,14 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         item = self._items.popleft()
-        if len(self._items) < self._limit:
-            self._room.set()
+        self._audio -= item.audio_of is not None
+        self._changed.set()
         return item
 
     def close(self) -> None:
         self._closed = True
         self._ready.set()
-        self._room.set()
+        self._changed.set()
 
 
 class RealtimeSession:
@@ -686,7 +698,8 @@ class RealtimeSession:
     def send(self, event: dict[str, Any] | None) -> None:
         self.outbox.put(event)
 
-    def _send_audio(self, event: dict[str, Any], on_sent: Callable[[], None]) -> None:
+    async def _send_audio(self, event: dict[str, Any], on_sent: Callable[[], None]) -> None:
+        await self.outbox.wait_for_audio_room()
         self.outbox.put(event, on_sent, audio_of=event.get("response_id"))
 
     def _error(self, error: ProtocolError) -> None:
