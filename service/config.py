@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     device: str = Field(
         default="auto", description="Torch device for speech models: auto|cpu|cuda[:N]."
     )
+    cpu_cores: str = Field(
+        default="",
+        description="CPU cores this process runs on, e.g. '3' or '2-3,6' (empty = every core it "
+        "may use); `up` sets it for the speech worker and the gateway when vLLM runs on the CPU.",
+    )
     max_audio_seconds: float = Field(
         default=600.0, gt=0, description="Longest accepted audio input."
     )

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
+from service.cpus import core_list, plan_for
+from service.lm.worker import is_cpu_vllm
 from service.process import ChildProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,6 +59,11 @@ def child_env(layout: CheckpointLayout, cache_dir: Path) -> dict[str, str]:
     env["SPIRITLM_CHECKPOINTS_DIR"] = str(layout.root)
     env["SPIRITLM_CACHE_DIR"] = str(cache_dir)
     env.pop("SPIRITLM_API_KEYS", None)
+    # The test stacks share the cores the way `spiritlm-serve up` does (service/cpus.py).
+    split = plan_for(env, is_cpu_vllm())
+    if split is not None:
+        env.update(split.lm_env())
+        env["SPIRITLM_CPU_CORES"] = core_list(split.speech)
     return env
 
 

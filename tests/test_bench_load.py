@@ -85,7 +85,7 @@ def test_endpoint_summary_counts_failures_and_skips_them_in_latency() -> None:
 
 
 def test_metric_sum_reads_labelled_and_plain_samples() -> None:
-    text = "# HELP x\nfoo 2\nfoo{a=\"1\"} 3.5\nfoo_total 9\nbar{b=\"2\"} 1e3\n"
+    text = '# HELP x\nfoo 2\nfoo{a="1"} 3.5\nfoo_total 9\nbar{b="2"} 1e3\n'
     assert metric_sum(text, "foo") == 5.5
     assert metric_sum(text, "bar") == 1000.0
     assert metric_sum(text, "baz") is None

@@ -36,3 +36,17 @@ def layout_from_args(
     layout = resolve_layout(settings.checkpoints_dir, settings.cache_dir, progress=log)
     check_files(layout, settings.model, lm=lm, speech=speech)
     return settings, layout
+
+
+def pin_to_configured_cores(settings: Settings) -> bool:
+    """Apply `cpu_cores` before the models load; False (after saying why) when it is invalid."""
+    from service.cpus import core_list, pin_process
+
+    try:
+        cores = pin_process(settings.cpu_cores)
+    except ValueError as error:
+        log(f"error: {error}")
+        return False
+    if cores is not None:
+        log(f"running on CPU core(s) {core_list(cores)}")
+    return True

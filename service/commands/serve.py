@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from service.commands.common import log
+from service.commands.common import log, pin_to_configured_cores
 from service.config import add_settings_arguments, settings_from_args
 from service.gateway.settings import GatewaySettings
 
@@ -34,7 +34,9 @@ GATEWAY_FIELDS = (
     "realtime_max_buffer_seconds",
     "realtime_max_message_bytes",
     "realtime_context_tokens",
+    "cpu_cores",
 )
+CORES = "SPIRITLM_CPU_CORES"
 # Passed to the gateway child of `up` as flags of their own; the others travel as env vars.
 _UP_GATEWAY_FLAGS = {"host", "port", "model", "checkpoints_dir", "cache_dir"}
 
@@ -50,12 +52,14 @@ def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
-    from service.gateway.server import serve_gateway
-
     settings = gateway_settings(args)
     if not settings.lm_urls or not settings.speech_urls:
         log("error: the gateway needs --lm-url and --speech-url (or SPIRITLM_LM_URLS/SPEECH_URLS)")
         return 2
+    if not pin_to_configured_cores(settings):
+        return 2
+    from service.gateway.server import serve_gateway  # after pinning: it loads torch
+
     serve_gateway(settings)
     return 0
 
@@ -72,7 +76,8 @@ def given_gateway_env(args: argparse.Namespace) -> dict[str, str]:
 
 def run_up(args: argparse.Namespace) -> int:
     from service.checkpoints.make import check_files, resolve_layout
-    from service.lm.worker import start_lm_worker
+    from service.cpus import core_list, plan_for
+    from service.lm.worker import is_cpu_vllm, start_lm_worker
     from service.process import ChildProcess, python_module_argv
 
     settings = gateway_settings(args)
@@ -85,6 +90,12 @@ def run_up(args: argparse.Namespace) -> int:
         "SPIRITLM_CHECKPOINTS_DIR": str(layout.root),
         "SPIRITLM_MODEL": settings.model,
     }
+    lm_env: dict[str, str] = {}
+    split = plan_for(os.environ, is_cpu_vllm())
+    if split is not None:
+        lm_env = split.lm_env()
+        env[CORES] = core_list(split.speech)
+        log(f"CPU cores: vLLM {core_list(split.lm)}; speech worker and gateway {env[CORES]}")
     children: list[ChildProcess] = []
     stopping = {"now": False}
 
@@ -108,6 +119,7 @@ def run_up(args: argparse.Namespace) -> int:
             settings.model,
             port=args.lm_port,
             extra_args=args.extra_args,
+            env=lm_env,
             log_path=str(logs / "lm-worker.log"),
             progress=log,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from service.commands.common import add_checkpoint_flags, log
+from service.commands.common import add_checkpoint_flags, log, pin_to_configured_cores
 from service.config import add_settings_arguments, settings_from_args
 from service.speech_worker.settings import SPEECH_WORKER_FIELDS, SpeechWorkerSettings
 
@@ -22,6 +22,8 @@ def check_checkpoints(settings: SpeechWorkerSettings) -> None:
 
 def run_speech_worker(args: argparse.Namespace) -> int:
     settings: SpeechWorkerSettings = settings_from_args(args, SpeechWorkerSettings)
+    if not pin_to_configured_cores(settings):
+        return 2
     check_checkpoints(settings)
     # Imported after the check: the app pulls in torch, which takes seconds.
     import uvicorn

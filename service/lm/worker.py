@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from service.process import ChildProcess, Progress, python_module_argv
@@ -100,16 +101,18 @@ def start_lm_worker(
     host: str = "127.0.0.1",
     port: int = 8100,
     extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
     log_path: str | None = None,
     timeout: float = 900.0,
     progress: Progress | None = None,
 ) -> ChildProcess:
-    """Start vLLM and return once it answers /health."""
+    """Start vLLM and return once it answers /health; `env` adds to this process's own."""
     argv = vllm_argv(lm_dir, served_model_name, host=host, port=port, extra_args=extra_args)
     child = ChildProcess(
         f"LM worker (vLLM, {served_model_name})",
         argv,
         f"http://{host}:{port}/health",
+        env={**os.environ, **env} if env else None,
         log_path=log_path,
     )
     if progress:

@@ -19,6 +19,7 @@ SPEECH_WORKER_FIELDS = (
     "inference_threads",
     "first_chunk_units",
     "chunk_units",
+    "cpu_cores",
 )
 
 
