@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 VLLM_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
@@ -101,3 +102,22 @@ def pin_process(text: str) -> list[int] | None:
     if torch is not None:
         torch.set_num_threads(len(cores))  # its pool was sized from the affinity at import
     return cores
+
+
+@contextmanager
+def pinned(cores: Sequence[int] | None) -> Iterator[None]:
+    """This process on `cores` for a while (torch's pool resized to match), then as before."""
+    if not cores:
+        yield
+        return
+    torch = sys.modules.get("torch")
+    affinity, threads = os.sched_getaffinity(0), torch.get_num_threads() if torch else None
+    os.sched_setaffinity(0, cores)
+    if torch is not None:
+        torch.set_num_threads(len(cores))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, affinity)
+        if torch is not None and threads is not None:
+            torch.set_num_threads(threads)

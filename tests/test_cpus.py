@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -70,3 +71,19 @@ def test_cores_not_available_are_refused_before_anything_loads(child_env) -> Non
     )
     assert run.returncode == 2, run.stderr
     assert f"core(s) {missing} are not available" in run.stderr
+
+
+def test_pinned_moves_this_process_and_torch_then_puts_them_back() -> None:
+    import torch
+
+    from service.cpus import pinned
+
+    cores = available_cores()
+    before_threads = torch.get_num_threads()
+    with pinned(cores[-1:]):
+        assert sorted(os.sched_getaffinity(0)) == cores[-1:]
+        assert torch.get_num_threads() == 1
+    assert sorted(os.sched_getaffinity(0)) == cores
+    assert torch.get_num_threads() == before_threads
+    with pinned(None):
+        assert sorted(os.sched_getaffinity(0)) == cores

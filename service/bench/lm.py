@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import re
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ import numpy as np
 
 from service.bench.report import RequestTiming, Summary, load_average, summarize
 from service.checkpoints.layout import EXPRESSIVE, CheckpointLayout
+from service.cpus import pinned, plan_for
 from service.lm.client import LMClient, SamplingParams
 from service.lm.generation import GenerationResult, Generator
 from service.lm.parsing import ModalitySwitch, SpeechSegment, SpeechTokens, TextDelta, parse_output
@@ -415,7 +417,7 @@ def run_lm_benchmark(
 ) -> BenchResult:
     """Baseline first (with no vLLM server running when we start it), then ours."""
     from service.commands.lm import free_port, worker_log_path
-    from service.lm.worker import start_lm_worker
+    from service.lm.worker import is_cpu_vllm, start_lm_worker
 
     load_at_start = load_average()
     stack = SpeechStack(layout, variant, device=device)
@@ -428,6 +430,9 @@ def run_lm_benchmark(
 
     worker = None
     url = lm_url
+    # Ours runs as `spiritlm-serve up` places it: vLLM's threads and the vocoder on their own
+    # cores (service/cpus.py). The baseline ran alone, on every core.
+    split = plan_for(os.environ, is_cpu_vllm()) if url is None else None
     if url is None:
         port = free_port()
         progress(f"LM worker log: {worker_log_path(port)}")
@@ -435,14 +440,16 @@ def run_lm_benchmark(
             layout.lm_dir(variant),
             variant,
             port=port,
+            env=split.lm_env() if split else None,
             log_path=worker_log_path(port),
             progress=progress,
         )
         url = f"http://127.0.0.1:{port}"
     try:
-        ours = asyncio.run(
-            run_ours(layout, variant, config, workloads, url, device=device, progress=progress)
-        )
+        with pinned(split.speech if split else None):
+            ours = asyncio.run(
+                run_ours(layout, variant, config, workloads, url, device=device, progress=progress)
+            )
     finally:
         if worker is not None:
             worker.stop()
