@@ -342,7 +342,7 @@ def document(lm: dict | None, speech: dict | None, load_report: dict | None,
               "# the load test (10 minutes; its load.json is read by bench-report)",
               (load_report or {}).get("summary", {}).get("command",
                                                          "spiritlm-serve bench-load"),
-              "# only re-plot from existing results (here with the run past capacity too)",
+              "# only re-plot from existing results (here with the higher-rate run too)",
               "spiritlm-serve bench-report --measure ''"
               + (f" --overload-dir {overload_dir}" if overload_dir else ""), "```", ""]  # fmt: skip
     summary = findings(lm, load_report)
@@ -394,13 +394,18 @@ def document(lm: dict | None, speech: dict | None, load_report: dict | None,
     else:
         parts += ["_Not run yet: `spiritlm-serve bench-load` writes .cache/perf/load._", ""]
     if overload:
+        outcome = (
+            "Requests that cannot be served within the timeout fail; memory still stays flat and "
+            "nothing is left in flight afterwards."
+            if overload["summary"]["errors"]
+            else "Every request was still served in time; memory stays flat and nothing is left "
+            "in flight afterwards."
+        )
         parts += [
-            "### Past capacity", "",
+            "### At a higher rate", "",
             "The same test at a higher rate (`"
-            + overload["summary"].get("command", "spiritlm-serve bench-load") + "`), while other "
-            "jobs also loaded the machine. Requests that cannot be served within the timeout "
-            "fail; memory still stays flat and nothing is left in flight afterwards.", "",
-            *load_tables(overload), "",
+            + overload["summary"].get("command", "spiritlm-serve bench-load") + "`). " + outcome,
+            "", *load_tables(overload), "",
         ]  # fmt: skip
     return "\n".join(parts).rstrip() + "\n"
 
@@ -410,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path(".cache/perf"))
     parser.add_argument("--load", type=Path, default=Path(".cache/perf/load"))
     parser.add_argument(
-        "--overload", type=Path, default=None, help="bench-load output of a run past capacity"
+        "--overload", type=Path, default=None, help="bench-load output of a higher-rate run"
     )
     parser.add_argument("--output", type=Path, default=Path("docs/performance.md"))
     parser.add_argument("--img-dir", type=Path, default=Path("docs/img"))

@@ -105,7 +105,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--results-dir", default=".cache/perf", help="JSON results")
     parser.add_argument("--load-dir", default=".cache/perf/load", help="bench-load output")
     parser.add_argument(
-        "--overload-dir", default=None, help="bench-load output of a run past capacity (optional)"
+        "--overload-dir", default=None, help="bench-load output of a higher-rate run (optional)"
     )
     parser.add_argument("--output", default="docs/performance.md")
     parser.add_argument("--img-dir", default="docs/img")
