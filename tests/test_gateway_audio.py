@@ -818,3 +818,23 @@ def test_up_passes_gateway_flags_to_the_gateway() -> None:
     assert env["SPIRITLM_FEWSHOT_DIR"] == "/banks/en"
     assert env["SPIRITLM_FEWSHOT_SHOTS"] == "5"
     assert "SPIRITLM_PORT" not in env  # passed as a flag of the gateway command instead
+
+
+def test_up_runs_its_gateway_with_the_flags_it_was_given(servers, tmp_path: Path) -> None:  # noqa: ANN001
+    """`up --api-keys` must reach the gateway child: a gateway without them would be open."""
+    from service.process import ChildProcess
+
+    port, lm_port, speech_port = free_port(), free_port(), free_port()
+    argv = [sys.executable, "-m", "service", "up", "--port", str(port), "--api-keys", "k1"]
+    argv += ["--lm-port", str(lm_port), "--speech-port", str(speech_port)]
+    argv += ["--log-dir", str(tmp_path / "logs")]
+    url = f"http://127.0.0.1:{port}"
+    stack = ChildProcess("up", argv, url + "/ready", env=servers.env)
+    stack.start()
+    try:
+        stack.wait_healthy(600)
+        assert httpx.get(url + "/v1/models", timeout=10).status_code == 401
+        authorized = {"Authorization": "Bearer k1"}
+        assert httpx.get(url + "/v1/models", headers=authorized, timeout=10).status_code == 200
+    finally:
+        stack.stop()

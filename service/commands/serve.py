@@ -36,7 +36,6 @@ GATEWAY_FIELDS = (
     "realtime_context_tokens",
     "cpu_cores",
 )
-CORES = "SPIRITLM_CPU_CORES"
 # Passed to the gateway child of `up` as flags of their own; the others travel as env vars.
 _UP_GATEWAY_FLAGS = {"host", "port", "model", "checkpoints_dir", "cache_dir"}
 
@@ -94,8 +93,9 @@ def run_up(args: argparse.Namespace) -> int:
     split = plan_for(os.environ, is_cpu_vllm())
     if split is not None:
         lm_env = split.lm_env()
-        env[CORES] = core_list(split.speech)
-        log(f"CPU cores: vLLM {core_list(split.lm)}; speech worker and gateway {env[CORES]}")
+        env.update(split.speech_env())
+        speech_cores = core_list(split.speech)
+        log(f"CPU cores: vLLM {core_list(split.lm)}; speech worker and gateway {speech_cores}")
     children: list[ChildProcess] = []
     stopping = {"now": False}
 
@@ -140,7 +140,7 @@ def run_up(args: argparse.Namespace) -> int:
                 f"http://127.0.0.1:{args.speech_port}",
             ),  # fmt: skip
             f"http://127.0.0.1:{settings.port}/ready",
-            env=env,
+            env={**env, **given_gateway_env(args)},
             log_path=str(logs / "gateway.log"),
         )
         gateway.start()
