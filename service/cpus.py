@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 VLLM_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+CORES_ENV = "SPIRITLM_CPU_CORES"  # the cpu_cores setting
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class CoreSplit:
     def lm_env(self) -> dict[str, str]:
         """Environment that binds vLLM-CPU's compute threads to the LM cores."""
         return {VLLM_BIND_ENV: core_list(self.lm)}
+
+    def speech_env(self) -> dict[str, str]:
+        """Environment that pins the speech worker and the gateway to the speech cores."""
+        return {CORES_ENV: core_list(self.speech)}
 
 
 def available_cores() -> list[int]:
@@ -97,11 +102,15 @@ def pin_process(text: str) -> list[int] | None:
     if not set(cores) <= allowed:
         missing = core_list(sorted(set(cores) - allowed))
         raise ValueError(f"cpu_cores: core(s) {missing} are not available to this process")
+    _move_to(cores, len(cores))
+    return cores
+
+
+def _move_to(cores: Iterable[int], threads: int | None) -> None:
     os.sched_setaffinity(0, cores)
     torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(len(cores))  # its pool was sized from the affinity at import
-    return cores
+    if torch is not None and threads is not None:
+        torch.set_num_threads(threads)  # its pool was sized from the affinity at import
 
 
 @contextmanager
@@ -112,12 +121,8 @@ def pinned(cores: Sequence[int] | None) -> Iterator[None]:
         return
     torch = sys.modules.get("torch")
     affinity, threads = os.sched_getaffinity(0), torch.get_num_threads() if torch else None
-    os.sched_setaffinity(0, cores)
-    if torch is not None:
-        torch.set_num_threads(len(cores))
+    _move_to(cores, len(cores))
     try:
         yield
     finally:
-        os.sched_setaffinity(0, affinity)
-        if torch is not None and threads is not None:
-            torch.set_num_threads(threads)
+        _move_to(affinity, threads)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
-from service.cpus import core_list, plan_for
+from service.cpus import plan_for
 from service.lm.worker import is_cpu_vllm
 from service.process import ChildProcess
 
@@ -62,8 +62,7 @@ def child_env(layout: CheckpointLayout, cache_dir: Path) -> dict[str, str]:
     # The test stacks share the cores the way `spiritlm-serve up` does (service/cpus.py).
     split = plan_for(env, is_cpu_vllm())
     if split is not None:
-        env.update(split.lm_env())
-        env["SPIRITLM_CPU_CORES"] = core_list(split.speech)
+        env.update(split.lm_env() | split.speech_env())
     return env
 
 

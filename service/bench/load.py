@@ -278,6 +278,15 @@ async def leak_gauges(
         await asyncio.sleep(0.5)
 
 
+async def _ready(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The gateway's /ready answer (its worker lists); empty when it cannot be read."""
+    try:
+        ready = (await http.get(f"{url}/ready", headers=headers, timeout=10)).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return ready if isinstance(ready, dict) else {}
+
+
 async def _gauges(
     http: httpx.AsyncClient, url: str, headers: dict[str, str]
 ) -> dict[str, float | None]:
@@ -287,10 +296,7 @@ async def _gauges(
         "gateway_in_flight": None if in_flight is None else in_flight - 1,
         "gateway_realtime_sessions": metric_sum(text, "spiritlm_realtime_sessions_active"),
     }
-    try:
-        ready = (await http.get(f"{url}/ready", headers=headers, timeout=10)).json()
-    except (httpx.HTTPError, ValueError):
-        ready = {}
+    ready = await _ready(http, url, headers)
     for worker in ready.get("speech_workers", {}):
         text = await _scrape(http, f"{worker}/metrics", {})
         gauges[f"speech_active_streams {worker}"] = metric_sum(
@@ -326,10 +332,7 @@ async def server_figures(
         ),
         "gateway: real-time factor, mean": histogram_mean(gateway, "spiritlm_real_time_factor"),
     }
-    try:
-        ready = (await http.get(f"{url}/ready", headers=headers, timeout=10)).json()
-    except (httpx.HTTPError, ValueError):
-        ready = {}
+    ready = await _ready(http, url, headers)
     for worker in ready.get("speech_workers", {}):
         text = await _scrape(http, f"{worker}/metrics", {})
         rtf = "spiritlm_speech_real_time_factor"
