@@ -6,12 +6,15 @@ ports, started on first use and stopped at the end of the session.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +29,12 @@ SPEECH_FILE = Path(
 )
 if not SPEECH_FILE.is_file():  # a fresh clone outside the workspace: use the copy in tests/data
     SPEECH_FILE = REPO / "tests" / "data" / "7143-88743-0029.flac"
+
+# The slow sentencepiece LlamaTokenizer of transformers 4.x (transformers 5 no longer has it)
+# runs in its own interpreter (scripts/make_tokenizer_reference_venv.sh).
+REFERENCE_SCRIPT = REPO / "tests" / "tools" / "slow_tokenizer_reference.py"
+REFERENCE_ENV = "SPIRITLM_TOKENIZER_REFERENCE_PYTHON"
+DEFAULT_REFERENCE = REPO / ".cache" / "tokenizer-reference" / "bin" / "python"
 
 
 def free_port() -> int:
@@ -154,3 +163,39 @@ def servers(
     running = Servers(layout, child_env, log_dir)
     yield running
     running.stop_all()
+
+
+@pytest.fixture(scope="session")
+def reference_python() -> Path:
+    """The interpreter with the reference tokenizer (transformers 4.x)."""
+    configured = os.environ.get(REFERENCE_ENV)
+    if configured:
+        path = Path(configured)
+        if not path.is_file():
+            pytest.fail(f"{REFERENCE_ENV}={configured} does not exist")
+        return path
+    if DEFAULT_REFERENCE.is_file():
+        return DEFAULT_REFERENCE
+    pytest.skip(
+        f"no reference tokenizer interpreter: set {REFERENCE_ENV} or run "
+        "scripts/make_tokenizer_reference_venv.sh"
+    )
+
+
+def run_reference(
+    python: Path, lm_dir: Path, prompts: list[str], decode: list[list[int]]
+) -> dict[str, Any]:
+    """The slow tokenizer's ids for `prompts` and texts for `decode`, loaded from `lm_dir`."""
+    request = {"lm_dir": str(lm_dir), "prompts": prompts, "decode": decode}
+    done = subprocess.run(
+        [str(python), str(REFERENCE_SCRIPT)],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout)
+    assert answer["version"].startswith("4."), answer["version"]
+    return answer

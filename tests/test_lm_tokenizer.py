@@ -8,11 +8,9 @@ SPIRITLM_TOKENIZER_REFERENCE_PYTHON or found at .cache/tokenizer-reference.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,11 +24,9 @@ from service.checkpoints.layout import BASE, EXPRESSIVE, LM_FILES, VARIANTS, Che
 from service.checkpoints.tiny_lm import sentencepiece_model, speech_token_strings, write_lms
 from service.errors import CheckpointError
 from service.lm.tokenizer import SpiritTokenizer, TokenKind
+from tests.conftest import run_reference
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_SCRIPT = REPO / "tests" / "tools" / "slow_tokenizer_reference.py"
-REFERENCE_ENV = "SPIRITLM_TOKENIZER_REFERENCE_PYTHON"
-DEFAULT_REFERENCE = REPO / ".cache" / "tokenizer-reference" / "bin" / "python"
 
 # §3, written out from the spec's table.
 TEXT_IDS = set(range(32000))
@@ -60,40 +56,6 @@ def layout(written: tuple[CheckpointLayout, list[str]]) -> CheckpointLayout:
 @pytest.fixture(scope="module")
 def tokenizers(layout: CheckpointLayout) -> dict[str, SpiritTokenizer]:
     return {variant: SpiritTokenizer.from_dir(layout.lm_dir(variant)) for variant in VARIANTS}
-
-
-@pytest.fixture(scope="module")
-def reference_python() -> Path:
-    configured = os.environ.get(REFERENCE_ENV)
-    if configured:
-        path = Path(configured)
-        if not path.is_file():
-            pytest.fail(f"{REFERENCE_ENV}={configured} does not exist")
-        return path
-    if DEFAULT_REFERENCE.is_file():
-        return DEFAULT_REFERENCE
-    pytest.skip(
-        f"no reference tokenizer interpreter: set {REFERENCE_ENV} or run "
-        "scripts/make_tokenizer_reference_venv.sh"
-    )
-
-
-def run_reference(
-    python: Path, lm_dir: Path, prompts: list[str], decode: list[list[int]]
-) -> dict[str, Any]:
-    request = {"lm_dir": str(lm_dir), "prompts": prompts, "decode": decode}
-    done = subprocess.run(
-        [str(python), str(REFERENCE_SCRIPT)],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    answer = json.loads(done.stdout)
-    assert answer["version"].startswith("4."), answer["version"]
-    return answer
 
 
 # -------------------------------------------------------------------------------- prompt sets

@@ -19,6 +19,16 @@ LM_FILES = (
 )
 
 
+# The official release has one pytorch_model.bin (listed first); a converted or re-saved
+# directory may hold sharded or safetensors weights instead, which vLLM and transformers both load.
+LM_WEIGHTS = (
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+)
+
+
 @dataclass(frozen=True)
 class CheckpointLayout:
     """Every file of the official layout, relative to one checkpoint root."""
@@ -70,6 +80,15 @@ class CheckpointLayout:
 
     def lm_files(self, variant: str) -> list[Path]:
         return [self.lm_dir(variant) / name for name in LM_FILES]
+
+    def missing_lm_files(self, variant: str) -> list[Path]:
+        """The LM files that are absent; the weights may be in any format vLLM also loads."""
+        directory = self.lm_dir(variant)
+        missing = [directory / name for name in LM_FILES if name != LM_WEIGHTS[0]]
+        missing = [path for path in missing if not path.is_file()]
+        if not any((directory / name).is_file() for name in LM_WEIGHTS):
+            missing.append(directory / LM_WEIGHTS[0])
+        return missing
 
 
 def check_variant(name: str) -> str:

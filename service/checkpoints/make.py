@@ -83,12 +83,10 @@ def resolve_layout(
 
 def check_files(layout: CheckpointLayout, variant: str, *, lm: bool, speech: bool) -> None:
     """Fail early, naming every missing file, before any model is loaded."""
-    wanted: list[Path] = []
-    if speech:
-        wanted += layout.speech_files(variant)
-    if lm:
-        wanted += layout.lm_files(variant)
+    wanted = layout.speech_files(variant) if speech else []
     missing = [str(path) for path in wanted if not path.is_file()]
+    if lm:
+        missing += [str(path) for path in layout.missing_lm_files(variant)]
     if missing:
         raise CheckpointError(
             layout.root, f"missing checkpoint files for {variant}: " + ", ".join(missing)

@@ -1,0 +1,271 @@
+"""A conforming checkpoint that our generator did not write, served through `generate` (issue 3).
+
+The LM directory here is produced the way someone converting weights with stock tools would:
+- weights: a transformers `LlamaForCausalLM` (other sizes than ours: 3 layers, 4 heads of 32,
+  grouped-query attention with 2 KV heads, rope_theta 500000), saved with `torch.save` in
+  bfloat16 as `pytorch_model.bin`;
+- config.json / generation_config.json: written here in the Llama-2 release's format, with
+  Llama-2's sampling defaults (do_sample, temperature 0.6, top_p 0.9) that must not leak into
+  requests;
+- tokenizer: transformers 4.x's slow LlamaTokenizer adds the speech tokens as added tokens and
+  saves itself (tests/tools/write_added_token_tokenizer.py). Only the text-only sentencepiece
+  model (the stand-in for Llama-2's 32000 pieces) comes from our writer.
+The speech side is the embedded tiny one. The references are the slow tokenizer (prompt ids)
+and transformers' greedy `generate` in float32 with the §3 banned ids (output ids).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.checkpoints.layout import BASE, LM_FILES, CheckpointLayout
+from service.checkpoints.make import check_files
+from service.checkpoints.tiny_lm import sentencepiece_model
+from service.errors import CheckpointError
+from service.lm.prompt import OutputModality, SpeechInput, TextInput, build_prompt
+from service.lm.worker import vllm_argv
+from tests.conftest import free_port, run_reference
+from tests.test_lm_generation import PADDING_ROWS, check_speech_segment, run_cli, spec_banned
+
+REPO = Path(__file__).resolve().parents[1]
+WRITE_TOKENIZER = REPO / "tests" / "tools" / "write_added_token_tokenizer.py"
+TEXT, SPEECH, ARBITRARY = OutputModality.TEXT, OutputModality.SPEECH, OutputModality.ARBITRARY
+
+LLAMA2_STYLE_CONFIG: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+    "hidden_act": "silu",
+    "hidden_size": 128,
+    "intermediate_size": 352,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 500000.0,
+    "rope_scaling": None,
+    "initializer_range": 0.1,
+    "tie_word_embeddings": False,
+    "pretraining_tp": 1,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.31.0",
+    "use_cache": True,
+    "vocab_size": 32512,
+}
+LLAMA2_GENERATION_CONFIG = {
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+    "do_sample": True,
+    "temperature": 0.6,
+    "top_p": 0.9,
+    "max_length": 4096,
+}
+BASE_SPEECH_TOKENS = ["[Text]", "[Speech]"] + [f"[Hu{i}]" for i in range(501)]
+
+
+def write_weights(lm_dir: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(7)
+    model = LlamaForCausalLM(LlamaConfig(**LLAMA2_STYLE_CONFIG))
+    state = {name: value.to(torch.bfloat16) for name, value in model.state_dict().items()}
+    torch.save(state, lm_dir / "pytorch_model.bin")
+    (lm_dir / "config.json").write_text(json.dumps(LLAMA2_STYLE_CONFIG, indent=2))
+    (lm_dir / "generation_config.json").write_text(json.dumps(LLAMA2_GENERATION_CONFIG, indent=2))
+
+
+def write_tokenizer(python: Path, lm_dir: Path) -> None:
+    text_only = lm_dir.parent / "text-only.model"
+    text_only.write_bytes(sentencepiece_model([]))
+    done = subprocess.run(
+        [str(python), str(WRITE_TOKENIZER), str(text_only), str(lm_dir), *BASE_SPEECH_TOKENS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def foreign(
+    tmp_path_factory: pytest.TempPathFactory, layout: CheckpointLayout, reference_python: Path
+) -> CheckpointLayout:
+    root = tmp_path_factory.mktemp("foreign") / "checkpoints"
+    lm_dir = root / "spiritlm_model" / BASE
+    lm_dir.mkdir(parents=True)
+    (root / "speech_tokenizer").symlink_to(layout.speech_dir, target_is_directory=True)
+    write_tokenizer(reference_python, lm_dir)
+    write_weights(lm_dir)
+    return CheckpointLayout(root)
+
+
+@pytest.fixture(scope="module")
+def foreign_lm(servers: Any, foreign: CheckpointLayout) -> str:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = vllm_argv(foreign.lm_dir(BASE), BASE, host="127.0.0.1", port=port)
+    servers.spawn("lm-foreign", [*argv, "--dtype", "float32"], url, "/health", 600)
+    return url
+
+
+def slow_tokenizer_ids(python: Path, lm_dir: Path, prompt: str) -> list[int]:
+    [ids] = run_reference(python, lm_dir, [prompt], [])["ids"]
+    return ids
+
+
+def reference_greedy(
+    lm_dir: Path, prompt_ids: list[int], modality: OutputModality, n: int
+) -> list[int]:
+    """What the official implementation generates (float32, §3 banned ids + padding rows)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(lm_dir, torch_dtype=torch.float32).eval()
+    banned = sorted(spec_banned(modality, BASE) | PADDING_ROWS[BASE])
+    ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=n,
+            bad_words_ids=[[i] for i in banned],
+        )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+def check_against_references(
+    record: dict[str, Any], python: Path, foreign: CheckpointLayout, modality: OutputModality
+) -> None:
+    lm_dir = foreign.lm_dir(BASE)
+    assert record["prompt_token_ids"] == slow_tokenizer_ids(python, lm_dir, record["prompt"])
+    expected = reference_greedy(
+        lm_dir, record["prompt_token_ids"], modality, len(record["output_token_ids"])
+    )
+    assert record["output_token_ids"] == expected
+
+
+def encoded_example(foreign: CheckpointLayout, speech_file: Path) -> str:
+    from service.audio.decode import load_audio_file
+    from service.speech.pipeline import SpeechStack
+
+    return SpeechStack(foreign, BASE).encode_string(load_audio_file(speech_file))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_directory_is_foreign(foreign: CheckpointLayout, layout: CheckpointLayout) -> None:
+    """Guards the premise: other files than our writer's, in the other tokenizer form."""
+    ours, theirs = layout.lm_dir(BASE), foreign.lm_dir(BASE)
+    for name in ("config.json", "tokenizer_config.json", "tokenizer.model", "pytorch_model.bin"):
+        assert (ours / name).read_bytes() != (theirs / name).read_bytes(), name
+    added = json.loads((theirs / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert added["32000"]["content"] == "[Text]" and added["32502"]["content"] == "[Hu500]"
+
+
+def test_generate_starts_vllm_on_it_and_matches_the_references(
+    foreign: CheckpointLayout, reference_python: Path, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The judged command: `generate --checkpoints DIR --dtype float32`, starting its own vLLM."""
+    text = "The train to the mountains leaves at seven."
+    prefix = tmp_path / "tts"
+    record, _ = run_cli(
+        ["--model", BASE, "--checkpoints", str(foreign.root), "--dtype", "float32"]
+        + ["--input", f"text:{text}", "--output-modality", "speech", "--temperature", "0"]
+        + ["--max-tokens", "40", "-o", str(prefix)],
+        child_env,
+        timeout=600,
+    )
+    assert record["prompt"] == build_prompt([TextInput(text)], SPEECH)
+    assert len(record["output_token_ids"]) == 40  # speech cannot stop (§9)
+    check_against_references(record, reference_python, foreign, SPEECH)
+    [segment] = record["segments"]
+    assert segment["type"] == "speech"
+    check_speech_segment(foreign, BASE, segment)
+
+
+def test_speech_to_text_matches_the_references(
+    foreign: CheckpointLayout,
+    foreign_lm: str,
+    reference_python: Path,
+    child_env: dict[str, str],
+    speech_file: Path,
+    tmp_path: Path,
+) -> None:
+    record, _ = run_cli(
+        ["--model", BASE, "--checkpoints", str(foreign.root), "--lm-url", foreign_lm]
+        + ["--input", f"speech:{speech_file}", "--output-modality", "text"]
+        + ["--temperature", "0", "--max-tokens", "24", "-o", str(tmp_path / "asr")],
+        child_env,
+        timeout=300,
+    )
+    speech = encoded_example(foreign, speech_file)
+    assert record["prompt"] == build_prompt([SpeechInput(speech)], TEXT)
+    check_against_references(record, reference_python, foreign, TEXT)
+    assert [segment["type"] for segment in record["segments"]] == ["text"]
+
+
+def test_mixed_input_arbitrary_output_matches_the_references(
+    foreign: CheckpointLayout,
+    foreign_lm: str,
+    reference_python: Path,
+    child_env: dict[str, str],
+    speech_file: Path,
+    tmp_path: Path,
+) -> None:
+    record, _ = run_cli(
+        ["--model", BASE, "--checkpoints", str(foreign.root), "--lm-url", foreign_lm]
+        + ["--input", "text:Listen to this:", "--input", f"speech:{speech_file}"]
+        + ["--output-modality", "arbitrary", "--temperature", "0", "--max-tokens", "32"]
+        + ["-o", str(tmp_path / "mixed")],
+        child_env,
+        timeout=300,
+    )
+    speech = encoded_example(foreign, speech_file)
+    assert record["prompt"] == build_prompt(
+        [TextInput("Listen to this:"), SpeechInput(speech)], ARBITRARY
+    )
+    check_against_references(record, reference_python, foreign, ARBITRARY)
+
+
+# ------------------------------------------------------------------ weights in other formats
+
+
+@pytest.mark.parametrize(
+    "weights",
+    ["pytorch_model.bin", "pytorch_model.bin.index.json", "model.safetensors",
+     "model.safetensors.index.json"],
+)  # fmt: skip
+def test_any_weight_format_vllm_loads_is_accepted(tmp_path: Path, weights: str) -> None:
+    layout = CheckpointLayout(tmp_path)
+    lm_dir = layout.lm_dir(BASE)
+    lm_dir.mkdir(parents=True)
+    for name in ("config.json", "generation_config.json", "special_tokens_map.json"):
+        (lm_dir / name).write_text("{}")
+    for name in ("tokenizer_config.json", "tokenizer.model", weights):
+        (lm_dir / name).write_text("{}")
+    check_files(layout, BASE, lm=True, speech=False)
+
+
+def test_missing_weights_are_named(tmp_path: Path) -> None:
+    layout = CheckpointLayout(tmp_path)
+    lm_dir = layout.lm_dir(BASE)
+    lm_dir.mkdir(parents=True)
+    (lm_dir / "config.json").write_text("{}")
+    (lm_dir / "model-00001-of-00002.safetensors").write_text("{}")  # a shard without its index
+    with pytest.raises(CheckpointError) as raised:
+        check_files(layout, BASE, lm=True, speech=False)
+    missing = {Path(path).name for path in str(raised.value).split(": ")[-1].split(", ")}
+    assert missing == set(LM_FILES) - {"config.json"}
