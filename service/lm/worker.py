@@ -13,12 +13,16 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from service.errors import CheckpointError
 from service.process import ChildProcess, Progress, python_module_argv
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 # The CPU engine sizes its KV cache from free host memory and refuses to start on small machines
 # (environment notes); a fixed size makes start-up predictable. Override with the vLLM flag.
 CPU_KV_CACHE_BYTES = 512 * 1024 * 1024
+# vLLM 0.32's CPU attention kernels (CPUAttentionBackend.get_supported_head_sizes). Other sizes
+# pass start-up and kill the engine on the first request, so we refuse them before starting.
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 def is_cpu_vllm() -> bool:
@@ -34,16 +38,44 @@ def _has_flag(args: Sequence[str], flag: str) -> bool:
     return any(arg == flag or arg.startswith(flag + "=") for arg in args)
 
 
-def checkpoint_dtype(lm_dir: Path) -> str | None:
-    """The dtype `config.json` declares (`torch_dtype`, or `dtype` in newer files), if any."""
+def _model_config(lm_dir: Path) -> dict[str, object]:
     try:
         config = json.loads((Path(lm_dir) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None  # vLLM reports a missing or broken config itself
-    if not isinstance(config, dict):
-        return None
+        return {}  # vLLM reports a missing or broken config itself
+    return config if isinstance(config, dict) else {}
+
+
+def checkpoint_dtype(lm_dir: Path) -> str | None:
+    """The dtype `config.json` declares (`torch_dtype`, or `dtype` in newer files), if any."""
+    config = _model_config(lm_dir)
     value = config.get("torch_dtype", config.get("dtype"))
     return value if isinstance(value, str) else None
+
+
+def attention_head_size(lm_dir: Path) -> int | None:
+    """`head_dim`, or hidden_size / num_attention_heads as Llama derives it; None if unknown."""
+    config = _model_config(lm_dir)
+    head_dim, hidden, heads = (
+        config.get(key) for key in ("head_dim", "hidden_size", "num_attention_heads")
+    )
+    if isinstance(head_dim, int):
+        return head_dim
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
+        return hidden // heads
+    return None
+
+
+def check_cpu_support(lm_dir: Path) -> None:
+    """Refuse a model the CPU build of vLLM would accept but fail on at its first request."""
+    size = attention_head_size(lm_dir)
+    if size is not None and size not in CPU_HEAD_SIZES:
+        supported = ", ".join(str(s) for s in CPU_HEAD_SIZES)
+        raise CheckpointError(
+            Path(lm_dir) / "config.json",
+            f"attention head size {size} is not supported by vLLM on CPU "
+            f"(supported: {supported}); serve this checkpoint with vLLM on a GPU",
+        )
 
 
 def vllm_argv(
@@ -107,6 +139,8 @@ def start_lm_worker(
     progress: Progress | None = None,
 ) -> ChildProcess:
     """Start vLLM and return once it answers /health; `env` adds to this process's own."""
+    if is_cpu_vllm():
+        check_cpu_support(lm_dir)
     argv = vllm_argv(lm_dir, served_model_name, host=host, port=port, extra_args=extra_args)
     child = ChildProcess(
         f"LM worker (vLLM, {served_model_name})",
