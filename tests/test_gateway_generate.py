@@ -187,6 +187,34 @@ def test_stream_deltas_add_up_to_the_response(http: httpx.Client, body: dict) ->
             assert len(streamed["pcm"]) == 2 * len(wav)
 
 
+def test_stop_strings_end_the_generation(http: httpx.Client) -> None:
+    body = {
+        "inputs": [{"type": "text", "text": "Count from one to twenty."}],
+        "output_modality": "text",
+        "max_tokens": 40,
+        "temperature": 0,
+    }
+    full = generate(http, **body)
+    text = "".join(segment["text"] for segment in full["segments"])
+    assert len(text) >= 12, "the model should produce enough text to cut"
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    expected = text[: text.find(stop)].strip()
+    cut = generate(http, **body, stop=[stop, "\u2603\u2603"])
+    assert "".join(segment["text"] for segment in cut["segments"]) == expected
+    assert cut["finish_reason"] == "stop"
+    # The ids stop with the token that completed the stop string: a prefix of the full run's.
+    ids = cut["output_token_ids"]
+    assert 0 < len(ids) < len(full["output_token_ids"])
+    assert full["output_token_ids"][: len(ids)] == ids
+    assert cut["usage"]["completion_tokens"] == len(ids)
+    assert cut["usage"]["prompt_tokens"] == len(full["prompt_token_ids"])
+    events = sse_events(http, {**body, "stop": stop})
+    streamed = "".join(e["delta"] for e in events if e["type"] == "text.delta")
+    assert streamed.strip() == expected
+    assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "stop"
+    assert events[-1]["output_token_ids"] == ids
+
+
 def test_same_ids_as_the_generate_command(
     servers,  # noqa: ANN001
     http: httpx.Client,
@@ -250,6 +278,8 @@ def test_same_ids_as_the_generate_command(
         ({"prompt": "[Text]a", "max_tokens": 0}, 422, "max_tokens"),
         ({"prompt": "[Text]a", "max_tokens": 100000}, 400, "max_tokens"),
         ({"prompt": "[Text]a", "temperature": 3}, 422, "temperature"),
+        ({"prompt": "[Text]a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"prompt": "[Text]a", "stop": [""]}, 400, "stop[0]"),
     ],
 )
 def test_bad_requests_name_the_field(

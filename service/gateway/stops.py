@@ -8,9 +8,12 @@ stop string split over several tokens never leaks into the output.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
+from service.gateway.engine import Finished, Output, TextOut
 from service.gateway.errors import APIError
+from service.lm.client import Usage
 
 MAX_STOPS = 4
 MAX_STOP_CHARS = 200
@@ -77,3 +80,40 @@ def parse_stops(stop: str | list[str] | None) -> list[str]:
                 param="stop",
             )
     return stops
+
+
+async def until_stop(
+    outputs: AsyncIterator[Output], stops: Sequence[str], finished: Finished
+) -> AsyncIterator[Output]:
+    """`outputs` with their text cut at the first stop string, which ends the generation.
+
+    A stop string matches within one text segment (speech units are not text). On a match the
+    engine stream is closed, which aborts the LM request, and the stream ends with `finished`
+    (whose result the engine has filled in as tokens arrived) and finish_reason "stop".
+    """
+    matcher = StopMatcher(stops)
+    text_index = -1
+    async with contextlib.aclosing(outputs):
+        async for item in outputs:
+            if isinstance(item, TextOut):
+                text_index = item.index
+                text = matcher.feed(item.text)
+                if text:
+                    yield TextOut(text, item.index)
+                if matcher.stopped:
+                    break
+                continue
+            held = matcher.flush()  # the text segment ended without completing a stop string
+            if held:
+                yield TextOut(held, text_index)
+            yield item
+    if matcher.stopped:
+        yield _stopped(finished)
+
+
+def _stopped(finished: Finished) -> Finished:
+    result = finished.result
+    result.finish_reason = "stop"
+    # An aborted request never gets vLLM's usage event: count what was received instead.
+    result.usage = Usage(len(finished.prepared.prompt_ids), len(result.output_ids))
+    return finished

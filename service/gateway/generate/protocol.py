@@ -38,6 +38,11 @@ class GenerateRequest(SamplingFields):
     response_format: AudioFormat = "wav"
     sample_rate: int = Field(default=16000, ge=8000, le=48000)
     stream: bool = False
+    stop: str | list[str] | None = Field(
+        default=None,
+        description="Up to 4 strings; generation ends when the generated text contains one "
+        "(matched within text segments, left out of the output).",
+    )
 
     @model_validator(mode="after")
     def _has_prompt(self) -> GenerateRequest:

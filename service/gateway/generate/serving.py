@@ -25,7 +25,9 @@ from service.gateway.generate.protocol import (
     TextSegmentOut,
 )
 from service.gateway.state import GatewayState
+from service.gateway.stops import parse_stops, until_stop
 from service.gateway.streams import SSE_DONE, SSE_HEADERS, Timings, b64decode_field, collect, sse
+from service.lm.generation import GenerationResult
 from service.lm.prompt import PromptInput, SpeechInput, TextInput, build_prompt, explicit_prompt
 from service.units.tokens import SPEECH_TOKEN
 
@@ -75,8 +77,10 @@ async def generate(
     engine = state.engine
     model = engine.resolve_model(request.model)
     max_tokens = engine.check_max_tokens(request.max_tokens)
+    stops = parse_stops(request.stop)
     prompt = await prompt_for(request, state, model)
     prepared = engine.prepare(prompt, request.output_modality, model)
+    result = GenerationResult()
     outputs = engine.run(
         prepared,
         request.sampling(max_tokens),
@@ -84,7 +88,10 @@ async def generate(
         speaker=request.speaker,
         sample_rate=request.sample_rate,
         affinity=affinity,
+        result=result,
     )
+    if stops:
+        outputs = until_stop(outputs, stops, Finished(prepared, result))
     request_id = f"gen-{uuid.uuid4().hex}"
     created = int(time.time())
     timings = Timings(state.metrics, ROUTE, request.sample_rate)
