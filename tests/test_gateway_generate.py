@@ -187,7 +187,7 @@ def test_stream_deltas_add_up_to_the_response(http: httpx.Client, body: dict) ->
             assert len(streamed["pcm"]) == 2 * len(wav)
 
 
-def test_stop_strings_end_the_generation(http: httpx.Client) -> None:
+def test_stop_strings_end_the_generation(http: httpx.Client, tokenizer: SpiritTokenizer) -> None:
     body = {
         "inputs": [{"type": "text", "text": "Count from one to twenty."}],
         "output_modality": "text",
@@ -199,20 +199,22 @@ def test_stop_strings_end_the_generation(http: httpx.Client) -> None:
     assert len(text) >= 12, "the model should produce enough text to cut"
     stop = text[len(text) // 2 : len(text) // 2 + 3]
     expected = text[: text.find(stop)].strip()
+    # The ids end with the token that completed the stop string.
+    stop_at = next(
+        n for n in range(1, len(full["output_token_ids"]) + 1)
+        if stop in tokenizer.decode_ids(full["output_token_ids"][:n])
+    )  # fmt: skip
     cut = generate(http, **body, stop=[stop, "\u2603\u2603"])
     assert "".join(segment["text"] for segment in cut["segments"]) == expected
     assert cut["finish_reason"] == "stop"
-    # The ids stop with the token that completed the stop string: a prefix of the full run's.
-    ids = cut["output_token_ids"]
-    assert 0 < len(ids) < len(full["output_token_ids"])
-    assert full["output_token_ids"][: len(ids)] == ids
-    assert cut["usage"]["completion_tokens"] == len(ids)
+    assert cut["output_token_ids"] == full["output_token_ids"][:stop_at]
+    assert cut["usage"]["completion_tokens"] == stop_at
     assert cut["usage"]["prompt_tokens"] == len(full["prompt_token_ids"])
     events = sse_events(http, {**body, "stop": stop})
     streamed = "".join(e["delta"] for e in events if e["type"] == "text.delta")
     assert streamed.strip() == expected
     assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "stop"
-    assert events[-1]["output_token_ids"] == ids
+    assert events[-1]["output_token_ids"] == cut["output_token_ids"]
 
 
 def test_same_ids_as_the_generate_command(
@@ -280,6 +282,8 @@ def test_same_ids_as_the_generate_command(
         ({"prompt": "[Text]a", "temperature": 3}, 422, "temperature"),
         ({"prompt": "[Text]a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
         ({"prompt": "[Text]a", "stop": [""]}, 400, "stop[0]"),
+        ({"prompt": "[Text]a", "frequency_penalty": 0.5}, 422, "frequency_penalty"),
+        ({"inputs": [{"type": "text", "text": "a", "lang": "en"}]}, 422, "lang"),
     ],
 )
 def test_bad_requests_name_the_field(

@@ -50,6 +50,7 @@ class SegmentStart:
 class TextOut:
     text: str
     index: int
+    output_ids: int = 0  # how many ids the LM had generated when this text was decoded
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,9 @@ class Engine:
                         if event.to == "speech" and synthesize:
                             await segment.open_speech(self, queue, model, voice)
                     elif isinstance(event, TextDelta):
-                        await queue.put(TextOut(event.text, segment.index))
+                        await queue.put(
+                            TextOut(event.text, segment.index, len(finished.result.output_ids))
+                        )
                     elif isinstance(event, SpeechTokens):
                         if not event.context:
                             await queue.put(SpeechTokensOut("".join(event.tokens), segment.index))

@@ -92,27 +92,29 @@ async def until_stop(
     (whose result the engine has filled in as tokens arrived) and finish_reason "stop".
     """
     matcher = StopMatcher(stops)
-    text_index = -1
+    last_text = TextOut("", -1)
     async with contextlib.aclosing(outputs):
         async for item in outputs:
             if isinstance(item, TextOut):
-                text_index = item.index
+                last_text = item
                 text = matcher.feed(item.text)
                 if text:
-                    yield TextOut(text, item.index)
+                    yield TextOut(text, item.index, item.output_ids)
                 if matcher.stopped:
                     break
                 continue
             held = matcher.flush()  # the text segment ended without completing a stop string
             if held:
-                yield TextOut(held, text_index)
+                yield TextOut(held, last_text.index, last_text.output_ids)
             yield item
     if matcher.stopped:
-        yield _stopped(finished)
+        yield _stopped(finished, last_text.output_ids)
 
 
-def _stopped(finished: Finished) -> Finished:
+def _stopped(finished: Finished, output_ids: int) -> Finished:
     result = finished.result
+    # The engine read ahead of us: keep the ids up to the one that completed the stop string.
+    del result.output_ids[output_ids:]
     result.finish_reason = "stop"
     # An aborted request never gets vLLM's usage event: count what was received instead.
     result.usage = Usage(len(finished.prepared.prompt_ids), len(result.output_ids))

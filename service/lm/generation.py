@@ -78,13 +78,14 @@ class Generator:
         stream = self.lm.stream(prepared.prompt_ids, params, prepared.allowed_token_ids)
         try:
             async for delta in stream:
-                result.output_ids += delta.token_ids
                 result.finish_reason = delta.finish_reason or result.finish_reason
                 if delta.usage is not None:
                     result.usage = delta.usage
                 # One id at a time: vLLM may send several ids in one event (under load), and the
-                # parser wants each speech token as its own piece.
+                # parser wants each speech token as its own piece. While an event is handled,
+                # `result.output_ids` ends with the id that produced it.
                 for token_id in delta.token_ids:
+                    result.output_ids.append(token_id)
                     text = decoder.push([token_id])
                     if text:
                         for event in parser.feed(text):

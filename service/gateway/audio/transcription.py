@@ -112,6 +112,7 @@ async def _texts(job: Job, state: GatewayState) -> AsyncIterator[str]:
                 if delta:
                     yield delta
                 if cut.stopped:
+                    del job.result.output_ids[item.output_ids :]  # not what was read ahead
                     break
             elif isinstance(item, Finished):
                 break

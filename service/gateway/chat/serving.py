@@ -216,6 +216,8 @@ async def chat_events(
                 if text:
                     yield text
                 if matcher.stopped:
+                    # The engine read ahead: count the ids up to the one that completed the stop.
+                    del result.output_ids[item.output_ids :]
                     break
             elif isinstance(item, EngineAudio):
                 yield item.pcm16

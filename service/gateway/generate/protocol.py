@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.gateway.sampling import SamplingFields
 
@@ -13,6 +13,8 @@ AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
 
 class GenerateInput(BaseModel):
     """One prompt part: text, or speech given as a base64 audio file or as its token string."""
+
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["text", "speech"]
     text: str | None = Field(default=None, description="Text (type=text).")
@@ -29,6 +31,9 @@ class GenerateInput(BaseModel):
 
 
 class GenerateRequest(SamplingFields):
+    # Our own API: a misspelt or unsupported field is an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
     model: str | None = None
     inputs: list[GenerateInput] = Field(default_factory=list, max_length=64)
     prompt: str | None = Field(default=None, description="Explicit prompt string, used verbatim.")
