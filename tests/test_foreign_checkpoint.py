@@ -32,7 +32,7 @@ from service.errors import CheckpointError
 from service.lm.prompt import OutputModality, SpeechInput, TextInput, build_prompt
 from service.lm.worker import CPU_HEAD_SIZES, is_cpu_vllm, vllm_argv
 from tests.conftest import free_port, run_reference
-from tests.test_lm_generation import PADDING_ROWS, check_speech_segment, run_cli, spec_banned
+from tests.test_lm_generation import check_speech_segment, reference_greedy, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 WRITE_TOKENIZER = REPO / "tests" / "tools" / "write_added_token_tokenizer.py"
@@ -126,34 +126,13 @@ def slow_tokenizer_ids(python: Path, lm_dir: Path, prompt: str) -> list[int]:
     return ids
 
 
-def reference_greedy(
-    lm_dir: Path, prompt_ids: list[int], modality: OutputModality, n: int
-) -> list[int]:
-    """What the official implementation generates (float32, §3 banned ids + padding rows)."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(lm_dir, torch_dtype=torch.float32).eval()
-    banned = sorted(spec_banned(modality, BASE) | PADDING_ROWS[BASE])
-    ids = torch.tensor([prompt_ids])
-    with torch.inference_mode():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=n,
-            bad_words_ids=[[i] for i in banned],
-        )
-    return out[0, len(prompt_ids) :].tolist()
-
-
 def check_against_references(
     record: dict[str, Any], python: Path, foreign: CheckpointLayout, modality: OutputModality
 ) -> None:
     lm_dir = foreign.lm_dir(BASE)
     assert record["prompt_token_ids"] == slow_tokenizer_ids(python, lm_dir, record["prompt"])
     expected = reference_greedy(
-        lm_dir, record["prompt_token_ids"], modality, len(record["output_token_ids"])
+        foreign, BASE, record["prompt_token_ids"], modality, len(record["output_token_ids"])
     )
     assert record["output_token_ids"] == expected
 
@@ -198,6 +177,19 @@ def test_generate_starts_vllm_on_it_and_matches_the_references(
     check_speech_segment(foreign, BASE, segment)
 
 
+def run_on_foreign_lm(
+    foreign: CheckpointLayout, url: str, env: dict[str, str], out: Path, *args: str
+) -> dict[str, Any]:
+    """`generate --temperature 0` on the foreign checkpoints, against their running vLLM."""
+    record, _ = run_cli(
+        ["--model", BASE, "--checkpoints", str(foreign.root), "--lm-url", url]
+        + ["--temperature", "0", "-o", str(out), *args],
+        env,
+        timeout=300,
+    )
+    return record
+
+
 def test_speech_to_text_matches_the_references(
     foreign: CheckpointLayout,
     foreign_lm: str,
@@ -206,13 +198,10 @@ def test_speech_to_text_matches_the_references(
     speech_file: Path,
     tmp_path: Path,
 ) -> None:
-    record, _ = run_cli(
-        ["--model", BASE, "--checkpoints", str(foreign.root), "--lm-url", foreign_lm]
-        + ["--input", f"speech:{speech_file}", "--output-modality", "text"]
-        + ["--temperature", "0", "--max-tokens", "24", "-o", str(tmp_path / "asr")],
-        child_env,
-        timeout=300,
-    )
+    record = run_on_foreign_lm(
+        foreign, foreign_lm, child_env, tmp_path / "asr",
+        "--input", f"speech:{speech_file}", "--output-modality", "text", "--max-tokens", "24",
+    )  # fmt: skip
     speech = encoded_example(foreign, speech_file)
     assert record["prompt"] == build_prompt([SpeechInput(speech)], TEXT)
     check_against_references(record, reference_python, foreign, TEXT)
@@ -227,14 +216,11 @@ def test_mixed_input_arbitrary_output_matches_the_references(
     speech_file: Path,
     tmp_path: Path,
 ) -> None:
-    record, _ = run_cli(
-        ["--model", BASE, "--checkpoints", str(foreign.root), "--lm-url", foreign_lm]
-        + ["--input", "text:Listen to this:", "--input", f"speech:{speech_file}"]
-        + ["--output-modality", "arbitrary", "--temperature", "0", "--max-tokens", "32"]
-        + ["-o", str(tmp_path / "mixed")],
-        child_env,
-        timeout=300,
-    )
+    record = run_on_foreign_lm(
+        foreign, foreign_lm, child_env, tmp_path / "mixed",
+        "--input", "text:Listen to this:", "--input", f"speech:{speech_file}",
+        "--output-modality", "arbitrary", "--max-tokens", "32",
+    )  # fmt: skip
     speech = encoded_example(foreign, speech_file)
     assert record["prompt"] == build_prompt(
         [TextInput("Listen to this:"), SpeechInput(speech)], ARBITRARY
