@@ -39,10 +39,10 @@ from service.gateway.chat.protocol import (
     Usage,
 )
 from service.gateway.engine import AudioOut as EngineAudio
-from service.gateway.engine import Engine, SpeechTokensOut, TextOut
+from service.gateway.engine import Engine, Finished, SpeechTokensOut, TextOut
 from service.gateway.errors import APIError, error_body
 from service.gateway.state import GatewayState
-from service.gateway.stops import StopMatcher, parse_stops
+from service.gateway.stops import parse_stops, until_stop
 from service.gateway.streams import (
     SSE_DONE,
     SSE_HEADERS,
@@ -195,7 +195,6 @@ async def chat_events(
 ) -> AsyncIterator[str | bytes]:
     """Text pieces (str) and pcm16 audio chunks (bytes) as they come; then fills `outcome`."""
     result = GenerationResult()
-    matcher = StopMatcher(plan.stops)
     outputs = engine.run(
         plan.prepared,
         plan.params,
@@ -206,38 +205,27 @@ async def chat_events(
         affinity=plan.affinity,
         result=result,
     )
-    # aclosing: leaving early (stop string, client gone) closes the engine's stream at once,
-    # which aborts the vLLM request and the vocoder session.
+    if plan.stops:
+        outputs = until_stop(outputs, plan.stops, Finished(plan.prepared, result))
+    # aclosing: leaving early (client gone) closes the engine's stream at once, which aborts
+    # the vLLM request and the vocoder session.
     async with contextlib.aclosing(outputs):
         async for item in outputs:
             timings.observe(item)
             if isinstance(item, TextOut):
-                text = matcher.feed(item.text)
-                if text:
-                    yield text
-                if matcher.stopped:
-                    # The engine read ahead: count the ids up to the one that completed the stop.
-                    del result.output_ids[item.output_ids :]
-                    break
+                yield item.text
             elif isinstance(item, EngineAudio):
                 yield item.pcm16
             elif isinstance(item, SpeechTokensOut):
                 outcome.speech_tokens.append(item.tokens)
-    tail = matcher.flush()
-    if tail:
-        yield tail
     timings.finish()
-    outcome.finish_reason = _finish_reason(result, matcher.stopped)
-    outcome.usage = _usage(result, plan.prepared, matcher.stopped)
+    outcome.finish_reason = "length" if result.finish_reason == "length" else "stop"
+    outcome.usage = _usage(result, plan.prepared)
 
 
-def _finish_reason(result: GenerationResult, stopped: bool) -> str:
-    return "length" if not stopped and result.finish_reason == "length" else "stop"
-
-
-def _usage(result: GenerationResult, prepared: PreparedPrompt, stopped: bool) -> Usage:
+def _usage(result: GenerationResult, prepared: PreparedPrompt) -> Usage:
     # An aborted request never gets vLLM's usage event: count what was received instead.
-    if stopped or not result.usage.prompt_tokens:
+    if not result.usage.prompt_tokens:
         prompt, completion = len(prepared.prompt_ids), len(result.output_ids)
     else:
         prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
