@@ -84,8 +84,8 @@ class CheckpointLayout:
     def missing_lm_files(self, variant: str) -> list[Path]:
         """The LM files that are absent; the weights may be in any format vLLM also loads."""
         directory = self.lm_dir(variant)
-        missing = [directory / name for name in LM_FILES if name != LM_WEIGHTS[0]]
-        missing = [path for path in missing if not path.is_file()]
+        others = [directory / name for name in LM_FILES if name not in LM_WEIGHTS]
+        missing = [path for path in others if not path.is_file()]
         if not any((directory / name).is_file() for name in LM_WEIGHTS):
             missing.append(directory / LM_WEIGHTS[0])
         return missing
