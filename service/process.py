@@ -55,7 +55,18 @@ class ChildProcess:
             return False
 
     def wait_healthy(self, timeout: float, progress: Progress | None = None) -> None:
-        """Block until the health URL answers 200; raise if the process dies or time runs out."""
+        """Block until the health URL answers 200; raise if the process dies or time runs out.
+
+        However the wait ends without success (time out, Ctrl-C, a signal handler raising), the
+        process is stopped: the caller never got it, so nothing else would.
+        """
+        try:
+            self._wait_healthy(timeout, progress)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, timeout: float, progress: Progress | None) -> None:
         started = time.monotonic()
         last_report = started
         while True:
@@ -67,7 +78,6 @@ class ChildProcess:
                 return
             now = time.monotonic()
             if now - started > timeout:
-                self.stop()
                 raise TimeoutError(f"{self.name} not healthy after {timeout:.0f} s")
             if progress and now - last_report >= 10:
                 progress(f"waiting for {self.name} ({now - started:.0f} s)...")

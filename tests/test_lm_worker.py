@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import psutil
+import pytest
 
 from service.checkpoints.layout import BASE
 from tests.conftest import free_port
@@ -52,3 +53,28 @@ def test_lm_command_passes_vllm_flags_and_stops_vllm(servers: Any) -> None:
     while server.is_running() and server.status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "vLLM outlived the lm command"
         time.sleep(0.5)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_start_up_wait_cut_short_stops_the_process() -> None:
+    """Ctrl-C or a signal during start-up must not leave the child (e.g. vLLM) running."""
+    from service.process import ChildProcess
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    url = f"http://127.0.0.1:{free_port()}/health"  # nothing answers: never healthy
+    child = ChildProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], url)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    child.start()
+    try:
+        signal.alarm(2)
+        with pytest.raises(_Interrupted):
+            child.wait_healthy(60)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert child.popen is not None and child.popen.poll() is not None

@@ -35,6 +35,14 @@ def run_lm(args: argparse.Namespace) -> int:
     from service.lm.worker import start_lm_worker
 
     settings, layout = layout_from_args(args, lm=True, speech=False)
+    stop = {"requested": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["requested"] = True
+
+    # Before vLLM starts: a stop asked for during its start-up must still take it down with us.
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     child = start_lm_worker(
         layout.lm_dir(settings.model),
         settings.model,
@@ -44,13 +52,6 @@ def run_lm(args: argparse.Namespace) -> int:
         timeout=args.start_timeout,
         progress=log,
     )
-    stop = {"requested": False}
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop["requested"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     print(f"LM worker listening on http://{args.host}:{args.port}/v1", flush=True)
     try:
         while child.running() and not stop["requested"]:
