@@ -1,15 +1,17 @@
-"""A conforming checkpoint that our generator did not write, served through `generate` (issue 3).
+"""Conforming checkpoints that our generator did not write, served through `generate` (issue 3).
 
-The LM directory here is produced the way someone converting weights with stock tools would:
+Each LM directory here is produced the way someone converting weights with stock tools would:
 - weights: a transformers `LlamaForCausalLM` (other sizes than ours: 3 layers, 4 heads of 32,
   grouped-query attention with 2 KV heads, rope_theta 500000), saved with `torch.save` in
   bfloat16 as `pytorch_model.bin`;
 - config.json / generation_config.json: written here in the Llama-2 release's format, with
   Llama-2's sampling defaults (do_sample, temperature 0.6, top_p 0.9) that must not leak into
   requests;
-- tokenizer: transformers 4.x's slow LlamaTokenizer adds the speech tokens as added tokens and
-  saves itself (tests/tools/write_added_token_tokenizer.py). Only the text-only sentencepiece
-  model (the stand-in for Llama-2's 32000 pieces) comes from our writer.
+- tokenizer: transformers 4.x's slow LlamaTokenizer saves itself after the speech tokens were
+  put in the form our writer does not use for that variant (tests/tools/write_foreign_tokenizer.py):
+  base as added tokens, expressive as USER_DEFINED pieces added with sentencepiece's model proto.
+  Only the text-only sentencepiece model (the stand-in for Llama-2's 32000 pieces) comes from
+  our writer.
 The speech side is the embedded tiny one. The references are the slow tokenizer (prompt ids)
 and transformers' greedy `generate` in float32 with the §3 banned ids (output ids).
 """
@@ -17,15 +19,19 @@ and transformers' greedy `generate` in float32 with the §3 banned ids (output i
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from service.checkpoints.layout import BASE, LM_FILES, CheckpointLayout
+from service.checkpoints.layout import BASE, EXPRESSIVE, LM_FILES, CheckpointLayout
 from service.checkpoints.make import check_files
 from service.checkpoints.tiny_lm import sentencepiece_model
 from service.errors import CheckpointError
@@ -35,7 +41,7 @@ from tests.conftest import free_port, run_reference
 from tests.test_lm_generation import check_speech_segment, reference_greedy, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-WRITE_TOKENIZER = REPO / "tests" / "tools" / "write_added_token_tokenizer.py"
+WRITE_TOKENIZER = REPO / "tests" / "tools" / "write_foreign_tokenizer.py"
 TEXT, SPEECH, ARBITRARY = OutputModality.TEXT, OutputModality.SPEECH, OutputModality.ARBITRARY
 
 LLAMA2_STYLE_CONFIG: dict[str, Any] = {
@@ -72,25 +78,45 @@ LLAMA2_GENERATION_CONFIG = {
     "max_length": 4096,
 }
 BASE_SPEECH_TOKENS = ["[Text]", "[Speech]"] + [f"[Hu{i}]" for i in range(501)]
+EXPRESSIVE_SPEECH_TOKENS = (
+    BASE_SPEECH_TOKENS + [f"[Pi{i}]" for i in range(64)] + [f"[St{i}]" for i in range(100)]
+)
 
 
-def write_weights(lm_dir: Path) -> None:
+@dataclass(frozen=True)
+class ForeignLM:
+    """How one variant's LM directory is made: tokenizer form, vocabulary, weight seed."""
+
+    form: str
+    tokens: list[str]
+    vocab_size: int
+    seed: int
+
+
+FOREIGN_LMS = {
+    BASE: ForeignLM("added", BASE_SPEECH_TOKENS, 32512, seed=7),
+    EXPRESSIVE: ForeignLM("pieces", EXPRESSIVE_SPEECH_TOKENS, 32768, seed=8),
+}
+
+
+def write_weights(lm_dir: Path, spec: ForeignLM) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(7)
-    model = LlamaForCausalLM(LlamaConfig(**LLAMA2_STYLE_CONFIG))
+    config = {**LLAMA2_STYLE_CONFIG, "vocab_size": spec.vocab_size}
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(LlamaConfig(**config))
     state = {name: value.to(torch.bfloat16) for name, value in model.state_dict().items()}
     torch.save(state, lm_dir / "pytorch_model.bin")
-    (lm_dir / "config.json").write_text(json.dumps(LLAMA2_STYLE_CONFIG, indent=2))
+    (lm_dir / "config.json").write_text(json.dumps(config, indent=2))
     (lm_dir / "generation_config.json").write_text(json.dumps(LLAMA2_GENERATION_CONFIG, indent=2))
 
 
-def write_tokenizer(python: Path, lm_dir: Path) -> None:
+def write_tokenizer(python: Path, lm_dir: Path, spec: ForeignLM) -> None:
     text_only = lm_dir.parent / "text-only.model"
     text_only.write_bytes(sentencepiece_model([]))
     done = subprocess.run(
-        [str(python), str(WRITE_TOKENIZER), str(text_only), str(lm_dir), *BASE_SPEECH_TOKENS],
+        [str(python), str(WRITE_TOKENIZER), spec.form, str(text_only), str(lm_dir), *spec.tokens],
         capture_output=True,
         text=True,
         timeout=300,
@@ -104,19 +130,22 @@ def foreign(
     tmp_path_factory: pytest.TempPathFactory, layout: CheckpointLayout, reference_python: Path
 ) -> CheckpointLayout:
     root = tmp_path_factory.mktemp("foreign") / "checkpoints"
-    lm_dir = root / "spiritlm_model" / BASE
-    lm_dir.mkdir(parents=True)
+    (root / "spiritlm_model").mkdir(parents=True)
     (root / "speech_tokenizer").symlink_to(layout.speech_dir, target_is_directory=True)
-    write_tokenizer(reference_python, lm_dir)
-    write_weights(lm_dir)
+    for variant, spec in FOREIGN_LMS.items():
+        lm_dir = root / "spiritlm_model" / variant
+        lm_dir.mkdir()
+        write_tokenizer(reference_python, lm_dir, spec)
+        write_weights(lm_dir, spec)
     return CheckpointLayout(root)
 
 
 @pytest.fixture(scope="module")
 def foreign_lm(servers: Any, foreign: CheckpointLayout) -> str:
+    """vLLM on the expressive one; `generate` starts its own on the base one."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = vllm_argv(foreign.lm_dir(BASE), BASE, host="127.0.0.1", port=port)
+    argv = vllm_argv(foreign.lm_dir(EXPRESSIVE), EXPRESSIVE, host="127.0.0.1", port=port)
     servers.spawn("lm-foreign", [*argv, "--dtype", "float32"], url, "/health", 600)
     return url
 
@@ -127,42 +156,62 @@ def slow_tokenizer_ids(python: Path, lm_dir: Path, prompt: str) -> list[int]:
 
 
 def check_against_references(
-    record: dict[str, Any], python: Path, foreign: CheckpointLayout, modality: OutputModality
+    record: dict[str, Any],
+    python: Path,
+    foreign: CheckpointLayout,
+    variant: str,
+    modality: OutputModality,
 ) -> None:
-    lm_dir = foreign.lm_dir(BASE)
+    lm_dir = foreign.lm_dir(variant)
     assert record["prompt_token_ids"] == slow_tokenizer_ids(python, lm_dir, record["prompt"])
     expected = reference_greedy(
-        foreign, BASE, record["prompt_token_ids"], modality, len(record["output_token_ids"])
+        foreign, variant, record["prompt_token_ids"], modality, len(record["output_token_ids"])
     )
     assert record["output_token_ids"] == expected
 
 
-def encoded_example(foreign: CheckpointLayout, speech_file: Path) -> str:
+def encoded_example(foreign: CheckpointLayout, variant: str, speech_file: Path) -> str:
     from service.audio.decode import load_audio_file
     from service.speech.pipeline import SpeechStack
 
-    return SpeechStack(foreign, BASE).encode_string(load_audio_file(speech_file))
+    return SpeechStack(foreign, variant).encode_string(load_audio_file(speech_file))
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def test_the_directory_is_foreign(foreign: CheckpointLayout, layout: CheckpointLayout) -> None:
+@pytest.mark.parametrize("variant", [BASE, EXPRESSIVE])
+def test_the_directory_is_foreign(
+    foreign: CheckpointLayout, layout: CheckpointLayout, variant: str
+) -> None:
     """Guards the premise: other files than our writer's, in the other tokenizer form."""
-    ours, theirs = layout.lm_dir(BASE), foreign.lm_dir(BASE)
+    ours, theirs = layout.lm_dir(variant), foreign.lm_dir(variant)
     for name in ("config.json", "tokenizer_config.json", "tokenizer.model", "pytorch_model.bin"):
         assert (ours / name).read_bytes() != (theirs / name).read_bytes(), name
-    added = json.loads((theirs / "tokenizer_config.json").read_text())["added_tokens_decoder"]
-    assert added["32000"]["content"] == "[Text]" and added["32502"]["content"] == "[Hu500]"
+    config = json.loads((theirs / "tokenizer_config.json").read_text())
+    added = {int(id_): token["content"] for id_, token in config["added_tokens_decoder"].items()}
+    proto = sp_pb2.ModelProto()
+    proto.ParseFromString((theirs / "tokenizer.model").read_bytes())
+    pieces = [piece.piece for piece in proto.pieces]
+    speech_tokens = FOREIGN_LMS[variant].tokens
+    if FOREIGN_LMS[variant].form == "added":  # ours keeps base's speech tokens as pieces
+        assert len(pieces) == 32000
+        assert [added[32000 + i] for i in range(len(speech_tokens))] == speech_tokens
+    else:  # and expressive's as added tokens
+        assert pieces[32000:] == speech_tokens
+        assert max(added) < 32000
 
 
 def test_generate_starts_vllm_on_it_and_matches_the_references(
     foreign: CheckpointLayout, reference_python: Path, child_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """The judged command: `generate --checkpoints DIR --dtype float32`, starting its own vLLM."""
+    """The judged command: `generate --checkpoints DIR --dtype float32`, starting its own vLLM.
+
+    The suite's one test of the self-started path: the command also stops the vLLM it started.
+    """
     text = "The train to the mountains leaves at seven."
     prefix = tmp_path / "tts"
-    record, _ = run_cli(
+    record, progress = run_cli(
         ["--model", BASE, "--checkpoints", str(foreign.root), "--dtype", "float32"]
         + ["--input", f"text:{text}", "--output-modality", "speech", "--temperature", "0"]
         + ["--max-tokens", "40", "-o", str(prefix)],
@@ -171,18 +220,22 @@ def test_generate_starts_vllm_on_it_and_matches_the_references(
     )
     assert record["prompt"] == build_prompt([TextInput(text)], SPEECH)
     assert len(record["output_token_ids"]) == 40  # speech cannot stop (§9)
-    check_against_references(record, reference_python, foreign, SPEECH)
+    check_against_references(record, reference_python, foreign, BASE, SPEECH)
     [segment] = record["segments"]
     assert segment["type"] == "speech"
     check_speech_segment(foreign, BASE, segment)
+    ready = re.search(r"LM worker ready at (http://[\d.]+:\d+)", progress)
+    assert ready, progress[-2000:]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{ready.group(1)}/health", timeout=2.0)
 
 
 def run_on_foreign_lm(
     foreign: CheckpointLayout, url: str, env: dict[str, str], out: Path, *args: str
 ) -> dict[str, Any]:
-    """`generate --temperature 0` on the foreign checkpoints, against their running vLLM."""
+    """`generate --temperature 0` on the foreign expressive LM, against its running vLLM."""
     record, _ = run_cli(
-        ["--model", BASE, "--checkpoints", str(foreign.root), "--lm-url", url]
+        ["--model", EXPRESSIVE, "--checkpoints", str(foreign.root), "--lm-url", url]
         + ["--temperature", "0", "-o", str(out), *args],
         env,
         timeout=300,
@@ -202,9 +255,9 @@ def test_speech_to_text_matches_the_references(
         foreign, foreign_lm, child_env, tmp_path / "asr",
         "--input", f"speech:{speech_file}", "--output-modality", "text", "--max-tokens", "24",
     )  # fmt: skip
-    speech = encoded_example(foreign, speech_file)
+    speech = encoded_example(foreign, EXPRESSIVE, speech_file)
     assert record["prompt"] == build_prompt([SpeechInput(speech)], TEXT)
-    check_against_references(record, reference_python, foreign, TEXT)
+    check_against_references(record, reference_python, foreign, EXPRESSIVE, TEXT)
     assert [segment["type"] for segment in record["segments"]] == ["text"]
 
 
@@ -221,11 +274,11 @@ def test_mixed_input_arbitrary_output_matches_the_references(
         "--input", "text:Listen to this:", "--input", f"speech:{speech_file}",
         "--output-modality", "arbitrary", "--max-tokens", "32",
     )  # fmt: skip
-    speech = encoded_example(foreign, speech_file)
+    speech = encoded_example(foreign, EXPRESSIVE, speech_file)
     assert record["prompt"] == build_prompt(
         [TextInput("Listen to this:"), SpeechInput(speech)], ARBITRARY
     )
-    check_against_references(record, reference_python, foreign, ARBITRARY)
+    check_against_references(record, reference_python, foreign, EXPRESSIVE, ARBITRARY)
 
 
 # ------------------------------------------------------------------ weights in other formats

@@ -690,6 +690,9 @@ def test_realtime_voice_is_not_a_path(gateway: str) -> None:
     assert len(codes) == len(TRAVERSALS) and all(codes), codes
 
 
+STALLED_SEND_SECONDS = 5.0
+
+
 def test_flood_of_bad_events_from_a_client_that_never_reads(gateway: str) -> None:
     """Each bad event queues an error event; a client that never reads must not pile them up."""
     import psutil
@@ -719,9 +722,11 @@ def test_flood_of_bad_events_from_a_client_that_never_reads(gateway: str) -> Non
                 if remaining <= 0:
                     break
                 try:
-                    await asyncio.wait_for(conn.send(frame), remaining)
+                    # A send blocked this long means the gateway stopped reading: backpressure.
+                    # Without it all 60 000 sends complete and the RSS check below decides.
+                    await asyncio.wait_for(conn.send(frame), min(remaining, STALLED_SEND_SECONDS))
                 except TimeoutError:
-                    break  # the gateway stopped reading our events: backpressure
+                    break
             await asyncio.sleep(1.0)
             return gateway_process.memory_info().rss - before
         finally:

@@ -571,29 +571,6 @@ def test_cli_generate_reports_a_refused_request(
 
 
 @pytest.mark.slow
-def test_cli_generate_starts_its_own_lm_worker(
-    layout: CheckpointLayout, child_env: dict[str, str], tmp_path: Path
-) -> None:
-    """The one test of the self-started path: the command starts and stops vLLM itself."""
-    text = "The largest country in the world is"
-    record, progress = run_cli(
-        ["--model", BASE, "--input", f"text:{text}", "--output-modality", "arbitrary"]
-        + ["--max-tokens", "16", "-o", str(tmp_path / "self")],
-        child_env,
-        timeout=600,
-    )
-    tokenizer = tokenizer_of(layout, BASE)
-    assert record["prompt"] == "[Text]" + text
-    assert record["prompt_token_ids"] == tokenizer.encode(record["prompt"])
-    expected = reference_greedy(layout, BASE, record["prompt_token_ids"], ARBITRARY, 16)
-    assert record["output_token_ids"] == expected
-    # The worker it started is gone once the command has returned.
-    ready = re.search(r"LM worker ready at (http://[\d.]+:\d+)", progress)
-    assert ready, progress[-2000:]
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{ready.group(1)}/health", timeout=2.0)
-
-
 # Last: if vLLM's chunked-prefill crash came back, it would take the shared server down.
 def test_seeded_long_prompts_keep_the_engine_alive(servers: Any) -> None:
     """Seeded requests whose prompts exceed vLLM's default 2048-token CPU prefill budget.
