@@ -2,8 +2,7 @@
 
 - speech workers: a dead one is ejected, requests go to the other (encode is retried), and it is
   re-admitted once it answers its health check again;
-- LM workers: requests with the same conversation id (`X-Session-Id`) always reach the same vLLM
-  replica; a dead replica's conversations move to a live one;
+- LM workers: see tests/test_lm_worker.py (a replica started with `spiritlm-serve lm`);
 - SIGTERM on the gateway: not ready, new requests refused, the in-flight stream completes.
 """
 
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import signal
 import sys
 import threading
@@ -22,7 +20,6 @@ import httpx
 import pytest
 
 from service.checkpoints.layout import BASE
-from service.lm.worker import vllm_argv
 from tests.conftest import Servers, free_port
 
 pytestmark = pytest.mark.slow
@@ -102,64 +99,6 @@ def test_speech_worker_failover_and_readmission(servers: Servers, speech_file: P
     assert response.status_code == 503
     assert "no healthy speech worker" in response.json()["error"]["message"]
     assert httpx.get(f"{gateway}/ready", timeout=5).status_code == 503
-
-
-def requests_served(lm_url: str) -> float:
-    text = httpx.get(f"{lm_url}/metrics", timeout=5).text
-    return sum(
-        float(match.group(1))
-        for match in re.finditer(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
-    )
-
-
-def test_lm_conversation_affinity_and_failover(servers: Servers) -> None:
-    first = servers.lm(BASE)
-    port = free_port()
-    second = f"http://127.0.0.1:{port}"
-    argv = vllm_argv(servers.layout.lm_dir(BASE), BASE, host="127.0.0.1", port=port)
-    replica = servers.spawn("lm-replica", argv, second, "/health", 600)
-    gateway_port = free_port()
-    gateway = f"http://127.0.0.1:{gateway_port}"
-    servers.spawn(
-        "gateway-affinity",
-        gateway_argv(gateway_port, [first, second], [servers.speech()]),
-        gateway,
-        "/ready",
-        120,
-        env=fast_health_env(servers),
-    )
-    wait_for(lambda: all(worker_states(gateway, "lm").values()))
-    body = {
-        "inputs": [{"type": "text", "text": "Once upon a time"}],
-        "output_modality": "text",
-        "max_tokens": 4,
-        "temperature": 0,
-    }
-    placements: dict[str, str] = {}
-    for conversation in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta"):
-        before = {url: requests_served(url) for url in (first, second)}
-        for _ in range(3):
-            response = httpx.post(
-                f"{gateway}/v1/generate",
-                json=body,
-                headers={"X-Session-Id": conversation},
-                timeout=60,
-            )
-            assert response.status_code == 200, response.text
-        after = {url: requests_served(url) for url in (first, second)}
-        served = {url: after[url] - before[url] for url in after}
-        # All three turns of a conversation landed on one replica.
-        assert sorted(served.values()) == [0, 3], served
-        placements[conversation] = max(served, key=served.get)
-    assert set(placements.values()) == {first, second}, "hashing should spread conversations"
-
-    moved = [name for name, url in placements.items() if url == second]
-    replica.stop()
-    for conversation in moved:
-        response = httpx.post(
-            f"{gateway}/v1/generate", json=body, headers={"X-Session-Id": conversation}, timeout=60
-        )
-        assert response.status_code == 200, response.text
 
 
 def test_sigterm_drains_in_flight_stream(servers: Servers) -> None:
