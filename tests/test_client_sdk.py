@@ -96,6 +96,36 @@ def test_transcribe_matches_the_http_api(client: SpiritLM, gateway: str, speech_
         assert client.transcribe(handle, response_format="text").strip() == text.strip()
 
 
+def test_classify_matches_the_http_api(client: SpiritLM, gateway: str, speech_file: Path) -> None:
+    result = client.classify(speech_file, ["yes", "no", "maybe"])
+    raw = httpx.post(
+        gateway + "/v1/audio/classifications",
+        files={"file": (speech_file.name, speech_file.read_bytes())},
+        data={"labels": ["yes", "no", "maybe"]},
+        timeout=120,
+    )
+    assert raw.status_code == 200, raw.text
+    payload = raw.json()
+    assert result.label == payload["label"] == result.scores[0][0]
+    assert result.scores == [
+        (s["label"], s["logprob"], s["probability"]) for s in payload["scores"]
+    ]
+    assert result.shots == 0  # this gateway has no classification bank
+
+
+def test_cli_classify(gateway: str, client: SpiritLM, speech_file: Path) -> None:
+    labels = ["--label", "yes", "--label", "no"]
+    done = cli("--base-url", gateway, "classify", str(speech_file), *labels, "--json")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    expected = client.classify(speech_file, ["yes", "no"])
+    assert record["label"] == expected.label
+    assert [score["label"] for score in record["scores"]] == [s[0] for s in expected.scores]
+    refused = cli("--base-url", gateway, "classify", str(speech_file))  # no bank, no labels
+    assert refused.returncode != 0
+    assert "labels" in refused.stderr
+
+
 def test_speak_and_iter_speak(client: SpiritLM) -> None:
     whole = client.speak("hello there", voice="1", format="wav", temperature=0)
     pieces = list(client.iter_speak("hello there", voice="1", format="wav", temperature=0))

@@ -23,7 +23,7 @@ from service.audio.decode import decode_audio, load_audio_file
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.errors import CheckpointError
 from service.gateway.fewshot import EMBEDDED_BANK_DIR, ExemplarBank
-from service.lm.prompt import asr_prompt, tts_prompt
+from service.lm.prompt import asr_prompt, classification_prompt, tts_prompt
 from service.lm.tokenizer import SpiritTokenizer
 from service.speech.pipeline import SpeechStack
 from service.units.tokens import units_to_string
@@ -36,6 +36,7 @@ TTS_TOKENS = 24  # short generations keep the file fast
 ASR_TOKENS = 20
 CLIP_SECONDS = 2.0
 BANK_TEXTS = ("the first clip of the bank", "a second clip", "never used: two shots")
+CLASS_LABELS = ("calm", "excited speech", "calm")
 
 
 # ---- fixtures -------------------------------------------------------------------------------
@@ -61,14 +62,30 @@ def bank(tmp_path_factory: pytest.TempPathFactory, speech_file: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def limited(servers, bank: Path) -> str:  # noqa: ANN001
-    """A gateway with its own bank (2 shots, given by env var) and small limits."""
+def classes(tmp_path_factory: pytest.TempPathFactory, bank: Path) -> Path:
+    """A classification bank: the custom bank's audio, labelled."""
+    directory = tmp_path_factory.mktemp("classes")
+    lines = []
+    for index, label in enumerate(CLASS_LABELS):
+        (directory / f"{index}.flac").write_bytes((bank / f"{index}.flac").read_bytes())
+        lines.append(json.dumps({"audio": f"{index}.flac", "text": label}))
+    (directory / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def limited(servers, bank: Path, classes: Path) -> str:  # noqa: ANN001
+    """A gateway with its own banks (2 shots, given by env var) and small limits."""
     port = free_port()
     argv = [sys.executable, "-m", "service", "gateway", "--port", str(port), "--model", BASE]
     argv += ["--lm-url", servers.lm(), "--speech-url", servers.speech(), "--fewshot-shots", "2"]
     argv += ["--max-audio-seconds", "4", "--max-input-chars", "64", "--max-body-bytes", "300000"]
     url = f"http://127.0.0.1:{port}"
-    env = {**servers.env, "SPIRITLM_FEWSHOT_DIR": str(bank)}
+    env = {
+        **servers.env,
+        "SPIRITLM_FEWSHOT_DIR": str(bank),
+        "SPIRITLM_CLASSIFICATION_DIR": str(classes),
+    }
     servers.spawn("gateway-audio-limits", argv, url, "/ready", 120, env=env)
     return url
 
@@ -274,6 +291,90 @@ def test_custom_bank_and_prompt_context(
         events = sse_events(session, speech_body(stream_format="sse", response_format="pcm"))
         tts = tts_prompt(shots, "hello there")
         assert events[-1]["usage"]["input_tokens"] == len(tokenizers[BASE].encode(tts))
+
+
+# ---- classification -------------------------------------------------------------------------
+
+
+def reference_logprob(layout: CheckpointLayout, prompt_ids: list[int], ids: list[int]) -> float:
+    """transformers (float32): log P(ids[len(prompt_ids):] | prompt), summed over tokens."""
+    import torch
+
+    from tests.test_lm_generation import _reference_model
+
+    model = _reference_model(layout.lm_dir(BASE))
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return sum(float(logprobs[p - 1, ids[p]]) for p in range(len(prompt_ids), len(ids)))
+
+
+def classify(url: str, clip: Path, labels: list[str] | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/audio/classifications",
+        files={"file": ("clip.wav", clip.read_bytes(), "audio/wav")},
+        data={"labels": labels} if labels is not None else {},
+        timeout=300,
+    )
+
+
+def test_classification_picks_the_most_likely_bank_label(
+    limited: str,
+    clip: Path,
+    classes: Path,
+    layout: CheckpointLayout,
+    tokenizers: dict[str, SpiritTokenizer],
+    encode: Callable[[bytes, str], str],
+) -> None:
+    response = classify(limited, clip)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["shots"] == len(CLASS_LABELS)  # every exemplar of the bank is a shot
+    shots = bank_shots(classes, len(CLASS_LABELS), BASE, encode)
+    prompt = classification_prompt(
+        [(tokens, label) for label, tokens in shots], encode(clip.read_bytes(), BASE)
+    )
+    tokenizer = tokenizers[BASE]
+    prompt_ids = tokenizer.encode(prompt)
+    assert result["usage"]["prompt_tokens"] == len(prompt_ids)
+    expected = {
+        label: reference_logprob(layout, prompt_ids, tokenizer.encode(prompt + label + "\n"))
+        for label in dict.fromkeys(CLASS_LABELS)
+    }
+    scores = {score["label"]: score for score in result["scores"]}
+    assert list(scores) == sorted(expected, key=lambda label: -expected[label])
+    for label, logprob in expected.items():
+        assert scores[label]["logprob"] == pytest.approx(logprob, abs=2e-3)
+    assert result["label"] == max(expected, key=expected.get)
+    assert sum(score["probability"] for score in result["scores"]) == pytest.approx(1.0)
+
+
+def test_zero_shot_classification_takes_the_request_labels(gateway: str, clip: Path) -> None:
+    refused = classify(gateway, clip)  # this gateway has no classification bank
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "labels"
+    response = classify(gateway, clip, ["yes", "no", "yes", "maybe  so"])
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["shots"] == 0
+    assert sorted(score["label"] for score in result["scores"]) == ["maybe so", "no", "yes"]
+    assert result["label"] == result["scores"][0]["label"]
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (["yes", "[Speech]"], "labels[1] contains the control token [Speech]"),
+        (["yes", "[Hu12] no"], "labels[1] contains the speech token [Hu12]"),
+        (["yes", "   "], "labels[1] is empty"),
+        (["x" * 201], "labels[0]: 201 characters exceed the limit of 200"),
+        ([f"label {i}" for i in range(33)], "33 distinct labels exceed the limit of 32"),
+    ],
+)
+def test_bad_labels_are_named(gateway: str, clip: Path, labels: list[str], message: str) -> None:
+    response = classify(gateway, clip, labels)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]["message"]
 
 
 # ---- speech ---------------------------------------------------------------------------------

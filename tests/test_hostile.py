@@ -352,6 +352,7 @@ def test_schemathesis_finds_no_server_errors(fuzz_gateway: str, tmp_path: Path) 
     cases = ElementTree.parse(report).getroot().iter("testcase")
     operations = {case.get("name", "") for case in cases}
     for route in ("/v1/generate", "/v1/audio/speech", "/v1/audio/transcriptions",
+                  "/v1/audio/classifications",
                   "/v1/speech/tokenize", "/v1/speech/detokenize", "/v1/chat/completions",
                   "/v1/models"):  # fmt: skip
         assert any(route in name for name in operations), (route, operations)
@@ -574,6 +575,7 @@ def test_auth_protects_every_api_route_and_method(auth_gateway: str) -> None:
     with httpx.Client(base_url=auth_gateway, timeout=30) as client:
         for method, path in (("POST", "/v1/generate"), ("POST", "/v1/audio/speech"),
                              ("POST", "/v1/audio/transcriptions"), ("GET", "/v1/audio/voices"),
+                             ("POST", "/v1/audio/classifications"),
                              ("POST", "/v1/speech/tokenize"), ("POST", "/v1/speech/detokenize"),
                              ("POST", "/v1/chat/completions"), ("HEAD", "/v1/models"),
                              ("OPTIONS", "/v1/models"), ("GET", f"/v1/models/{BASE}")):  # fmt: skip

@@ -28,6 +28,7 @@ GATEWAY_FIELDS = (
     "drain_seconds",
     "fewshot_dir",
     "fewshot_shots",
+    "classification_dir",
     "realtime_max_sessions",
     "realtime_max_session_seconds",
     "realtime_idle_timeout_seconds",

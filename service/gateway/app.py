@@ -13,7 +13,7 @@ from service import __version__
 from service.checkpoints.make import resolve_layout
 from service.gateway.engine import Engine
 from service.gateway.errors import install_error_handlers
-from service.gateway.fewshot import load_bank
+from service.gateway.fewshot import load_bank, load_classification_bank
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.middleware import GatewayMiddleware
 from service.gateway.pools import WorkerPool
@@ -60,7 +60,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             max_tokens_limit=settings.max_tokens_limit,
         )
         fewshot = load_bank(layout, settings.fewshot_dir, settings.fewshot_shots)
-        state = GatewayState(settings, engine, lm_pool, speech_pool, metrics, fewshot=fewshot)
+        classification = load_classification_bank(settings.classification_dir)
+        state = GatewayState(
+            settings,
+            engine,
+            lm_pool,
+            speech_pool,
+            metrics,
+            fewshot=fewshot,
+            classification=classification,
+        )
         app.state.gateway = state
         holder["state"] = state
         await lm_pool.check_all()

@@ -241,6 +241,24 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({producer})
 
+    async def prompt_logprobs(self, prompt_ids: Sequence[int], model: str) -> list[float | None]:
+        """Each prompt token's log-probability, from one LM replica (retried on another)."""
+        attempts = max(1, len(self.lm_pool.endpoints))
+        for attempt in range(attempts):
+            try:
+                async with self.lm_pool.use(model=model) as endpoint:
+                    client = LMClient(endpoint.url, model, http=self._lm_http)
+                    return await client.prompt_logprobs(prompt_ids)
+            except NoHealthyWorker as error:
+                raise APIError(503, str(error)) from error
+            except LMError as error:
+                if error.status < 500:
+                    raise APIError(error.status, str(error)) from error
+                self.lm_pool.mark_failed(endpoint)
+                if attempt == attempts - 1:
+                    raise APIError(503, str(error)) from error
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     async def _produce(
         self,
         queue: asyncio.Queue,

@@ -220,6 +220,14 @@ def write_embedded_bank(layout: CheckpointLayout, directory: Path) -> None:
     (directory / MANIFEST).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def load_classification_bank(directory: Path | None) -> ExemplarBank:
+    """Every exemplar of the classification bank is a shot; no bank means zero-shot."""
+    if directory is None:
+        return ExemplarBank.empty()
+    exemplars = read_manifest(Path(directory).expanduser())
+    return ExemplarBank(exemplars, len(exemplars), directory)
+
+
 def load_bank(layout: CheckpointLayout, fewshot_dir: Path | None, shots: int) -> ExemplarBank:
     """The configured bank; else the embedded default's own; else none (zero-shot prompts)."""
     if fewshot_dir is not None:

@@ -47,6 +47,11 @@ class GatewaySettings(Settings):
     fewshot_shots: int = Field(
         default=3, ge=0, description="Exemplars per few-shot ASR/TTS prompt (0 = zero-shot)."
     )
+    classification_dir: Path | None = Field(
+        default=None,
+        description="Exemplar bank for few-shot speech classification (manifest.jsonl + audio, "
+        "`text` = the label); every exemplar is a shot. Unset = zero-shot, labels required.",
+    )
     realtime_max_sessions: int = Field(
         default=32, gt=0, description="Realtime (WebSocket) sessions open at once before refusal."
     )

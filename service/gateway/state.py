@@ -22,6 +22,7 @@ class GatewayState:
     metrics: GatewayMetrics
     draining: bool = False
     fewshot: ExemplarBank = field(default_factory=ExemplarBank.empty)
+    classification: ExemplarBank = field(default_factory=ExemplarBank.empty)
 
 
 def gateway_state(request: Request) -> GatewayState:

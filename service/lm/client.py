@@ -154,6 +154,28 @@ class LMClient:
             result.usage = delta.usage or result.usage
         return result
 
+    async def prompt_logprobs(self, prompt_ids: Sequence[int]) -> list[float | None]:
+        """The log-probability of each prompt token given the ones before it (None for the
+        first), over the whole vocabulary, as the model's raw logits give it."""
+        body = {
+            "model": self.model,
+            "prompt": list(prompt_ids),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "prompt_logprobs": 0,
+        }
+        try:
+            response = await self._http.post(f"{self.base_url}/v1/completions", json=body)
+        except httpx.HTTPError as error:
+            raise LMError(503, f"LM worker at {self.base_url} is unavailable: {error}") from error
+        if response.status_code != 200:
+            raise LMError(response.status_code, _error_message(response))
+        entries = response.json()["choices"][0]["prompt_logprobs"]
+        return [
+            None if entry is None else float(entry[str(token_id)]["logprob"])
+            for token_id, entry in zip(prompt_ids, entries, strict=True)
+        ]
+
 
 def _stream_error(error: Any) -> LMError:
     if not isinstance(error, dict):

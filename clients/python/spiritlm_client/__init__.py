@@ -7,6 +7,7 @@ from spiritlm_client.sync_client import SpiritLM
 from spiritlm_client.types import (
     ChatDelta,
     ChatReply,
+    Classification,
     GenerateEvent,
     Generation,
     Segment,
@@ -19,6 +20,7 @@ __all__ = [
     "AsyncSpiritLM",
     "ChatDelta",
     "ChatReply",
+    "Classification",
     "GenerateEvent",
     "Generation",
     "Segment",

@@ -21,6 +21,7 @@ from spiritlm_client.sse import DONE, SSEDecoder
 from spiritlm_client.types import (
     ChatDelta,
     ChatReply,
+    Classification,
     GenerateEvent,
     Generation,
     Tokenized,
@@ -272,6 +273,13 @@ class AsyncSpiritLM:
             yield ChatDelta.from_chunk(chunk)
 
     # ---- units
+
+    async def classify(
+        self, file: AudioSource, labels: list[str] | None = None, *, model: str | None = None
+    ) -> Classification:
+        """Few-shot speech classification among `labels` (default: the gateway bank's)."""
+        response = await self._send(calls.classify(file, labels=labels, model=model))
+        return Classification.from_json(response.json())
 
     async def tokenize(self, file: AudioSource, *, model: str | None = None) -> Tokenized:
         response = await self._send(calls.tokenize(file, model=model))

@@ -36,7 +36,7 @@ class Call:
     json: dict[str, Any] | None = None
     params: dict[str, Any] | None = None
     files: dict[str, tuple[str, bytes]] | None = None
-    data: dict[str, str] | None = None
+    data: dict[str, str | list[str]] | None = None
     headers: dict[str, str] | None = None
 
     def kwargs(self) -> dict[str, Any]:
@@ -87,6 +87,14 @@ def transcribe(
         files={"file": (name, data)},
         data={key: str(value) for key, value in fields.items()},
     )
+
+
+def classify(file: AudioSource, *, labels: list[str] | None, model: str | None) -> Call:
+    name, data = read_audio(file)
+    fields: dict[str, Any] = {"labels": list(labels)} if labels else {}
+    if model:
+        fields["model"] = model
+    return Call("POST", "/v1/audio/classifications", files={"file": (name, data)}, data=fields)
 
 
 def speak(

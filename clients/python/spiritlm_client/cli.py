@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_transcribe(sub)
+    _add_classify(sub)
     _add_speak(sub)
     _add_generate(sub)
     _add_chat(sub)
@@ -61,6 +62,20 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     )
     command.add_argument("--temperature", type=float)
     command.set_defaults(handler=commands.transcribe)
+
+
+def _add_classify(sub: argparse._SubParsersAction) -> None:
+    command = sub.add_parser("classify", help="few-shot speech classification of an audio file")
+    command.add_argument("file")
+    command.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        help="a candidate label (repeatable; default: the gateway's classification bank)",
+    )
+    command.add_argument("--model")
+    command.add_argument("--json", action="store_true", help="print every label's score")
+    command.set_defaults(handler=commands.classify)
 
 
 def _add_sampling(command: argparse.ArgumentParser) -> None:

@@ -56,6 +56,20 @@ def transcribe(client: SpiritLM, args: argparse.Namespace) -> int:
     return 0
 
 
+def classify(client: SpiritLM, args: argparse.Namespace) -> int:
+    with _progress(args, "classify"):
+        result = client.classify(args.file, args.labels, model=args.model)
+    if args.json:
+        scores = [
+            {"label": label, "logprob": logprob, "probability": probability}
+            for label, logprob, probability in result.scores
+        ]
+        print(json.dumps({"label": result.label, "shots": result.shots, "scores": scores}))
+    else:
+        print(result.label)
+    return 0
+
+
 def speak(client: SpiritLM, args: argparse.Namespace) -> int:
     fmt = format_for(args.output, args.format)
     output = args.output or f"speech.{fmt}"

@@ -21,6 +21,7 @@ from spiritlm_client.sse import DONE, SSEDecoder
 from spiritlm_client.types import (
     ChatDelta,
     ChatReply,
+    Classification,
     GenerateEvent,
     Generation,
     Tokenized,
@@ -284,6 +285,14 @@ class SpiritLM:
             yield ChatDelta.from_chunk(chunk)
 
     # ---- units
+
+    def classify(
+        self, file: AudioSource, labels: list[str] | None = None, *, model: str | None = None
+    ) -> Classification:
+        """Few-shot speech classification among `labels` (default: the gateway bank's)."""
+        return Classification.from_json(
+            self._send(calls.classify(file, labels=labels, model=model)).json()
+        )
 
     def tokenize(self, file: AudioSource, *, model: str | None = None) -> Tokenized:
         """Speech units and the Spirit LM token string of an audio file."""

@@ -183,6 +183,23 @@ class ChatReply:
 
 
 @dataclass
+class Classification:
+    """The most likely label, and every candidate's log-probability, most likely first."""
+
+    label: str
+    scores: list[tuple[str, float, float]]  # (label, logprob, probability)
+    shots: int
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> Classification:
+        scores = [
+            (item["label"], float(item["logprob"]), float(item["probability"]))
+            for item in payload["scores"]
+        ]
+        return cls(label=payload["label"], scores=scores, shots=int(payload["shots"]))
+
+
+@dataclass
 class Tokenized:
     model: str
     tokens: str

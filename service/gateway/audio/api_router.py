@@ -1,4 +1,4 @@
-"""Routes of /v1/audio/*: transcriptions, speech, and the voice listing."""
+"""Routes of /v1/audio/*: transcriptions, classifications, speech, and the voice listing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form
 from fastapi.responses import Response, StreamingResponse
 
-from service.gateway.audio.protocol import SpeechRequest, TranscriptionForm
+from service.gateway.audio.classification import classify
+from service.gateway.audio.protocol import (
+    ClassificationForm,
+    ClassificationOut,
+    SpeechRequest,
+    TranscriptionForm,
+)
 from service.gateway.audio.speech import speak
 from service.gateway.audio.transcription import transcribe
 from service.gateway.state import GatewayState, gateway_state
@@ -23,6 +29,14 @@ async def create_transcription(
 ) -> Response:
     """Speech recognition (OpenAI's transcription API) with a few-shot Spirit LM prompt."""
     return await transcribe(form, state)
+
+
+@router.post("/v1/audio/classifications", dependencies=[Depends(require_multipart)])
+async def create_classification(
+    form: Annotated[ClassificationForm, Form()], state: GatewayState = Depends(gateway_state)
+) -> ClassificationOut:
+    """Speech classification: the most likely of the candidate labels, few-shot prompted."""
+    return await classify(form, state)
 
 
 @router.post(

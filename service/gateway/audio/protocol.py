@@ -34,6 +34,30 @@ class TranscriptionForm(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
+class ClassificationForm(BaseModel):
+    """multipart/form-data of POST /v1/audio/classifications (no OpenAI counterpart)."""
+
+    file: UploadFile = Field(description="The audio file (wav, flac, ogg, mp3, webm, m4a, ...).")
+    model: str | None = Field(default=None, description="A Spirit LM model; default if unset.")
+    labels: list[str] = Field(
+        default_factory=list,
+        description="Candidate labels (repeat the field); default: the classification bank's.",
+    )
+
+
+class LabelScore(BaseModel):
+    label: str
+    logprob: float = Field(description="log P(label, then a line end | prompt).")
+    probability: float = Field(description="Softmax of the logprobs over the candidates.")
+
+
+class ClassificationOut(BaseModel):
+    label: str
+    scores: list[LabelScore] = Field(description="Every candidate, most likely first.")
+    shots: int = Field(description="Exemplars in the prompt (0 = zero-shot).")
+    usage: dict
+
+
 class VoiceRef(BaseModel):
     id: str
 
