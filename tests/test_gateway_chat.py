@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from service.checkpoints.layout import BASE, CheckpointLayout
 from service.gateway.chat.memory import ChatMemory
-from service.gateway.stops import StopMatcher
+from service.lm.stops import StopMatcher
 from service.lm.tokenizer import SpiritTokenizer
 
 pytestmark = pytest.mark.slow

@@ -548,6 +548,53 @@ def test_cli_generate_speech_to_text(
     assert record["usage"] == usage
 
 
+def test_cli_generate_ends_at_a_stop_string(
+    servers: Any, layout: CheckpointLayout, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    args = ["--model", BASE, "--lm-url", servers.lm(BASE), "--input", "text:Once upon a time"]
+    args += ["--output-modality", "text", "--max-tokens", "40", "--temperature", "0"]
+    full, _ = run_cli([*args, "-o", str(tmp_path / "full")], child_env, timeout=300)
+    [segment] = full["segments"]
+    text = segment["text"]
+    assert len(text) >= 12, text
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    stopped, _ = run_cli(
+        [*args, "--stop", stop, "--stop", "never in the text", "-o", str(tmp_path / "stop")],
+        child_env,
+        timeout=300,
+    )
+    ids = stopped["output_token_ids"]
+    assert stopped["finish_reason"] == "stop"
+    assert ids == full["output_token_ids"][: len(ids)]
+    # The ids end with the token that completed the stop string, not later.
+    tokenizer = tokenizer_of(layout, BASE)
+    prompt_ids = stopped["prompt_token_ids"]
+    assert stop in generated_text(tokenizer, prompt_ids, ids)
+    assert stop not in generated_text(tokenizer, prompt_ids, ids[:-1])
+    assert stopped["segments"] == [{"type": "text", "text": text[: text.index(stop)]}]
+    assert stopped["usage"]["completion_tokens"] == len(ids)
+
+
+@pytest.mark.parametrize(
+    ("stops", "message"),
+    [(["a"] * 5, "--stop: at most 4 stop strings"), ([""], "--stop[0]: a stop string must")],
+)
+def test_cli_generate_refuses_bad_stops(
+    child_env: dict[str, str], stops: list[str], message: str
+) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "service", "generate", "--model", BASE, "--input", "text:hi"]
+        + [arg for stop in stops for arg in ("--stop", stop)],
+        cwd=REPO,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2
+    assert message in completed.stderr and "Traceback" not in completed.stderr
+
+
 def test_cli_generate_reports_a_refused_request(
     servers: Any, child_env: dict[str, str], tmp_path: Path
 ) -> None:

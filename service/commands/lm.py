@@ -70,10 +70,14 @@ def parse_input(value: str) -> tuple[str, str]:
 
 def run_generate(args: argparse.Namespace) -> int:
     from service.lm.client import LMError
+    from service.lm.stops import stops_problem
     from service.lm.worker import start_lm_worker
 
     settings, layout = layout_from_args(args, lm=True, speech=True)
     inputs = [parse_input(value) for value in args.input]
+    problem = stops_problem(args.stop)
+    if problem is not None:
+        raise SpiritError(f"--{problem}")
     worker = None
     lm_url = args.lm_url
     if lm_url is None:
@@ -136,7 +140,7 @@ async def _generate(args, settings, layout, inputs, lm_url: str) -> dict[str, An
     )
     prepared = generator.prepare(prompt, args.output_modality)
     try:
-        _, result = await generator.run(prepared, params)
+        result = await generator.run_until_stop(prepared, params, args.stop)
     finally:
         await client.aclose()
     generated = tokenizer.decode_ids(prepared.prompt_ids + result.output_ids)[
@@ -146,7 +150,7 @@ async def _generate(args, settings, layout, inputs, lm_url: str) -> dict[str, An
     segments: list[dict[str, Any]] = []
     for index, segment in enumerate(report.segments):
         if not isinstance(segment, SpeechSegment):
-            segments.append({"type": "text", "text": segment.text})
+            segments.append({"type": "text", "text": cut_at_stop(segment.text, args.stop)})
             continue
         wav = stack.decode(segment.tokens, speaker=args.speaker)
         if segment.trim is not None:
@@ -174,6 +178,14 @@ async def _generate(args, settings, layout, inputs, lm_url: str) -> dict[str, An
         "segments": segments,
         "dropped": [{"tokens": d.tokens, "reason": d.reason} for d in report.dropped],
     }
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """The text before the first stop string, which is not part of the output."""
+    from service.lm.stops import first_stop
+
+    cut = first_stop(text, stops)
+    return text if cut is None else text[:cut]
 
 
 def _print_human(record: dict[str, Any]) -> None:
@@ -213,6 +225,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--repetition-penalty", type=float, default=1.0)
     generate.add_argument("--max-tokens", type=int, default=200)
     generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        help="end the output at this string (repeatable, up to 4; matched within text)",
+    )
     generate.add_argument("--dtype", default=None, help="vLLM dtype when starting the LM worker")
     generate.add_argument("--speaker", type=int, default=2)
     generate.add_argument("--lm-url", default=None, help="use a running LM worker")

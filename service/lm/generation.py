@@ -7,13 +7,15 @@ caller turns `SpeechTokens` events into audio (streaming vocoder) as they arrive
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from service.lm.client import LMClient, SamplingParams, Usage
 from service.lm.detokenize import IncrementalDecoder
-from service.lm.parsing import Done, Event, StreamParser
+from service.lm.parsing import Done, Event, ModalitySwitch, StreamParser, TextDelta
 from service.lm.prompt import OutputModality
+from service.lm.stops import StopMatcher
 from service.lm.tokenizer import SpiritTokenizer
 
 
@@ -119,3 +121,26 @@ class Generator:
         events = [event async for event in self.stream(prepared, params, result)]
         assert isinstance(events[-1], Done)
         return events, result
+
+    async def run_until_stop(
+        self, prepared: PreparedPrompt, params: SamplingParams, stops: Sequence[str]
+    ) -> GenerationResult:
+        """Generate to the end, or until a text segment completes one of `stops`.
+
+        On a stop the vLLM request is aborted, the ids end with the token that completed the
+        stop string (as the gateway's do), and finish_reason is "stop".
+        """
+        result = GenerationResult()
+        matcher = StopMatcher(stops)
+        async with aclosing(self.stream(prepared, params, result)) as events:
+            async for event in events:
+                if isinstance(event, ModalitySwitch):
+                    matcher.flush()  # a stop string matches within one text segment
+                elif isinstance(event, TextDelta):
+                    matcher.feed(event.text)
+                    if matcher.stopped:
+                        result.finish_reason = "stop"
+                        # An aborted request never gets vLLM's usage event.
+                        result.usage = Usage(len(prepared.prompt_ids), len(result.output_ids))
+                        break
+        return result

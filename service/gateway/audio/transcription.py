@@ -27,12 +27,12 @@ from service.gateway.audio.protocol import TranscriptionForm
 from service.gateway.engine import Finished, TextOut
 from service.gateway.errors import APIError, error_body
 from service.gateway.state import GatewayState
-from service.gateway.stops import StopMatcher
 from service.gateway.streams import SSE_HEADERS, Primed, Timings, sse
 from service.gateway.uploads import check_audio, read_upload
 from service.lm.client import SamplingParams
 from service.lm.generation import GenerationResult, PreparedPrompt
 from service.lm.prompt import OutputModality
+from service.lm.stops import StopMatcher
 
 ROUTE = "/v1/audio/transcriptions"
 LANGUAGE = "english"  # Spirit LM is trained on English speech
