@@ -22,7 +22,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,12 @@ from service.errors import CheckpointError
 from service.lm.prompt import OutputModality, SpeechInput, TextInput, build_prompt
 from service.lm.worker import CPU_HEAD_SIZES, is_cpu_vllm, vllm_argv
 from tests.conftest import free_port, run_reference
-from tests.test_lm_generation import check_speech_segment, reference_greedy, run_cli
+from tests.test_lm_generation import (
+    check_speech_segment,
+    generate_command,
+    reference_greedy,
+    run_cli,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 WRITE_TOKENIZER = REPO / "tests" / "tools" / "write_foreign_tokenizer.py"
@@ -336,14 +340,10 @@ def test_generate_refuses_a_head_size_vllm_cpu_lacks(
     (root / "speech_tokenizer").symlink_to(foreign.speech_dir, target_is_directory=True)
     config = {**LLAMA2_STYLE_CONFIG, "hidden_size": 64}  # 4 heads of 16
     (lm_dir / "config.json").write_text(json.dumps(config))
-    completed = subprocess.run(
-        [sys.executable, "-m", "service", "generate", "--model", BASE, "--checkpoints", str(root)]
-        + ["--input", "text:hello", "--output-modality", "text", "--json"],
-        cwd=REPO,
-        env=child_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    completed = generate_command(
+        ["--model", BASE, "--checkpoints", str(root), "--input", "text:hello"]
+        + ["--output-modality", "text"],
+        child_env,
     )
     assert completed.returncode == 2
     assert completed.stdout == ""

@@ -470,9 +470,11 @@ def test_stream_events_match_batch_parsing(
 # the `spiritlm-serve generate` command
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[dict[str, Any], str]:
-    """The JSON record the command prints, and its stderr (progress lines)."""
-    completed = subprocess.run(
+def generate_command(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`spiritlm-serve generate --json ARGS`, run to its end."""
+    return subprocess.run(
         [sys.executable, "-m", "service", "generate", "--json", *args],
         cwd=REPO,
         env=env,
@@ -480,6 +482,11 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[dict[
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[dict[str, Any], str]:
+    """The JSON record the command prints, and its stderr (progress lines)."""
+    completed = generate_command(args, env, timeout)
     assert completed.returncode == 0, completed.stderr[-3000:]
     # stdout is the JSON record and nothing else (vLLM's own logs must not end up there).
     return json.loads(completed.stdout), completed.stderr
@@ -582,15 +589,8 @@ def test_cli_generate_ends_at_a_stop_string(
 def test_cli_generate_refuses_bad_stops(
     child_env: dict[str, str], stops: list[str], message: str
 ) -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "service", "generate", "--model", BASE, "--input", "text:hi"]
-        + [arg for stop in stops for arg in ("--stop", stop)],
-        cwd=REPO,
-        env=child_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = ["--model", BASE, "--input", "text:hi"]
+    completed = generate_command(args + [a for stop in stops for a in ("--stop", stop)], child_env)
     assert completed.returncode == 2
     assert message in completed.stderr and "Traceback" not in completed.stderr
 
@@ -599,14 +599,10 @@ def test_cli_generate_reports_a_refused_request(
     servers: Any, child_env: dict[str, str], tmp_path: Path
 ) -> None:
     """vLLM refuses a prompt longer than the model's context: one error line, exit 1."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "service", "generate", "--json", "--model", BASE]
-        + ["--lm-url", servers.lm(BASE), "--input", "text:" + "word " * 5000]
+    completed = generate_command(
+        ["--model", BASE, "--lm-url", servers.lm(BASE), "--input", "text:" + "word " * 5000]
         + ["--output-modality", "text", "-o", str(tmp_path / "long")],
-        cwd=REPO,
-        env=child_env,
-        capture_output=True,
-        text=True,
+        child_env,
         timeout=300,
     )
     assert completed.returncode == 1, completed.stderr[-3000:]
