@@ -32,7 +32,9 @@ def chromium_args(microphone: str) -> list[str]:
 
 
 def replied(stats: dict) -> bool:
-    return stats["playedBuffers"] > 0 and "completed" in stats["responsesDone"]
+    # A reply of the random test LM runs to its token cap: "incomplete" is a finished reply too.
+    finished = {"completed", "incomplete"}
+    return stats["playedBuffers"] > 0 and bool(finished & set(stats["responsesDone"]))
 
 
 def main(url: str, microphone: str, screenshot: str, timeout: float) -> None:

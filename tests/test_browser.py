@@ -79,7 +79,7 @@ def test_voice_page_hears_the_microphone_and_plays_a_reply(
     assert stats["sessionId"].startswith("sess_")
     assert stats["sentSamples"] > 24000  # more than a second of microphone audio went out
     assert stats["speechStarted"] >= 1 and stats["speechStopped"] >= 1
-    assert "completed" in stats["responsesDone"]
+    assert {"completed", "incomplete"} & set(stats["responsesDone"])
     assert stats["receivedSamples"] > 0
     assert stats["playedBuffers"] > 0 and stats["playedSamples"] > 0
     assert stats["firstAudioMs"] is not None

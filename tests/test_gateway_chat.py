@@ -63,13 +63,14 @@ def speech_tokens(servers, wav_b64: str) -> str:  # noqa: ANN001
     return response.json()["tokens"]
 
 
-def generate(gateway: str, prompt: str, modality: str, max_tokens: int) -> dict:
+def generate(gateway: str, prompt: str, modality: str, max_tokens: int, **extra: object) -> dict:
     """The same prompt through /v1/generate (greedy): what the chat route must reproduce."""
     body = {
         "prompt": prompt,
         "output_modality": modality,
         "max_tokens": max_tokens,
         "temperature": 0,
+        **extra,
     }
     response = httpx.post(gateway + "/v1/generate", json=body, timeout=120.0)
     assert response.status_code == 200, response.text
@@ -176,15 +177,21 @@ def test_audio_in_audio_out_and_a_second_turn(
     assert message.content is None
     audio = message.audio
     assert audio.id.startswith("audio_")
-    assert audio.transcript == ""
+    # The LM's transcript of its reply: one line (random weights: gibberish, but not nothing).
+    assert audio.transcript and "\n" not in audio.transcript
     assert audio.expires_at > time.time() + 600
     wav, rate = soundfile.read(io.BytesIO(base64.b64decode(audio.data)))
     assert rate == 24000
     assert len(wav) > 0 and np.abs(wav).max() > 0
-    # The user turn ends in speech, so the model continues it: no prefix is added.
-    first_prompt = "[Text]Repeat:[Speech]" + speech_tokens
+    # Every turn ends with a newline, so the reply starts a speech turn of its own.
+    first_prompt = "[Text]Repeat:[Speech]" + speech_tokens + "\n[Speech]"
     assert completion.usage.prompt_tokens == len(tokenizer.encode(first_prompt))
-    generated = generate(gateway, first_prompt, "speech", 40)["segments"][0]["tokens"]
+    # The random LM does not end its turn: the reply runs to max_tokens and says so.
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 40
+    same = generate(gateway, first_prompt, "speech", 40, end_of_turn=True)
+    assert same["end"] == "max_tokens"
+    generated = same["segments"][0]["tokens"]
 
     # Second turn: the assistant's audio is referenced by id and rebuilt from its tokens.
     history = [user, {"role": "assistant", "audio": {"id": audio.id}}]
@@ -194,7 +201,7 @@ def test_audio_in_audio_out_and_a_second_turn(
         max_tokens=5,
         temperature=0,
     )
-    second_prompt = first_prompt + generated + "[Text]Once more, in text.\n"
+    second_prompt = first_prompt + generated + "\n[Text]Once more, in text.\n"
     assert follow_up.usage.prompt_tokens == len(tokenizer.encode(second_prompt))
     assert isinstance(follow_up.choices[0].message.content, str)
 
@@ -227,9 +234,11 @@ def test_streamed_audio_matches_the_whole_response(client: openai.OpenAI) -> Non
     a = np.frombuffer(streamed, dtype="<i2").astype(np.int32)
     b = np.frombuffer(pcm, dtype="<i2").astype(np.int32)
     assert np.abs(a - b).max() <= 1
+    # After the audio: the transcript in pieces, then the id's expiry.
+    transcript = "".join(getattr(a, "transcript", None) or "" for a in audio)
+    assert transcript == whole.choices[0].message.audio.transcript != ""
     final = audio[-1]
-    assert final.id.startswith("audio_") and final.transcript == ""
-    assert final.expires_at > time.time()
+    assert final.id.startswith("audio_") and final.expires_at > time.time()
     assert {a.id for a in audio} == {final.id}
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 

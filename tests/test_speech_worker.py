@@ -31,7 +31,12 @@ from service.audio.encode import encode_audio
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.checkpoints.make import embedded_checkpoints
 from service.process import ChildProcess, python_module_argv
-from service.speech.pipeline import SpeechStack
+from service.speech.pipeline import (
+    ROOM_TONE_LEVEL,
+    ROOM_TONE_SEED,
+    SILENCE_SECONDS,
+    SpeechStack,
+)
 from service.speech_worker.client import (
     EncodeResult,
     SpeechClient,
@@ -212,6 +217,88 @@ def test_encode_equals_in_process(
     assert result.tokens == units_to_string(units, expressive=model == EXPRESSIVE)
     assert result.seconds == pytest.approx(len(speech) / 16000)
     assert set(result.units) == ({"hubert"} if model == BASE else {"hubert", "pitch", "style"})
+
+
+# ---------------------------------------------------------------------------- silence units
+
+
+def test_silence_units_are_the_units_of_the_silence_signal(layout: CheckpointLayout) -> None:
+    samples = int(SILENCE_SECONDS * 16000)
+    noise = np.random.default_rng(ROOM_TONE_SEED).standard_normal(samples) * ROOM_TONE_LEVEL
+    stack = SpeechStack(layout, BASE)
+    want: set[int] = set()
+    for signal in (np.zeros(samples), noise):
+        want |= set(stack.encode_units(signal.astype(np.float32)).hubert)
+    got = stack.silence_units()
+    assert isinstance(got, frozenset)
+    assert got == want
+    assert stack.silence_units() is got  # computed once per stack
+
+
+def test_silence_units_route_equals_in_process(worker: str, stacks: dict[str, SpeechStack]) -> None:
+    async def get() -> tuple[httpx.Response, frozenset[int]]:
+        async with SpeechClient(worker) as client, httpx.AsyncClient() as http:
+            response = await http.get(f"{worker}/v1/models/{BASE}/silence")
+            return response, await client.silence_units(BASE)
+
+    response, from_client = run(get())
+    want = stacks[BASE].silence_units()
+    assert response.status_code == 200
+    body = response.json()
+    assert body == {"model": BASE, "silence_units": sorted(want)}
+    assert want and max(want) < stacks[BASE].quantizer.vocab_size and min(want) >= 0
+    assert from_client == want
+
+
+def test_silence_units_of_unknown_model_is_404(worker: str) -> None:
+    async def get() -> tuple[httpx.Response, SpeechWorkerError]:
+        async with SpeechClient(worker) as client, httpx.AsyncClient() as http:
+            response = await http.get(f"{worker}/v1/models/nope/silence")
+            with pytest.raises(SpeechWorkerError) as error:
+                await client.silence_units("nope")
+            return response, error.value
+
+    response, error = run(get())
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    assert error.status == 404 and "'nope'" in error.message
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"not json",
+        b'{"model": "spirit-lm-base-7b"}',
+        b'{"model": "spirit-lm-base-7b", "silence_units": [1, -2]}',
+        b'{"model": "spirit-lm-base-7b", "silence_units": [1, 2.5]}',
+        b'{"model": "spirit-lm-base-7b", "silence_units": ["3"]}',
+        b'{"model": "spirit-lm-base-7b", "silence_units": [true]}',
+        b'{"model": "spirit-lm-base-7b", "silence_units": 3}',
+        b'{"model": "spirit-lm-expressive-7b", "silence_units": [3]}',
+    ],
+)
+def test_bad_silence_units_answer_is_unavailable(answer: bytes) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == f"/v1/models/{BASE}/silence"
+        return httpx.Response(200, content=answer)
+
+    async def get() -> frozenset[int]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            return await SpeechClient("http://worker", http=http).silence_units(BASE)
+
+    with pytest.raises(SpeechWorkerUnavailable):
+        run(get())
+
+
+def test_good_silence_units_answer() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"model": BASE, "silence_units": [0, 7, 7]})
+
+    async def get() -> frozenset[int]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            return await SpeechClient("http://worker", http=http).silence_units(BASE)
+
+    assert run(get()) == frozenset({0, 7})
 
 
 # ---------------------------------------------------------------------------- decode

@@ -113,6 +113,7 @@ async def _generate(args, settings, layout, inputs, lm_url: str) -> dict[str, An
 
     from service.audio.decode import load_audio_file
     from service.lm.client import LMClient, SamplingParams
+    from service.lm.ending import Ending
     from service.lm.generation import Generator
     from service.lm.parsing import SpeechSegment, parse_output_report
     from service.lm.prompt import SpeechInput, TextInput, build_prompt
@@ -139,8 +140,9 @@ async def _generate(args, settings, layout, inputs, lm_url: str) -> dict[str, An
         seed=args.seed,
     )
     prepared = generator.prepare(prompt, args.output_modality)
+    ending = Ending(stops=tuple(args.stop))
     try:
-        result = await generator.run_until_stop(prepared, params, args.stop)
+        _, result = await generator.run(prepared, params, ending)
     finally:
         await client.aclose()
     generated = tokenizer.decode_ids(prepared.prompt_ids + result.output_ids)[
@@ -150,7 +152,7 @@ async def _generate(args, settings, layout, inputs, lm_url: str) -> dict[str, An
     segments: list[dict[str, Any]] = []
     for index, segment in enumerate(report.segments):
         if not isinstance(segment, SpeechSegment):
-            segments.append({"type": "text", "text": cut_at_stop(segment.text, args.stop)})
+            segments.append({"type": "text", "text": ending.cut_text(segment.text)})
             continue
         wav = stack.decode(segment.tokens, speaker=args.speaker)
         if segment.trim is not None:
@@ -171,6 +173,7 @@ async def _generate(args, settings, layout, inputs, lm_url: str) -> dict[str, An
         "prompt_token_ids": prepared.prompt_ids,
         "output_token_ids": result.output_ids,
         "finish_reason": result.finish_reason,
+        "end": result.end,
         "usage": {
             "prompt_tokens": result.usage.prompt_tokens,
             "completion_tokens": result.usage.completion_tokens,
@@ -178,14 +181,6 @@ async def _generate(args, settings, layout, inputs, lm_url: str) -> dict[str, An
         "segments": segments,
         "dropped": [{"tokens": d.tokens, "reason": d.reason} for d in report.dropped],
     }
-
-
-def cut_at_stop(text: str, stops: list[str]) -> str:
-    """The text before the first stop string, which is not part of the output."""
-    from service.lm.stops import first_stop
-
-    cut = first_stop(text, stops)
-    return text if cut is None else text[:cut]
 
 
 def _print_human(record: dict[str, Any]) -> None:

@@ -29,6 +29,8 @@ GATEWAY_FIELDS = (
     "fewshot_dir",
     "fewshot_shots",
     "classification_dir",
+    "end_of_speech_silence_tokens",
+    "end_of_speech_min_speech_tokens",
     "realtime_max_sessions",
     "realtime_max_session_seconds",
     "realtime_idle_timeout_seconds",

@@ -19,6 +19,7 @@ from service.gateway.middleware import GatewayMiddleware
 from service.gateway.pools import WorkerPool
 from service.gateway.settings import GatewaySettings
 from service.gateway.state import GatewayState
+from service.gateway.tasks import Tasks
 
 log = logging.getLogger("spiritlm.gateway")
 
@@ -67,7 +68,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             lm_pool,
             speech_pool,
             metrics,
-            fewshot=fewshot,
+            Tasks(engine, fewshot, settings),
             classification=classification,
         )
         app.state.gateway = state

@@ -22,6 +22,7 @@ from service.checkpoints.layout import EXPRESSIVE, CheckpointLayout
 from service.gateway.errors import APIError
 from service.gateway.pools import NoHealthyWorker, WorkerPool
 from service.lm.client import LMClient, LMError, SamplingParams, Usage
+from service.lm.ending import Ending
 from service.lm.generation import GenerationResult, Generator, PreparedPrompt, prepare_prompt
 from service.lm.parsing import Done, ModalitySwitch, SpeechTokens, TextDelta
 from service.lm.prompt import OutputModality
@@ -50,7 +51,6 @@ class SegmentStart:
 class TextOut:
     text: str
     index: int
-    output_ids: int = 0  # how many ids the LM had generated when this text was decoded
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class Engine:
         self.max_tokens_limit = max_tokens_limit
         self._tokenizers: dict[str, SpiritTokenizer] = {}
         self._speech_clients: dict[str, SpeechClient] = {}
+        self._silence_units: dict[str, frozenset[int]] = {}
         # One connection pool for all LM requests; generations can run for minutes.
         self._lm_http = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0))
 
@@ -148,6 +149,19 @@ class Engine:
             self._tokenizers[model] = SpiritTokenizer.from_dir(self.layout.lm_dir(model))
         return self._tokenizers[model]
 
+    def served_model(self, name: str | None) -> str:
+        """The model a request names, which an LM worker must serve (404 otherwise)."""
+        model = self.resolve_model(name)
+        served = self.served_models()
+        if model not in served:
+            raise APIError(
+                404,
+                f"model '{model}' is not served by this gateway; served: {', '.join(served)}",
+                param="model",
+                code="model_not_found",
+            )
+        return model
+
     def check_max_tokens(self, max_tokens: int) -> int:
         if max_tokens > self.max_tokens_limit:
             raise APIError(
@@ -157,6 +171,12 @@ class Engine:
             )
         return max_tokens
 
+    def max_tokens_or(self, requested: int | None, default: int) -> int:
+        """A requested max_tokens must be within the limit; the default budget is capped to it."""
+        if requested is not None:
+            return self.check_max_tokens(requested)
+        return min(default, self.max_tokens_limit)
+
     # ---- speech worker ----------------------------------------------------------------------
 
     async def encode(self, audio: bytes, model: str) -> EncodeResult:
@@ -165,6 +185,13 @@ class Engine:
 
     async def decode(self, **request: object) -> bytes:
         return await self._with_speech_worker(lambda client: client.decode(**request))
+
+    async def silence_units(self, model: str) -> frozenset[int]:
+        """The HuBERT units that are silence for `model`, learnt by the speech worker."""
+        if model not in self._silence_units:
+            units = await self._with_speech_worker(lambda client: client.silence_units(model))
+            self._silence_units[model] = units
+        return self._silence_units[model]
 
     async def _with_speech_worker(self, call):  # noqa: ANN001, ANN202
         attempts = max(1, len(self.speech_pool.endpoints))
@@ -203,11 +230,13 @@ class Engine:
         affinity: str | None = None,
         result: GenerationResult | None = None,
         speech_prefix: Sequence[str] = (),
+        ending: Ending | None = None,
     ) -> AsyncIterator[Output]:
-        """Stream one generation; audio comes from speech workers when `synthesize`.
+        """Stream one generation, cut where `ending` says; audio from speech workers when
+        `synthesize`.
 
         `result`, when given, is filled in as tokens arrive, so a caller that stops early
-        (e.g. on a stop string) still knows how many tokens were generated. `speech_prefix`
+        still knows how many tokens were generated. `speech_prefix`
         tokens (e.g. a forced ``[St5]`` that ends the prompt) go to the vocoder at the start of
         every speech segment, since the generated tokens that follow them depend on them.
         """
@@ -222,6 +251,7 @@ class Engine:
                 _Voice(speaker, sample_rate, tuple(speech_prefix)),
                 synthesize,
                 affinity,
+                ending or Ending(),
             )
         )
         try:
@@ -268,6 +298,7 @@ class Engine:
         voice: _Voice,
         synthesize: bool,
         affinity: str | None,
+        ending: Ending,
     ) -> None:
         """Run one generation into `queue`; an error is handed to the consumer, which raises it."""
         segment = _SegmentState()
@@ -275,7 +306,7 @@ class Engine:
             attempts = max(1, len(self.lm_pool.endpoints))
             for attempt in range(attempts):
                 retry = await self._stream_from_lm(
-                    queue, finished, params, model, voice, synthesize, affinity, segment,
+                    queue, finished, params, model, voice, synthesize, affinity, ending, segment,
                     last_attempt=attempt == attempts - 1,
                 )  # fmt: skip
                 if not retry:
@@ -301,6 +332,7 @@ class Engine:
         voice: _Voice,
         synthesize: bool,
         affinity: str | None,
+        ending: Ending,
         segment: _SegmentState,
         *,
         last_attempt: bool,
@@ -314,7 +346,7 @@ class Engine:
             client = LMClient(endpoint.url, model, http=self._lm_http)
             generator = Generator(self.tokenizer(model), client, expressive=model == EXPRESSIVE)
             try:
-                async for event in generator.stream(prepared, params, finished.result):
+                async for event in generator.stream(prepared, params, finished.result, ending):
                     if finished.first_token_at is None:
                         finished.first_token_at = time.perf_counter()
                     if isinstance(event, ModalitySwitch):
@@ -324,9 +356,7 @@ class Engine:
                         if event.to == "speech" and synthesize:
                             await segment.open_speech(self, queue, model, voice)
                     elif isinstance(event, TextDelta):
-                        await queue.put(
-                            TextOut(event.text, segment.index, len(finished.result.output_ids))
-                        )
+                        await queue.put(TextOut(event.text, segment.index))
                     elif isinstance(event, SpeechTokens):
                         if not event.context:
                             await queue.put(SpeechTokensOut("".join(event.tokens), segment.index))

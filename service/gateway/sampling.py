@@ -1,10 +1,12 @@
-"""Sampling fields shared by the generation-style request models."""
+"""Sampling fields and stop strings shared by the generation-style request models."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from service.gateway.errors import APIError
 from service.lm.client import SamplingParams
+from service.lm.stops import stops_problem
 
 
 class SamplingFields(BaseModel):
@@ -23,3 +25,12 @@ class SamplingFields(BaseModel):
             repetition_penalty=self.repetition_penalty,
             seed=self.seed,
         )
+
+
+def parse_stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    """Validate a request's `stop` (a string or up to 4 non-empty strings)."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    problem = stops_problem(stops)
+    if problem is not None:
+        raise APIError(400, problem, param="stop")
+    return tuple(stops)

@@ -52,6 +52,19 @@ class GatewaySettings(Settings):
         description="Exemplar bank for few-shot speech classification (manifest.jsonl + audio, "
         "`text` = the label); every exemplar is a shot. Unset = zero-shot, labels required.",
     )
+    end_of_speech_silence_tokens: int = Field(
+        default=5,
+        ge=0,
+        description="Consecutive silence HuBERT tokens after speech that end a spoken reply "
+        "(chat audio, realtime, TTS, /v1/generate end_of_turn); 0 = only the model's own turn "
+        "end (a line end) or max_tokens end it. See docs/speech-turns.md.",
+    )
+    end_of_speech_min_speech_tokens: int = Field(
+        default=10,
+        ge=0,
+        description="Speech (non-silence) HuBERT tokens a spoken reply needs before silence "
+        "can end it.",
+    )
     realtime_max_sessions: int = Field(
         default=32, gt=0, description="Realtime (WebSocket) sessions open at once before refusal."
     )

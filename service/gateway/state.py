@@ -11,6 +11,7 @@ from service.gateway.fewshot import ExemplarBank
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.pools import WorkerPool
 from service.gateway.settings import GatewaySettings
+from service.gateway.tasks import Tasks
 
 
 @dataclass
@@ -20,8 +21,8 @@ class GatewayState:
     lm_pool: WorkerPool
     speech_pool: WorkerPool
     metrics: GatewayMetrics
+    tasks: Tasks
     draining: bool = False
-    fewshot: ExemplarBank = field(default_factory=ExemplarBank.empty)
     classification: ExemplarBank = field(default_factory=ExemplarBank.empty)
 
 

@@ -1,21 +1,23 @@
 """Interleaved speech/text generation on the LM worker, streamed as typed events.
 
 Data flows one way: prompt string -> token ids (our tokenizer) -> vLLM (ids in, ids out, with
-the output modality forced by `allowed_token_ids`) -> text deltas -> `StreamParser` events. The
-caller turns `SpeechTokens` events into audio (streaming vocoder) as they arrive.
+the output modality forced by `allowed_token_ids`) -> text deltas -> `StreamParser` events, cut
+where the caller's `Ending` says (service/lm/ending.py). The caller turns `SpeechTokens` events
+into audio (streaming vocoder) as they arrive.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import dataclasses
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from service.lm.client import LMClient, SamplingParams, Usage
 from service.lm.detokenize import IncrementalDecoder
+from service.lm.ending import Ending, EndReason, EndWatcher, line_end_ids
 from service.lm.parsing import Done, Event, ModalitySwitch, StreamParser, TextDelta
 from service.lm.prompt import OutputModality
-from service.lm.stops import StopMatcher
 from service.lm.tokenizer import SpiritTokenizer
 
 
@@ -32,7 +34,8 @@ class GenerationResult:
     """What a finished generation produced, besides the events."""
 
     output_ids: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "stop" | "length", OpenAI's words
+    end: EndReason | None = None  # which condition ended it (service/lm/ending.py)
     usage: Usage = field(default_factory=Usage)
 
 
@@ -68,38 +71,67 @@ class Generator:
         return prepare_prompt(self.tokenizer, prompt, modality, expressive=self.expressive)
 
     async def stream(
-        self, prepared: PreparedPrompt, params: SamplingParams, result: GenerationResult
+        self,
+        prepared: PreparedPrompt,
+        params: SamplingParams,
+        result: GenerationResult,
+        ending: Ending | None = None,
     ) -> AsyncIterator[Event]:
-        """Parser events as tokens arrive; `result` is filled in as the stream goes.
+        """Parser events as tokens arrive, cut where `ending` says (service/lm/ending.py).
 
-        Leaving the loop early closes the vLLM stream, which aborts the request there.
+        `result` is filled in as the stream goes: ids up to the token that ended the generation,
+        then `finish_reason`, `end` and `usage` once it is over. Leaving the loop early closes
+        the vLLM stream, which aborts the request there.
         """
         self._check_prompt_ids(prepared.prompt_ids)
+        ending = ending or Ending()  # max tokens and EOS only
+        allowed, params = self._apply_line_end(prepared, params, ending)
+        watcher = EndWatcher(ending, self.tokenizer)
         parser = StreamParser(prepared.prompt, prepared.modality, expressive=self.expressive)
         decoder = IncrementalDecoder(self.tokenizer.decode_ids, prepared.prompt_ids)
-        stream = self.lm.stream(prepared.prompt_ids, params, prepared.allowed_token_ids)
+        stream = self.lm.stream(prepared.prompt_ids, params, allowed)
         try:
             async for delta in stream:
                 result.finish_reason = delta.finish_reason or result.finish_reason
                 if delta.usage is not None:
                     result.usage = delta.usage
-                # One id at a time: vLLM may send several ids in one event (under load), and the
-                # parser wants each speech token as its own piece. While an event is handled,
-                # `result.output_ids` ends with the id that produced it.
+                # One id at a time: vLLM may send several ids in one event (under load), the
+                # parser wants each speech token as its own piece, and the generation may end
+                # at any of them.
                 for token_id in delta.token_ids:
                     result.output_ids.append(token_id)
-                    text = decoder.push([token_id])
-                    if text:
-                        for event in parser.feed(text):
-                            yield event
+                    watcher.token(token_id)
+                    for event in parser.feed(decoder.push([token_id])):
+                        for out in _cut(event, watcher):
+                            yield out
+                    if watcher.ended:
+                        break
+                if watcher.ended:
+                    break
         finally:
             await stream.aclose()
-        tail = decoder.finish()
-        if tail:
-            for event in parser.feed(tail):
-                yield event
-        for event in parser.finish():
-            yield event
+        for event in [*parser.feed(decoder.finish()), *parser.finish()]:
+            for out in _cut(event, watcher):
+                yield out
+        result.end = watcher.finished(result.finish_reason, result.output_ids)
+        if watcher.ended:
+            result.finish_reason = "stop"
+        if watcher.ended or not result.usage.prompt_tokens:
+            # An aborted request never gets vLLM's usage event: count what was kept.
+            result.usage = Usage(len(prepared.prompt_ids), len(result.output_ids))
+
+    def _apply_line_end(
+        self, prepared: PreparedPrompt, params: SamplingParams, ending: Ending
+    ) -> tuple[list[int] | None, SamplingParams]:
+        """Allowed ids and sampling parameters with the line-end ids allowed and stopping."""
+        if not ending.at_line_end:
+            return prepared.allowed_token_ids, params
+        ends = line_end_ids(self.tokenizer)
+        allowed = prepared.allowed_token_ids
+        if allowed is not None:
+            allowed = sorted({*allowed, *ends})
+        stop_ids = tuple(sorted({*params.stop_token_ids, *ends}))
+        return allowed, dataclasses.replace(params, stop_token_ids=stop_ids)
 
     def _check_prompt_ids(self, prompt_ids: list[int]) -> None:
         # vLLM started with --skip-tokenizer-init does not check prompt ids: one outside the
@@ -114,33 +146,24 @@ class Generator:
             )
 
     async def run(
-        self, prepared: PreparedPrompt, params: SamplingParams
+        self, prepared: PreparedPrompt, params: SamplingParams, ending: Ending | None = None
     ) -> tuple[list[Event], GenerationResult]:
         """Generate to the end; all events and the result."""
         result = GenerationResult()
-        events = [event async for event in self.stream(prepared, params, result)]
+        async with aclosing(self.stream(prepared, params, result, ending)) as stream:
+            events = [event async for event in stream]
         assert isinstance(events[-1], Done)
         return events, result
 
-    async def run_until_stop(
-        self, prepared: PreparedPrompt, params: SamplingParams, stops: Sequence[str]
-    ) -> GenerationResult:
-        """Generate to the end, or until a text segment completes one of `stops`.
 
-        On a stop the vLLM request is aborted, the ids end with the token that completed the
-        stop string (as the gateway's do), and finish_reason is "stop".
-        """
-        result = GenerationResult()
-        matcher = StopMatcher(stops)
-        async with aclosing(self.stream(prepared, params, result)) as events:
-            async for event in events:
-                if isinstance(event, ModalitySwitch):
-                    matcher.flush()  # a stop string matches within one text segment
-                elif isinstance(event, TextDelta):
-                    matcher.feed(event.text)
-                    if matcher.stopped:
-                        result.finish_reason = "stop"
-                        # An aborted request never gets vLLM's usage event.
-                        result.usage = Usage(len(prepared.prompt_ids), len(result.output_ids))
-                        break
-        return result
+def _cut(event: Event, watcher: EndWatcher) -> list[Event]:
+    """One parser event as the client gets it: text cut at its end, held text at a boundary."""
+    if watcher.end in ("stop_string", "line_end") and not isinstance(event, Done):
+        return []  # the text that ended the generation was the last thing it produced
+    if isinstance(event, TextDelta):
+        text = watcher.text(event.text)
+        return [TextDelta(text)] if text else []
+    if isinstance(event, ModalitySwitch | Done):
+        held = watcher.segment_end()  # a stop string matches within one text segment
+        return [TextDelta(held), event] if held else [event]
+    return [event]

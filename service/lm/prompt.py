@@ -57,14 +57,27 @@ class SpeechInput:
     tokens: str
 
 
-PromptInput = TextInput | SpeechInput
+@dataclass(frozen=True)
+class TurnEnd:
+    """The end of a conversation turn: a newline, as every shot of the few-shot formats ends.
+
+    After text it is part of the text (the next text input follows it with no prefix); after
+    speech it closes the speech, so the next input states its modality again, as in the TTS
+    shots' ``[Speech]<units>\\n[Text]...``. Generation can then end the same way
+    (service/lm/ending.py).
+    """
+
+    text: str = "\n"
 
 
-def _prefix(part: PromptInput) -> str:
+PromptInput = TextInput | SpeechInput | TurnEnd
+
+
+def _prefix(part: TextInput | SpeechInput) -> str:
     return TEXT_PREFIX if isinstance(part, TextInput) else SPEECH_PREFIX
 
 
-def _content(part: PromptInput) -> str:
+def _content(part: TextInput | SpeechInput) -> str:
     return part.text if isinstance(part, TextInput) else part.tokens
 
 
@@ -72,7 +85,8 @@ def build_prompt(inputs: Sequence[PromptInput], output_modality: OutputModality 
     """Interleave the inputs into a prompt (§5.2).
 
     A modality prefix is written only when the modality changes, so consecutive text inputs are
-    concatenated verbatim and consecutive speech inputs share one ``[Speech]``. Then TEXT output
+    concatenated verbatim and consecutive speech inputs share one ``[Speech]``; a `TurnEnd`
+    writes a newline (and after speech makes the next input restate its prefix). Then TEXT output
     appends ``[Text]`` unless the last input was text, SPEECH output appends ``[Speech]`` unless
     the last input was speech, ARBITRARY appends nothing.
     """
@@ -80,6 +94,11 @@ def build_prompt(inputs: Sequence[PromptInput], output_modality: OutputModality 
     parts: list[str] = []
     previous: type | None = None
     for part in inputs:
+        if isinstance(part, TurnEnd):
+            if previous is not None:
+                parts.append(part.text)
+                previous = TextInput if previous is TextInput else None
+            continue
         if not isinstance(part, TextInput | SpeechInput):
             raise TypeError(f"prompt input: expected TextInput or SpeechInput, got {type(part)}")
         if type(part) is not previous:
@@ -103,12 +122,12 @@ def explicit_prompt(prompt: str, output_modality: OutputModality | str) -> str:
 # Few-shot prompts
 
 
-def render_part(part: PromptInput) -> str:
+def render_part(part: TextInput | SpeechInput) -> str:
     """One part of a shot with its own prefix: ``[Text]t`` or ``[Speech]<tokens>``."""
     return _prefix(part) + _content(part)
 
 
-def render_shot(source: PromptInput, target: PromptInput) -> str:
+def render_shot(source: TextInput | SpeechInput, target: TextInput | SpeechInput) -> str:
     """Input then output, each prefixed even when both are text (``[Text]a[Text]b``)."""
     return render_part(source) + render_part(target)
 

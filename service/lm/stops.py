@@ -17,6 +17,7 @@ class StopMatcher:
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = [stop for stop in stops if stop]
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
         self._held = ""
 
     def feed(self, text: str) -> str:
@@ -26,8 +27,9 @@ class StopMatcher:
         if not self.stops:
             return text
         buffer = self._held + text
-        cut = first_stop(buffer, self.stops)
-        if cut is not None:
+        match = first_match(buffer, self.stops)
+        if match is not None:
+            cut, self.matched = match
             self.stopped = True
             self._held = ""
             return buffer[:cut]
@@ -52,13 +54,22 @@ class StopMatcher:
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:
-    """Where `text` is cut: before the stop string that is complete first, reading left to right.
+    """Where `text` is cut: before the stop string that is complete first, reading left to right."""
+    match = first_match(text, stops)
+    return None if match is None else match[0]
+
+
+def first_match(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
+    """The stop string complete first in `text`, and where it starts.
 
     Deciding by the end of each occurrence (not its start) gives the same answer however the
     text was split into pieces, as if it were checked after every character.
     """
-    found = [(index + len(stop), index) for stop in stops if (index := text.find(stop)) >= 0]
-    return min(found)[1] if found else None
+    found = [(index + len(stop), index, stop) for stop in stops if (index := text.find(stop)) >= 0]
+    if not found:
+        return None
+    _, index, stop = min(found)
+    return index, stop
 
 
 def stops_problem(stops: Sequence[str]) -> str | None:

@@ -24,6 +24,15 @@ MIN_CHUNK_SAMPLES = 1280
 DEFAULT_SPEAKER = 2
 BASE_DEFAULT_STYLE = 8
 
+# The signal each stack encodes to learn which HuBERT units are silence (`silence_units`): a
+# generated spoken turn ends in silence, and the gateway ends speech output once enough
+# consecutive silence units follow speech (docs/checkpoints.md). Which units those are depends on
+# the checkpoint, so they are learnt from digital zeros and from very quiet, deterministic white
+# noise (room tone), each SILENCE_SECONDS long and encoded separately.
+SILENCE_SECONDS = 2.0
+ROOM_TONE_SEED = 0
+ROOM_TONE_LEVEL = 1e-4
+
 
 @cache
 def _hubert(path: str, device: str):  # noqa: ANN202 - loader types live in their modules
@@ -75,6 +84,7 @@ class SpeechStack:
         self.layout = layout
         self.variant = check_variant(variant)
         self.device = device
+        self._silence_units: frozenset[int] | None = None
 
     @property
     def expressive(self) -> bool:
@@ -128,6 +138,17 @@ class SpeechStack:
     def encode_string(self, wav: np.ndarray) -> str:
         """The token string of a waveform (§4.3), without a [Speech] prefix."""
         return units_to_string(self.encode_units(wav), expressive=self.expressive)
+
+    def silence_units(self) -> frozenset[int]:
+        """The HuBERT units this stack gives silence: zeros and room tone (computed once)."""
+        if self._silence_units is None:
+            samples = round(SILENCE_SECONDS * self.sample_rate)
+            zeros = np.zeros(samples, dtype=np.float32)
+            noise = np.random.default_rng(ROOM_TONE_SEED).standard_normal(samples)
+            room_tone = (noise * ROOM_TONE_LEVEL).astype(np.float32)
+            units = set(self.encode_units(zeros).hubert) | set(self.encode_units(room_tone).hubert)
+            self._silence_units = frozenset(units)
+        return self._silence_units
 
     # ---- decoding -----------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The speech worker's FastAPI app: encode audio to units, decode units to audio, stream synthesis.
 
-Routes: GET /health, /ready, /metrics; POST /v1/encode, /v1/decode; WS /v1/stream (see
-`stream_route`). Models load in a background thread at start-up, so /health answers at once and
-/ready turns 200 when they are loaded. Model work runs in worker threads bounded by
-`inference_threads`, keeping the event loop free for other requests and streams.
+Routes: GET /health, /ready, /metrics, /v1/models/{model}/silence; POST /v1/encode, /v1/decode;
+WS /v1/stream (see `stream_route`). Models load in a background thread at start-up (learning each
+model's silence units there too), so /health answers at once and /ready turns 200 when they are
+loaded. Model work runs in worker threads bounded by `inference_threads`, keeping the event loop
+free for other requests and streams.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from service.speech_worker.protocol import (
     SAMPLE_RATES,
     DecodeRequest,
     EncodeResult,
+    SilenceUnits,
     WorkerRequestError,
     error_body,
 )
@@ -174,6 +176,11 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
             tokens=units_to_string(units, expressive=stack.expressive),
             seconds=seconds,
         )
+
+    @app.get("/v1/models/{model}/silence", response_model=SilenceUnits)
+    async def silence(model: str) -> SilenceUnits:
+        state.models.get(model)  # 404 for a model not served, 503 while loading
+        return SilenceUnits(model=model, silence_units=state.models.silence[model])
 
     @app.post("/v1/decode")
     async def decode(body: DecodeRequest) -> Response:

@@ -11,9 +11,10 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import httpx
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
@@ -22,6 +23,7 @@ from service.speech_worker.protocol import (
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
     EncodeResult,
+    SilenceUnits,
 )
 
 
@@ -82,6 +84,25 @@ class SpeechClient:
         """Whether the worker has loaded its models."""
         response = await self._request("GET", "/ready")
         return response.status_code == 200
+
+    # ---- models
+
+    async def silence_units(self, model: str) -> frozenset[int]:
+        """The model's HuBERT units of silence, as the worker learnt them at load time."""
+        response = await self._request("GET", f"/v1/models/{quote(model, safe='')}/silence")
+        _raise_for_error(response)
+        try:
+            # Strict: units must be JSON integers (no floats, strings or booleans).
+            result = SilenceUnits.model_validate_json(response.content, strict=True)
+        except ValidationError as error:
+            raise SpeechWorkerUnavailable(
+                f"unexpected silence units from the speech worker: {response.text[:200]!r}"
+            ) from error
+        if result.model != model:
+            raise SpeechWorkerUnavailable(
+                f"speech worker sent silence units of '{result.model}', not '{model}'"
+            )
+        return frozenset(result.silence_units)
 
     # ---- one-shot
 

@@ -23,6 +23,8 @@ class SpeechModels:
         self.default = settings.default_model()
         self.device = resolve_device(settings.device)
         self.stacks: dict[str, SpeechStack] = {}
+        # Per model, the sorted HuBERT units of silence (learnt at load time; see SpeechStack).
+        self.silence: dict[str, list[int]] = {}
         self.ready = False
         self.failure: str | None = None
         self.loading: str | None = None
@@ -38,12 +40,15 @@ class SpeechModels:
             for name in self.names:
                 check_files(layout, name, lm=False, speech=True)
             stacks = {}
+            silence = {}
             for name in self.names:
                 self.loading = name
                 log.info("loading %s speech models from %s on %s", name, layout.root, self.device)
                 stack = SpeechStack(layout, name, device=self.device)
                 stack.load()
                 stacks[name] = stack
+                silence[name] = sorted(stack.silence_units())
+                log.info("%s: %d HuBERT units are silence", name, len(silence[name]))
         except Exception as error:
             self.failure = f"loading speech models failed: {error}"
             log.exception(self.failure)
@@ -51,6 +56,7 @@ class SpeechModels:
         finally:
             self.loading = None
         self.stacks = stacks
+        self.silence = silence
         self.ready = True
         log.info("speech models ready (%s) in %.1f s", ", ".join(self.names), _since(started))
 

@@ -70,6 +70,17 @@ class EncodeResult(BaseModel):
     seconds: float
 
 
+class SilenceUnits(BaseModel):
+    """`GET /v1/models/{model}/silence`: the model's HuBERT units of silence, sorted.
+
+    Learnt at load time by encoding silence (`SpeechStack.silence_units`); the gateway uses them
+    to end speech output.
+    """
+
+    model: str
+    silence_units: list[Annotated[int, Field(ge=0)]]
+
+
 class UnitsPayload(BaseModel):
     """Units as the §4.1 space-separated strings or as integer lists."""
 
@@ -165,6 +176,7 @@ __all__ = [
     "EndMessage",
     "ErrorMessage",
     "SAMPLE_RATES",
+    "SilenceUnits",
     "TokensMessage",
     "UnitsPayload",
     "WorkerRequestError",

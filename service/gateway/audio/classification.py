@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import math
 
-from service.gateway.audio.prompting import check_text, served_model
 from service.gateway.audio.protocol import ClassificationForm, ClassificationOut, LabelScore
 from service.gateway.errors import APIError
 from service.gateway.state import GatewayState
+from service.gateway.tasks import check_text
 from service.gateway.uploads import check_audio, read_upload
 from service.lm.prompt import classification_prompt
 from service.lm.tokenizer import SpiritTokenizer
@@ -28,7 +28,7 @@ MAX_LABEL_CHARS = 200
 
 async def classify(form: ClassificationForm, state: GatewayState) -> ClassificationOut:
     engine = state.engine
-    model = served_model(engine, form.model)
+    model = engine.served_model(form.model)
     bank = state.classification
     labels = candidate_labels(form.labels or [e.text for e in bank.exemplars])
     data = await read_upload(form.file)

@@ -1,15 +1,15 @@
 """POST /v1/audio/speech: Spirit LM text-to-speech with a few-shot prompt, streamed.
 
-Text -> ``[Text]<shot>[Speech]<units>\\n ... [Text]<input>[Speech]`` -> SPEECH generation (plus
-the line-end ids, which stop it) -> streaming vocoder on a speech worker -> encoder. Audio goes
-out as it is made: chunked bytes of one growing file for ``stream_format=audio``, or SSE
-``speech.audio.delta`` events (base64 pieces of that same file) and ``speech.audio.done``.
+Text -> the shared TTS prompt (service/gateway/tasks.py) -> SPEECH generation, ended like every
+spoken turn (at a line end or at silence after speech, service/lm/ending.py) -> streaming
+vocoder on a speech worker -> encoder. Audio goes out as it is made: chunked bytes of one
+growing file for ``stream_format=audio``, or SSE ``speech.audio.delta`` events (base64 pieces of
+that same file) and ``speech.audio.done`` (with usage and, our addition, ``finish_reason``).
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -18,23 +18,14 @@ from fastapi.responses import StreamingResponse
 
 from service.audio.encode import StreamEncoder, available_formats
 from service.checkpoints.layout import EXPRESSIVE
-from service.gateway.audio.prompting import (
-    check_text,
-    line_end_ids,
-    max_tokens_for,
-    prepare_until_line_end,
-    served_model,
-    speech_budget,
-    speech_prompt,
-)
 from service.gateway.audio.protocol import SpeechRequest, VoiceRef
 from service.gateway.engine import AudioOut, Engine, Finished
 from service.gateway.errors import APIError, error_body
 from service.gateway.state import GatewayState
 from service.gateway.streams import SSE_HEADERS, Primed, Timings, pcm16_to_float, sse
+from service.gateway.tasks import check_text, tts_budget
 from service.gateway.voices import model_voices, resolve_voice
 from service.lm.generation import GenerationResult
-from service.lm.prompt import OutputModality
 from service.speech_worker.protocol import SAMPLE_RATES
 
 log = logging.getLogger("spiritlm.gateway.audio")
@@ -44,7 +35,7 @@ ROUTE = "/v1/audio/speech"
 
 async def speak(request: SpeechRequest, state: GatewayState) -> StreamingResponse:
     engine = state.engine
-    model = served_model(engine, request.model)
+    model = engine.served_model(request.model)
     text = check_text(request.input, "input", state.settings.max_input_chars)
     if not text:
         raise APIError(400, "input is empty", param="input")
@@ -53,21 +44,18 @@ async def speak(request: SpeechRequest, state: GatewayState) -> StreamingRespons
     speaker = resolve_voice(model_voices(engine.layout, model), voice, model)
     style = _style_token(engine, model, request.style)
     encoder = _encoder(request)
-    max_tokens = max_tokens_for(engine, request.max_tokens, speech_budget(text, model))
-    shots = await state.fewshot.shots_for(model, engine.encode)
-    prompt = speech_prompt(shots, text, request.style)
-    prepared = prepare_until_line_end(engine, prompt, OutputModality.SPEECH, model)
-    stops = line_end_ids(engine.tokenizer(model))
-    params = dataclasses.replace(request.sampling(max_tokens), stop_token_ids=stops)
+    max_tokens = engine.max_tokens_or(request.max_tokens, tts_budget(text, model))
+    prepared = await state.tasks.tts_prompt(model, text, request.style)
     result = GenerationResult()
     outputs = engine.run(
         prepared,
-        params,
+        request.sampling(max_tokens),
         model,
         speaker=speaker,
         sample_rate=request.sample_rate,
         result=result,
         speech_prefix=style,
+        ending=await state.tasks.spoken_turn_end(model),
     )
     primed = Primed(outputs, lambda item: isinstance(item, AudioOut))
     await primed.start()
@@ -181,4 +169,4 @@ async def _sse_events(
         "output_tokens": output_tokens,
         "total_tokens": prompt_tokens + output_tokens,
     }
-    yield sse({"type": "speech.audio.done", "usage": usage})
+    yield sse({"type": "speech.audio.done", "usage": usage, "finish_reason": result.finish_reason})

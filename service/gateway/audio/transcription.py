@@ -1,8 +1,7 @@
 """POST /v1/audio/transcriptions: Spirit LM speech recognition with a few-shot prompt.
 
-Audio -> speech worker units -> ``[Speech]<shot>[Text]<text>\\n ... [Speech]<query>[Text]`` ->
-TEXT generation, which ends at the first newline: newline ids are vLLM stop tokens, and text
-that contains a newline anyway is cut there and the generation closed (vLLM aborts it).
+Audio -> speech worker units -> the shared ASR prompt (service/gateway/tasks.py) -> TEXT
+generation, which ends at the first line end (service/lm/ending.py).
 """
 
 from __future__ import annotations
@@ -14,25 +13,16 @@ from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from service.gateway.audio.prompting import (
-    check_text,
-    line_end_ids,
-    max_tokens_for,
-    prepare_until_line_end,
-    served_model,
-    transcription_budget,
-    transcription_prompt,
-)
 from service.gateway.audio.protocol import TranscriptionForm
 from service.gateway.engine import Finished, TextOut
 from service.gateway.errors import APIError, error_body
 from service.gateway.state import GatewayState
 from service.gateway.streams import SSE_HEADERS, Primed, Timings, sse
+from service.gateway.tasks import asr_budget, check_text
 from service.gateway.uploads import check_audio, read_upload
 from service.lm.client import SamplingParams
+from service.lm.ending import ONE_LINE, line_end_ids
 from service.lm.generation import GenerationResult, PreparedPrompt
-from service.lm.prompt import OutputModality
-from service.lm.stops import StopMatcher
 
 ROUTE = "/v1/audio/transcriptions"
 LANGUAGE = "english"  # Spirit LM is trained on English speech
@@ -68,7 +58,7 @@ async def transcribe(form: TranscriptionForm, state: GatewayState) -> Response:
 
 async def start(form: TranscriptionForm, state: GatewayState) -> Job:
     engine = state.engine
-    model = served_model(engine, form.model)
+    model = engine.served_model(form.model)
     context = None
     if form.prompt:
         context = check_text(form.prompt, "prompt", state.settings.max_input_chars) or None
@@ -76,44 +66,31 @@ async def start(form: TranscriptionForm, state: GatewayState) -> Job:
         engine.check_max_tokens(form.max_tokens)
     data = await read_upload(form.file)
     seconds = await check_audio(data, state.settings, form.file.filename)
-    max_tokens = max_tokens_for(engine, form.max_tokens, transcription_budget(seconds))
-    shots = await state.fewshot.shots_for(model, engine.encode)
     encoded = await engine.encode(data, model)
-    prompt = transcription_prompt(shots, encoded.tokens, context)
-    prepared = prepare_until_line_end(engine, prompt, OutputModality.TEXT, model)
-    stop_ids = line_end_ids(engine.tokenizer(model))
+    prepared = await state.tasks.asr_prompt(model, encoded.tokens, context)
     params = SamplingParams(
-        max_tokens=max_tokens,
+        max_tokens=engine.max_tokens_or(form.max_tokens, asr_budget(encoded.tokens)),
         temperature=form.temperature,
         seed=form.seed,
-        stop_token_ids=stop_ids,
     )
     result = GenerationResult()
-    outputs = engine.run(prepared, params, model, synthesize=False, result=result)
+    outputs = engine.run(prepared, params, model, synthesize=False, result=result, ending=ONE_LINE)
     primed = Primed(outputs, lambda item: isinstance(item, TextOut))
     await primed.start()
     tokenizer = engine.tokenizer(model)
     audio_tokens = sum(1 for i in prepared.prompt_ids if tokenizer.unit_of(i) is not None)
+    stop_ids = line_end_ids(engine.tokenizer(model))
     return Job(model, seconds, prepared, result, primed, form.temperature, audio_tokens, stop_ids)
 
 
 async def _texts(job: Job, state: GatewayState) -> AsyncIterator[str]:
-    """Text deltas up to the first newline; leaving early closes the generation."""
+    """Text deltas of the answer; leaving early closes the generation."""
     timings = Timings(state.metrics, ROUTE, 16000)
-    # The transcript is the first line; its trailing spaces are not part of it.
-    cut = StopMatcher(["\n", "\r"])
     async with aclosing(job.outputs.items()) as items:
         async for item in items:
             timings.observe(item)
-            if isinstance(item, TextOut):
-                delta = cut.feed(item.text)
-                if cut.stopped:
-                    delta = delta.rstrip()
-                if delta:
-                    yield delta
-                if cut.stopped:
-                    del job.result.output_ids[item.output_ids :]  # not what was read ahead
-                    break
+            if isinstance(item, TextOut) and item.text:
+                yield item.text
             elif isinstance(item, Finished):
                 break
     timings.finish()

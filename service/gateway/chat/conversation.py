@@ -7,12 +7,14 @@ is rendered as the interleaved sequence the model was trained on, without role l
 * each text part as text, each ``input_audio`` part as its speech token string, each assistant
   turn that carries ``audio: {id}`` as the speech tokens generated for that id (its text content,
   the transcript of the same utterance, is then not repeated);
-* a turn that ends in text ends with a newline, so consecutive text turns stay apart;
-* modality prefixes ``[Text]``/``[Speech]`` where the modality changes (spec §5.2), then the
-  prefix of the requested output modality.
+* every turn ends with a newline (`TurnEnd`), speech turns included, as every shot of the
+  few-shot formats does: the model's reply can then end its turn the same way
+  (docs/speech-turns.md);
+* modality prefixes ``[Text]``/``[Speech]`` where the modality changes and after a speech turn
+  (docs/prompt-format.md), then the prefix of the requested output modality.
 
 E.g. system "Be brief.", user audio A, assistant audio id B, user text "why?" asking for
-speech gives ``[Text]Be brief.\\n[Speech]<A><B>[Text]why?\\n[Speech]``.
+speech gives ``[Text]Be brief.\\n[Speech]<A>\\n[Speech]<B>\\n[Text]why?\\n[Speech]``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ from service.gateway.chat.protocol import ChatMessage
 from service.gateway.engine import Engine
 from service.gateway.errors import APIError
 from service.gateway.streams import b64decode_field
-from service.lm.prompt import PromptInput, SpeechInput, TextInput
+from service.lm.prompt import PromptInput, SpeechInput, TextInput, TurnEnd
 
-TURN_END = "\n"
 # What input_audio.format may say; the bytes are sniffed anyway (service/audio/decode.py).
 INPUT_AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "opus", "webm", "m4a", "mp4", "aac", "aiff")
 _TEXT_ONLY_ROLES = ("system", "developer", "assistant")
@@ -47,8 +48,8 @@ class _Parts:
             self.items.append(SpeechInput(tokens))
 
     def end_turn(self) -> None:
-        if self.items and isinstance(self.items[-1], TextInput):
-            self.items.append(TextInput(TURN_END))
+        if self.items and not isinstance(self.items[-1], TurnEnd):
+            self.items.append(TurnEnd())
 
 
 async def conversation_inputs(

@@ -6,12 +6,15 @@ pieces of the same format in ``delta.audio.data``, which concatenated give the f
 ``pcm16`` they are raw samples). Audio is always produced at 24 kHz, the rate OpenAI clients
 assume for pcm16.
 
-``message.audio.transcript`` is always empty: Spirit LM generates speech tokens with no parallel
-text, and a transcript would need a second LM generation (zero-shot ASR of the tokens) per turn,
-doubling the cost, with poor accuracy on the base model. Ask for ``["text"]`` to get text.
+A spoken reply ends when its turn is over (the model's line end, or silence after speech:
+docs/speech-turns.md) with finish_reason "stop", or at max_tokens with "length".
+``message.audio.transcript`` is the LM's own transcript of the reply: Spirit LM generates speech
+tokens with no parallel text, so once the reply is generated the same LM transcribes its tokens
+with the shared ASR prompt (service/gateway/tasks.py), a second, shorter generation per reply;
+streamed, it arrives as ``delta.audio.transcript`` pieces after the audio.
 
-Stop strings apply to generated text (so to ``["text"]`` only): the gateway cuts the text before
-the first stop string and closes the LM stream, which aborts the request in vLLM.
+Stop strings apply to generated text (so to ``["text"]`` only); where generations end is decided
+in service/lm/ending.py.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ from service.gateway.chat.protocol import (
     Usage,
 )
 from service.gateway.engine import AudioOut as EngineAudio
-from service.gateway.engine import Engine, Finished, SpeechTokensOut, TextOut
+from service.gateway.engine import Engine, SpeechTokensOut, TextOut
 from service.gateway.errors import APIError, error_body
+from service.gateway.sampling import parse_stops
 from service.gateway.state import GatewayState
-from service.gateway.stops import parse_stops, until_stop
 from service.gateway.streams import (
     SSE_DONE,
     SSE_HEADERS,
@@ -50,8 +53,10 @@ from service.gateway.streams import (
     pcm16_to_float,
     sse,
 )
+from service.gateway.tasks import Tasks
 from service.gateway.voices import model_voices, resolve_voice
 from service.lm.client import SamplingParams
+from service.lm.ending import Ending
 from service.lm.generation import GenerationResult, PreparedPrompt
 from service.lm.prompt import OutputModality, build_prompt
 
@@ -73,7 +78,7 @@ class ChatPlan:
     speech: bool
     speaker: int
     audio_format: str  # the request's name (wav, pcm16, ...)
-    stops: list[str]
+    ending: Ending
     affinity: str | None
 
     @property
@@ -89,6 +94,10 @@ class Outcome:
     speech_tokens: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=lambda: _usage_of(0, 0))
 
+    @property
+    def tokens(self) -> str:
+        return "".join(self.speech_tokens)
+
 
 async def chat_completion(
     request: ChatCompletionRequest,
@@ -96,21 +105,22 @@ async def chat_completion(
     memory: ChatMemory,
     session_id: str | None,
 ) -> ChatCompletion | StreamingResponse:
-    plan = await plan_chat(request, state.engine, memory, session_id)
+    plan = await plan_chat(request, state, memory, session_id)
     timings = Timings(state.metrics, ROUTE, OUTPUT_SAMPLE_RATE)
     outcome = Outcome()
     events = chat_events(plan, state.engine, timings, outcome)
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
+    transcribe = _Transcriber(plan, state.tasks)
     if not request.stream:
-        return await _complete(plan, events, outcome, memory, response_id, created)
+        return await _complete(plan, events, outcome, memory, transcribe, response_id, created)
     # Wait for the first output so that failures before it (no LM worker, prompt too long)
     # are HTTP errors rather than an error event inside a 200 stream.
     first = await _first(events)
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
     chunks = _ChunkMaker(response_id, created, plan.model, include_usage)
     return StreamingResponse(
-        _ChatStream(plan, outcome, memory, chunks).body(first, events),
+        _ChatStream(plan, outcome, memory, transcribe, chunks).body(first, events),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
@@ -120,8 +130,9 @@ async def chat_completion(
 
 
 async def plan_chat(
-    request: ChatCompletionRequest, engine: Engine, memory: ChatMemory, session_id: str | None
+    request: ChatCompletionRequest, state: GatewayState, memory: ChatMemory, session_id: str | None
 ) -> ChatPlan:
+    engine = state.engine
     check_unsupported(request)
     model = engine.resolve_model(request.model)
     speech = _wants_speech(request.modalities)
@@ -133,6 +144,10 @@ async def plan_chat(
     inputs = await conversation_inputs(request.messages, engine, model, memory)
     modality = OutputModality.SPEECH if speech else OutputModality.TEXT
     prepared = engine.prepare(build_prompt(inputs, modality), modality, model)
+    if speech:
+        ending = await state.tasks.spoken_turn_end(model, stops)
+    else:
+        ending = Ending(stops=stops)
     return ChatPlan(
         model=model,
         prepared=prepared,
@@ -140,7 +155,7 @@ async def plan_chat(
         speech=speech,
         speaker=speaker,
         audio_format=audio.format if audio else "wav",
-        stops=stops,
+        ending=ending,
         affinity=session_id or request.user or None,
     )
 
@@ -204,9 +219,8 @@ async def chat_events(
         synthesize=plan.speech,
         affinity=plan.affinity,
         result=result,
+        ending=plan.ending,
     )
-    if plan.stops:
-        outputs = until_stop(outputs, plan.stops, Finished(plan.prepared, result))
     # aclosing: leaving early (client gone) closes the engine's stream at once, which aborts
     # the vLLM request and the vocoder session.
     async with contextlib.aclosing(outputs):
@@ -220,16 +234,18 @@ async def chat_events(
                 outcome.speech_tokens.append(item.tokens)
     timings.finish()
     outcome.finish_reason = "length" if result.finish_reason == "length" else "stop"
-    outcome.usage = _usage(result, plan.prepared)
+    outcome.usage = _usage_of(result.usage.prompt_tokens, result.usage.completion_tokens)
 
 
-def _usage(result: GenerationResult, prepared: PreparedPrompt) -> Usage:
-    # An aborted request never gets vLLM's usage event: count what was received instead.
-    if not result.usage.prompt_tokens:
-        prompt, completion = len(prepared.prompt_ids), len(result.output_ids)
-    else:
-        prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
-    return _usage_of(prompt, completion)
+class _Transcriber:
+    """The LM's transcript of a spoken reply (service/gateway/tasks.py), as text deltas."""
+
+    def __init__(self, plan: ChatPlan, tasks: Tasks) -> None:
+        self.plan = plan
+        self.tasks = tasks
+
+    def __call__(self, tokens: str) -> AsyncIterator[str]:
+        return self.tasks.transcript(self.plan.model, tokens, affinity=self.plan.affinity)
 
 
 def _usage_of(prompt: int, completion: int) -> Usage:
@@ -253,6 +269,7 @@ async def _complete(
     events: AsyncIterator[str | bytes],
     outcome: Outcome,
     memory: ChatMemory,
+    transcribe: _Transcriber,
     response_id: str,
     created: int,
 ) -> ChatCompletion:
@@ -269,13 +286,14 @@ async def _complete(
         encoded = await asyncio.to_thread(
             encode_audio, samples, OUTPUT_SAMPLE_RATE, plan.encoder_format
         )
+        transcript = "".join([delta async for delta in transcribe(outcome.tokens)])
         audio_id = memory.new_audio_id()
-        expires = memory.put_audio(audio_id, plan.model, "".join(outcome.speech_tokens))
+        expires = memory.put_audio(audio_id, plan.model, outcome.tokens)
         audio = AudioOut(
             id=audio_id,
             data=base64.b64encode(encoded).decode(),
             expires_at=expires,
-            transcript="",
+            transcript=transcript,
         )
     message = AssistantMessage(content=None if plan.speech else "".join(text), audio=audio)
     return ChatCompletion(
@@ -316,11 +334,17 @@ class _ChatStream:
     """The SSE body of one streamed reply."""
 
     def __init__(
-        self, plan: ChatPlan, outcome: Outcome, memory: ChatMemory, chunks: _ChunkMaker
+        self,
+        plan: ChatPlan,
+        outcome: Outcome,
+        memory: ChatMemory,
+        transcribe: _Transcriber,
+        chunks: _ChunkMaker,
     ) -> None:
         self.plan = plan
         self.outcome = outcome
         self.memory = memory
+        self.transcribe = transcribe
         self.chunks = chunks
         self.audio_id = memory.new_audio_id()
         self.encoder = (
@@ -338,7 +362,7 @@ class _ChatStream:
                     chunk = self._piece(piece)
                     if chunk:
                         yield chunk
-                for chunk in self._ending():
+                async for chunk in self._ending():
                     yield chunk
             except APIError as error:
                 yield sse(error_body(error.status, error.message, error.param, error.code))
@@ -359,20 +383,20 @@ class _ChatStream:
             return None
         return self.chunks.delta({"audio": {"id": self.audio_id, "data": _b64(data)}})
 
-    def _ending(self) -> list[bytes]:
-        out: list[bytes] = []
+    async def _ending(self) -> AsyncIterator[bytes]:
         if self.encoder is not None:
             tail = self._audio(self.encoder.close())
             if tail:
-                out.append(tail)
-            tokens = "".join(self.outcome.speech_tokens)
-            expires = self.memory.put_audio(self.audio_id, self.plan.model, tokens)
-            audio = {"id": self.audio_id, "expires_at": expires, "transcript": ""}
-            out.append(self.chunks.delta({"audio": audio}))
-        out.append(self.chunks.delta({}, self.outcome.finish_reason))
+                yield tail
+            transcript = self.transcribe(self.outcome.tokens)
+            async with contextlib.aclosing(transcript):
+                async for delta in transcript:
+                    yield self.chunks.delta({"audio": {"id": self.audio_id, "transcript": delta}})
+            expires = self.memory.put_audio(self.audio_id, self.plan.model, self.outcome.tokens)
+            yield self.chunks.delta({"audio": {"id": self.audio_id, "expires_at": expires}})
+        yield self.chunks.delta({}, self.outcome.finish_reason)
         if self.chunks.include_usage:
-            out.append(self.chunks.usage(self.outcome.usage))
-        return out
+            yield self.chunks.usage(self.outcome.usage)
 
 
 async def _chained(

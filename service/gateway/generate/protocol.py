@@ -48,6 +48,12 @@ class GenerateRequest(SamplingFields):
         description="Up to 4 strings; generation ends when the generated text contains one "
         "(matched within text segments, left out of the output).",
     )
+    end_of_turn: bool = Field(
+        default=False,
+        description="End when the model's turn is over, as spoken replies do: at a line end "
+        "(allowed even in speech output) or at silence after speech (the gateway's "
+        "end_of_speech_* settings). finish_reason 'stop', `end` says which.",
+    )
 
     @model_validator(mode="after")
     def _has_prompt(self) -> GenerateRequest:
@@ -79,6 +85,11 @@ class GenerateResponse(BaseModel):
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     finish_reason: str | None
+    end: str | None = Field(
+        default=None,
+        description="Which condition ended the generation: line_end, stop_string, "
+        "end_of_speech, eos or max_tokens (docs/speech-turns.md).",
+    )
     segments: list[TextSegmentOut | SpeechSegmentOut]
     dropped: list[dict[str, str]]
     usage: dict[str, int]

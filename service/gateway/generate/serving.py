@@ -24,9 +24,10 @@ from service.gateway.generate.protocol import (
     SpeechSegmentOut,
     TextSegmentOut,
 )
+from service.gateway.sampling import parse_stops
 from service.gateway.state import GatewayState
-from service.gateway.stops import parse_stops, until_stop
 from service.gateway.streams import SSE_DONE, SSE_HEADERS, Timings, b64decode_field, collect, sse
+from service.lm.ending import Ending
 from service.lm.generation import GenerationResult
 from service.lm.prompt import PromptInput, SpeechInput, TextInput, build_prompt, explicit_prompt
 from service.units.tokens import SPEECH_TOKEN
@@ -66,6 +67,7 @@ def summary(finished: Finished, model: str, request_id: str, created: int) -> di
         "prompt_token_ids": prepared.prompt_ids,
         "output_token_ids": result.output_ids,
         "finish_reason": result.finish_reason,
+        "end": result.end,
         "dropped": finished.dropped,
         "usage": usage_dict(result.usage),
     }
@@ -80,6 +82,10 @@ async def generate(
     stops = parse_stops(request.stop)
     prompt = await prompt_for(request, state, model)
     prepared = engine.prepare(prompt, request.output_modality, model)
+    if request.end_of_turn:
+        ending = await state.tasks.spoken_turn_end(model, stops)
+    else:
+        ending = Ending(stops=stops)
     result = GenerationResult()
     outputs = engine.run(
         prepared,
@@ -89,9 +95,8 @@ async def generate(
         sample_rate=request.sample_rate,
         affinity=affinity,
         result=result,
+        ending=ending,
     )
-    if stops:
-        outputs = until_stop(outputs, stops, Finished(prepared, result))
     request_id = f"gen-{uuid.uuid4().hex}"
     created = int(time.time())
     timings = Timings(state.metrics, ROUTE, request.sample_rate)

@@ -3,9 +3,10 @@
 The history is rendered as one interleaved prompt, the same way the chat route renders a
 conversation (no role labels; Spirit LM has no chat template): the instructions as text, then
 each item's parts in order, user speech as the speech tokens the speech worker encoded it to,
-text as text, assistant turns as the tokens the model generated (never re-encoded audio). A turn
-ending in text ends with a newline; modality prefixes go where the modality changes, then the
-prefix of the requested output modality (spec §5.2).
+text as text, assistant turns as the tokens the model generated (never re-encoded audio). Every
+turn ends with a newline (`TurnEnd`, speech turns too, so a spoken reply can end its turn the
+same way: docs/speech-turns.md); modality prefixes go where the modality changes and after a
+speech turn, then the prefix of the requested output modality.
 
 Truncation keeps the prompt inside the LM context: the oldest items are dropped first; if the
 newest item alone is still too long, its head is cut (speech at token boundaries; the last style
@@ -26,10 +27,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from service.gateway.errors import APIError
-from service.lm.prompt import PromptInput, SpeechInput, TextInput, build_prompt
+from service.lm.prompt import PromptInput, SpeechInput, TextInput, TurnEnd, build_prompt
 from service.units.tokens import SPEECH_TOKEN
 
-TURN_END = "\n"
 HUBERT_RATE = 25  # HuBERT frames per second
 DEFAULT_FRAMES_PER_TOKEN = 2.0
 
@@ -74,8 +74,8 @@ class Item:
                 tokens = await part.speech_tokens()
                 if tokens:
                     inputs.append(SpeechInput(tokens))
-        if inputs and isinstance(inputs[-1], TextInput):
-            inputs.append(TextInput(TURN_END))
+        if inputs:
+            inputs.append(TurnEnd())
         return inputs
 
 
@@ -235,7 +235,7 @@ def _tail_of(turn: list[PromptInput], fraction: float) -> list[PromptInput]:
             kept.insert(0, part)
         elif isinstance(part, SpeechInput):
             kept.insert(0, SpeechInput(tail_speech(part.tokens, keep)))
-        else:
+        elif isinstance(part, TextInput):
             kept.insert(0, TextInput(part.text[len(part.text) - keep :]))
         keep -= size
     return kept

@@ -9,9 +9,9 @@ from pathlib import Path
 from service.checkpoints.layout import EXPRESSIVE
 from service.gateway.engine import Engine
 from service.gateway.errors import APIError
-from service.gateway.realtime.conversation import TURN_END, fit_prompt
+from service.gateway.realtime.conversation import fit_prompt
 from service.lm.generation import PreparedPrompt, prepare_prompt
-from service.lm.prompt import OutputModality, PromptInput, TextInput
+from service.lm.prompt import OutputModality, PromptInput, TextInput, TurnEnd
 
 DEFAULT_CONTEXT = 4096  # Llama-2's context (spec §2.7)
 MIN_PROMPT_TOKENS = 16
@@ -48,9 +48,7 @@ class PromptBuilder:
                 f"model's context of {self.context} tokens",
                 param="max_output_tokens",
             )
-        lead: list[PromptInput] = (
-            [TextInput(instructions), TextInput(TURN_END)] if instructions else []
-        )
+        lead: list[PromptInput] = [TextInput(instructions), TurnEnd()] if instructions else []
         prompt = fit_prompt(lead, turns, modality.value, budget, self.count)
         return prepare_prompt(self.tokenizer, prompt, modality, expressive=self.expressive)
 

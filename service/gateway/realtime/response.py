@@ -3,8 +3,9 @@
 The conversation so far becomes one Spirit LM prompt (conversation.py), the engine streams the
 generation, and each segment becomes a content part of one assistant item: speech segments an
 ``output_audio`` part (audio deltas as the vocoder produces them, then a transcript by the LM),
-text segments an ``output_text`` part. Text ends the response at its first newline (a text turn
-ends there).
+text segments an ``output_text`` part. A reply ends when its turn is over: at the model's line
+end, or, spoken, at silence after speech (service/lm/ending.py, docs/speech-turns.md); one that
+reaches max_output_tokens is ``incomplete``.
 
 Cancelling (``cancel``: response.cancel or barge-in) cancels the generation task, which closes
 the engine stream: the vLLM request is aborted and the vocoder stream cancelled. Audio deltas
@@ -47,8 +48,9 @@ from service.gateway.realtime.conversation import (
 )
 from service.gateway.realtime.prompting import PromptBuilder
 from service.gateway.realtime.protocol import ServerEvents, new_id
-from service.gateway.realtime.transcripts import transcribe
+from service.gateway.tasks import Tasks
 from service.lm.client import SamplingParams
+from service.lm.ending import ONE_LINE
 from service.lm.generation import GenerationResult
 from service.lm.prompt import OutputModality
 
@@ -76,6 +78,7 @@ class ResponseContext:
     """What a response needs from its session."""
 
     engine: Engine
+    tasks: Tasks
     model: str
     voice: str | int
     speaker: int
@@ -149,8 +152,7 @@ class Response:
             return
         error = inner.exception()
         if error is None:
-            limited = self._result.finish_reason == "length"
-            if limited and self.request.modality is not OutputModality.SPEECH:
+            if self._result.finish_reason == "length":
                 self.status = "incomplete"
                 self.status_details = {"type": "incomplete", "reason": "max_output_tokens"}
             else:
@@ -204,6 +206,10 @@ class Response:
         params = SamplingParams(
             max_tokens=request.max_tokens, temperature=request.temperature, top_p=TOP_P
         )
+        if request.modality is OutputModality.TEXT:
+            ending = ONE_LINE  # a text turn ends at its line end
+        else:
+            ending = await ctx.tasks.spoken_turn_end(ctx.model)
         outputs = ctx.engine.run(
             prepared,
             params,
@@ -213,6 +219,7 @@ class Response:
             synthesize=ctx.stream_audio,
             affinity=ctx.conversation.id,
             result=self._result,
+            ending=ending,
         )
         async with aclosing(outputs) as stream:
             async for out in stream:
@@ -220,8 +227,7 @@ class Response:
                     await self._close_part()
                     self._open_part("audio" if out.kind == "speech" else "text")
                 elif isinstance(out, TextOut):
-                    if self._text(out.text):
-                        break
+                    self._text(out.text)
                 elif isinstance(out, SpeechTokensOut) and self._open is not None:
                     self._open.tokens += out.tokens
                 elif isinstance(out, AudioOut) and self._open is not None:
@@ -236,16 +242,12 @@ class Response:
         self._open = part
         self._send_part("response.content_part.added", part)
 
-    def _text(self, text: str) -> bool:
-        """Send a text delta; True when the text turn ended (newline)."""
+    def _text(self, text: str) -> None:
         part = self._open
-        if part is None:
-            return False
-        head, newline, _ = text.partition("\n")
-        if head:
-            part.text += head
-            self._send_delta("response.output_text.delta", part, delta=head)
-        return bool(newline)
+        if part is None or not text:
+            return
+        part.text += text
+        self._send_delta("response.output_text.delta", part, delta=text)
 
     async def _audio(self, part: Part, pcm16: bytes) -> None:
         samples = len(pcm16) // 2
@@ -295,7 +297,7 @@ class Response:
 
     async def _transcript(self, part: Part) -> None:
         ctx = self.ctx
-        deltas = transcribe(ctx.engine, ctx.model, part.tokens, affinity=ctx.conversation.id)
+        deltas = ctx.tasks.transcript(ctx.model, part.tokens, affinity=ctx.conversation.id)
         async with aclosing(deltas) as stream:
             async for delta in stream:
                 part.text += delta

@@ -58,7 +58,6 @@ from service.gateway.realtime.protocol import (
 )
 from service.gateway.realtime.response import Response, ResponseContext, ResponseRequest
 from service.gateway.realtime.session import InputAudio, PauseDetected, TurnDetected, Utterance
-from service.gateway.realtime.transcripts import transcribe
 from service.gateway.realtime.vad import SpeechStarted, VadStream, load_model
 from service.gateway.state import GatewayState
 from service.gateway.voices import Voice, model_voices
@@ -428,7 +427,7 @@ class RealtimeSession:
 
     async def _transcribe_input(self, item: Item, part: Part) -> None:
         tokens = await part.speech_tokens()
-        deltas = transcribe(self.engine, self.model, tokens, affinity=self.conversation.id)
+        deltas = self.state.tasks.transcript(self.model, tokens, affinity=self.conversation.id)
         try:
             async with aclosing(deltas) as stream:
                 text = "".join([delta async for delta in stream])
@@ -659,6 +658,7 @@ class RealtimeSession:
         )
         context = ResponseContext(
             engine=self.engine,
+            tasks=self.state.tasks,
             model=self.model,
             voice=config.voice,
             speaker=config.speaker,
