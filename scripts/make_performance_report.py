@@ -2,12 +2,12 @@
 """docs/performance.md and its plots from the JSON results of the benchmarks.
 
 Inputs (each optional; a missing one leaves its section saying how to produce it):
-  RESULTS/lm.json      spiritlm-serve bench-report (baseline vs ours per concurrency)
-  RESULTS/speech.json  spiritlm-serve bench-report (speech model real-time factors)
-  LOAD/load.json       spiritlm-serve bench-load (errors, latency, RSS over time)
+  RESULTS/lm.json      spiritlm-serve bench report (baseline vs ours per concurrency)
+  RESULTS/speech.json  spiritlm-serve bench report (speech model real-time factors)
+  LOAD/load.json       spiritlm-serve bench load (errors, latency, RSS over time)
 
 Needs matplotlib, which the project venv does not carry: run it with the report venv's python
-(scripts/install_report_tools.sh prints it), as `spiritlm-serve bench-report` does. Only the
+(scripts/install_report_tools.sh prints it), as `spiritlm-serve bench report` does. Only the
 standard library, numpy and matplotlib are used, so the project need not be importable.
 """
 
@@ -338,12 +338,12 @@ def document(lm: dict | None, speech: dict | None, load_report: dict | None,
              overload_dir: Path | None = None) -> str:  # fmt: skip
     parts = [INTRO, "## Reproduce", "", "```bash"]
     parts += ["# LM baseline vs ours, speech RTF, then this file and the plots",
-              (lm or speech or {}).get("command", "spiritlm-serve bench-report"),
-              "# the load test (10 minutes; its load.json is read by bench-report)",
+              (lm or speech or {}).get("command", "spiritlm-serve bench report"),
+              "# the load test (10 minutes; its load.json is read by bench report)",
               (load_report or {}).get("summary", {}).get("command",
-                                                         "spiritlm-serve bench-load"),
+                                                         "spiritlm-serve bench load"),
               "# only re-plot from existing results (here with the higher-rate run too)",
-              "spiritlm-serve bench-report --measure ''"
+              "spiritlm-serve bench report --measure ''"
               + (f" --overload-dir {overload_dir}" if overload_dir else ""), "```", ""]  # fmt: skip
     summary = findings(lm, load_report)
     if summary:
@@ -359,7 +359,7 @@ def document(lm: dict | None, speech: dict | None, load_report: dict | None,
             f"![throughput]({images['throughput']})", "", *lm_tables(lm),
         ]  # fmt: skip
     else:
-        parts += ["_Not measured yet: run `spiritlm-serve bench-report --measure lm`._", ""]
+        parts += ["_Not measured yet: run `spiritlm-serve bench report --measure lm`._", ""]
     parts += ["## Time to first audio", ""]
     if "first_audio" in images:
         parts += [
@@ -378,7 +378,7 @@ def document(lm: dict | None, speech: dict | None, load_report: dict | None,
             f"![real-time factors]({images['rtf']})", "", *speech_tables(speech), "",
         ]  # fmt: skip
     else:
-        parts += ["_Not measured yet: run `spiritlm-serve bench-report --measure speech`._", ""]
+        parts += ["_Not measured yet: run `spiritlm-serve bench report --measure speech`._", ""]
     parts += ["## Load test", ""]
     if load_report:
         parts += [
@@ -392,7 +392,7 @@ def document(lm: dict | None, speech: dict | None, load_report: dict | None,
             f"![latency]({images['load_latency']})", "", f"![memory]({images['load_rss']})", "",
         ]  # fmt: skip
     else:
-        parts += ["_Not run yet: `spiritlm-serve bench-load` writes .cache/perf/load._", ""]
+        parts += ["_Not run yet: `spiritlm-serve bench load` writes .cache/perf/load._", ""]
     if overload:
         outcome = (
             "Requests that cannot be served within the timeout fail; memory still stays flat and "
@@ -404,7 +404,7 @@ def document(lm: dict | None, speech: dict | None, load_report: dict | None,
         parts += [
             "### At a higher rate", "",
             "The same test at a higher rate (`"
-            + overload["summary"].get("command", "spiritlm-serve bench-load") + "`). " + outcome,
+            + overload["summary"].get("command", "spiritlm-serve bench load") + "`). " + outcome,
             "", *load_tables(overload), "",
         ]  # fmt: skip
     return "\n".join(parts).rstrip() + "\n"
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path(".cache/perf"))
     parser.add_argument("--load", type=Path, default=Path(".cache/perf/load"))
     parser.add_argument(
-        "--overload", type=Path, default=None, help="bench-load output of a higher-rate run"
+        "--overload", type=Path, default=None, help="bench load output of a higher-rate run"
     )
     parser.add_argument("--output", type=Path, default=Path("docs/performance.md"))
     parser.add_argument("--img-dir", type=Path, default=Path("docs/img"))

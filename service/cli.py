@@ -9,16 +9,14 @@ from collections.abc import Callable, Sequence
 
 from service.commands import (
     bench,
-    bench_load,
-    bench_realtime,
-    bench_report,
-    bench_speech,
-    checkpoints,
-    docs,
+    config_reference,
+    gateway,
+    generate,
     lm,
-    serve,
+    make_checkpoints,
     speech,
-    workers,
+    speech_worker,
+    up,
 )
 from service.commands.common import log
 from service.errors import SpiritError
@@ -29,19 +27,28 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spiritlm-serve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    modules = (checkpoints, speech, lm, workers, serve, docs)
-    benchmarks = (bench_speech, bench, bench_realtime, bench_load, bench_report)
-    for module in modules + benchmarks:
+    modules = (make_checkpoints, speech, generate, lm, speech_worker, gateway, up)
+    for module in (*modules, bench, config_reference):
         module.register(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with the flags it does not know in `extra_args`.
+
+    Only the commands that pass such flags on may get any (`passthrough`: vLLM's flags of `lm`
+    and `up`); for the others they are an error.
+    """
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_args = extra
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     handler: Handler = args.handler
     try:
         return handler(args)

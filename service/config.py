@@ -1,19 +1,22 @@
 """Service settings: one pydantic-settings model read from env vars (SPIRITLM_*) and CLI flags.
 
-Every field `foo_bar` is settable as env var `SPIRITLM_FOO_BAR` and as CLI flag `--foo-bar`; a flag
-given on the command line wins over the environment.
+Every field `foo_bar` is settable as env var `SPIRITLM_FOO_BAR` and as CLI flag `--foo-bar` (a few
+flags are spelled otherwise: `flag_names`); a flag given on the command line wins over the
+environment. docs/configuration.md lists them, generated from the commands' parsers.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import Field
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.checkpoints.layout import BASE, VARIANTS
+from service.checkpoints.layout import BASE
 
 ModelName = Literal["spirit-lm-base-7b", "spirit-lm-expressive-7b"]
 
@@ -66,19 +69,81 @@ def resolve_device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# Flags spelled otherwise than `--field-name`, and why:
+# - `--checkpoints` is the short form every command has taken from the start.
+# - a worker URL per flag, repeated (`--lm-url A --lm-url B`), reads better than one list; the
+#   env vars stay comma-separated lists.
+_FLAGS: dict[str, tuple[str, ...]] = {
+    "checkpoints_dir": ("--checkpoints", "--checkpoints-dir"),
+    "lm_urls": ("--lm-url",),
+    "speech_urls": ("--speech-url",),
+}
+_REPEATED = frozenset({"lm_urls", "speech_urls"})
+
+
+def flag_names(name: str) -> tuple[str, ...]:
+    """The command-line spellings of the settings field `name`, the usual one first."""
+    return _FLAGS.get(name, ("--" + name.replace("_", "-"),))
+
+
+def env_name(model_cls: type[BaseSettings], name: str) -> str:
+    return f"{model_cls.model_config.get('env_prefix', '')}{name}".upper()
+
+
+class SettingFlag(argparse.Action):
+    """The flag of one settings field; it knows its env var and the field (for the reference).
+
+    Its default is None, "not given", so that the environment and then the model's own default
+    decide (`settings_from_args`).
+    """
+
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str,
+        *,
+        model_cls: type[BaseSettings],
+        **kwargs: Any,
+    ) -> None:
+        self.field: FieldInfo = model_cls.model_fields[dest]
+        self.env = env_name(model_cls, dest)
+        self.repeated = dest in _REPEATED
+        choices = (
+            get_args(self.field.annotation)
+            if get_origin(self.field.annotation) is Literal
+            else None
+        )
+        description = (self.field.description or "").replace("%", "%%")
+        again = " (repeat for more)" if self.repeated else ""
+        super().__init__(
+            option_strings,
+            dest,
+            default=None,
+            choices=choices,
+            help=f"{description}{again} [env {self.env}]",
+            **kwargs,
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if self.repeated:
+            values = [*(getattr(namespace, self.dest, None) or []), values]
+        setattr(namespace, self.dest, values)
+
+
 def add_settings_arguments(
     parser: argparse.ArgumentParser,
-    fields: tuple[str, ...],
     model_cls: type[BaseSettings] = Settings,
+    fields: Iterable[str] | None = None,
 ) -> None:
-    """Add `--field-name` flags for the given settings fields (defaults stay with the model)."""
-    for name in fields:
-        info = model_cls.model_fields[name]
-        flag = "--" + name.replace("_", "-")
-        extra: dict[str, Any] = {}
-        if name == "model":
-            extra["choices"] = list(VARIANTS)
-        parser.add_argument(flag, dest=name, default=None, help=info.description, **extra)
+    """A flag for each of the given settings fields (default: every field of the model)."""
+    for name in model_cls.model_fields if fields is None else fields:
+        parser.add_argument(*flag_names(name), dest=name, action=SettingFlag, model_cls=model_cls)
 
 
 def settings_from_args(args: argparse.Namespace, model_cls: type[BaseSettings] = Settings) -> Any:

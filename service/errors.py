@@ -1,8 +1,12 @@
-"""Error types shared by the service. Each one carries a message meant for the user."""
+"""Error types shared by the service, and the OpenAI error body every process answers with.
+
+Each error type carries a message meant for the user.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class SpiritError(Exception):
@@ -24,3 +28,18 @@ class AudioError(SpiritError):
 
 class UnitFormatError(SpiritError):
     """A unit or token string that cannot be parsed."""
+
+
+def error_body(
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """The OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``.
+
+    ``kind`` is the ``type`` field; the gateway derives it from the HTTP status
+    (`service.gateway.errors.error_type`), the speech worker names it at each error.
+    """
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

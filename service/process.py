@@ -1,14 +1,17 @@
-"""Child processes of the service: start, wait until healthy, stop cleanly."""
+"""Child processes of the service: start, wait until healthy, stop cleanly; ports and logs."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import httpx
 
@@ -105,3 +108,18 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 def python_module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on right now, for a child server of our own."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def lm_worker_log_path(port: int) -> str:
+    """Where a command that starts its own LM worker sends vLLM's output.
+
+    vLLM logs to stdout, which must stay machine-readable (`generate --json`, `bench lm`).
+    """
+    return str(Path(tempfile.gettempdir()) / f"spiritlm-lm-worker-{port}.log")

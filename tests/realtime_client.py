@@ -1,6 +1,6 @@
 """A minimal OpenAI Realtime client over raw `websockets`, written from the protocol (not with the
 project's SDK), so tests check the wire format itself. Event names are accepted in both the GA
-and the beta spelling.
+and the beta spelling (the service's table of the two is the one source of both).
 """
 
 from __future__ import annotations
@@ -14,23 +14,16 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from service.checkpoints.layout import BASE
+from service.gateway.realtime.protocol import BETA_EVENT_NAMES
 
 RATE = 24000
-# GA name <- beta name, so a test can ask for one name and accept both.
-BETA_NAMES = {
-    "response.audio.delta": "response.output_audio.delta",
-    "response.audio.done": "response.output_audio.done",
-    "response.audio_transcript.delta": "response.output_audio_transcript.delta",
-    "response.audio_transcript.done": "response.output_audio_transcript.done",
-    "response.text.delta": "response.output_text.delta",
-    "response.text.done": "response.output_text.done",
-    "conversation.item.created": "conversation.item.added",
-}
+# Beta name -> GA name, so a test can ask for one name and accept both.
+GA_NAMES = {beta: ga for ga, beta in BETA_EVENT_NAMES.items()}
 EVENT_TIMEOUT = 120.0
 
 
 def canonical(name: str) -> str:
-    return BETA_NAMES.get(name, name)
+    return GA_NAMES.get(name, name)
 
 
 # ---- the test client ---------------------------------------------------------------------

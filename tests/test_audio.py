@@ -25,9 +25,11 @@ from service.audio.decode import (
 )
 from service.audio.encode import (
     MEDIA_TYPES,
+    SAMPLE_RATES,
     SUPPORTED_FORMATS,
     StreamEncoder,
     available_formats,
+    check_sample_rate,
     encode_audio,
 )
 from service.audio.resample import StreamResampler, resample, resample_tensor
@@ -564,6 +566,15 @@ def test_encode_output_rate(fmt: str) -> None:
 def test_encode_rejects_rate_the_codec_cannot_take() -> None:
     with pytest.raises(ValueError, match="opus cannot be encoded at 22050 Hz"):
         encode_audio(np.zeros(100), RATE, "opus", output_rate=22050)
+
+
+def test_output_rates_outside_the_offered_ones_are_refused() -> None:
+    for rate in SAMPLE_RATES:
+        check_sample_rate(rate)
+    with pytest.raises(ValueError, match=r"^sample_rate 11025 is not supported; use one of 8000,"):
+        check_sample_rate(11025)
+    with pytest.raises(ValueError, match=r"^session\.rate 44 is"):
+        check_sample_rate(44, "session.rate")
 
 
 def test_encode_rejects_bad_arrays() -> None:

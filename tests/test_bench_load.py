@@ -8,7 +8,6 @@ and nothing left in flight afterwards.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -27,7 +26,7 @@ from service.bench.load import (
 )
 from service.bench.processes import RssSample
 from service.checkpoints.layout import BASE
-from service.commands import bench_load
+from service.cli import parse_args
 from tests.conftest import Servers
 
 
@@ -103,9 +102,8 @@ def test_histogram_mean_filters_by_label() -> None:
 
 
 def run_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    bench_load.register(parser.add_subparsers())
-    return bench_load.run(parser.parse_args(argv))
+    args = parse_args(argv)
+    return args.handler(args)
 
 
 @pytest.mark.slow
@@ -113,7 +111,7 @@ def test_short_run_against_the_stack(servers: Servers, tmp_path: Path) -> None:
     gateway = servers.gateway(BASE)
     output = tmp_path / "load"
     code = run_command(
-        ["bench-load", "--url", gateway, "--duration", "20", "--rate", "0.5", "--seed", "3",
+        ["bench", "load", "--url", gateway, "--duration", "20", "--rate", "0.5", "--seed", "3",
          "--speech-tokens", "20", "--text-tokens", "8", "--timeout", "90",
          "--mix", "generate-text,generate-speech,transcription,speech,tokenize,realtime",
          "--output-dir", str(output)]

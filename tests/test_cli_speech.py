@@ -23,7 +23,7 @@ import torch
 from service.audio.decode import load_audio_file
 from service.bench.sections import replace_section
 from service.checkpoints.layout import BASE, EXPRESSIVE, VARIANTS, CheckpointLayout
-from service.commands import bench_speech
+from service.cli import parse_args
 from service.errors import SpiritError
 from service.speech.hubert import load_hubert
 from service.speech.pipeline import SpeechStack
@@ -461,7 +461,7 @@ def test_errors_are_one_line_with_exit_code_2(
     assert not broken["output"].exists()
 
 
-# ----------------------------------------------------------------------------- bench-speech
+# ----------------------------------------------------------------------------- bench speech
 
 
 def test_replace_section_keeps_the_other_sections() -> None:
@@ -478,10 +478,8 @@ def test_replace_section_keeps_the_other_sections() -> None:
 
 
 def bench_args(*argv: str) -> argparse.Namespace:
-    """`bench-speech` parsed by its own register() (the lead wires it into service/cli.py)."""
-    parser = argparse.ArgumentParser(prog="spiritlm-serve")
-    bench_speech.register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["bench-speech", *argv])
+    """`bench speech` as the real CLI parses it."""
+    return parse_args(["bench", "speech", *argv])
 
 
 def test_bench_speech_measures_and_replaces_its_section(
@@ -513,7 +511,7 @@ def test_bench_speech_measures_and_replaces_its_section(
         "# Benchmarks\n\n<!-- bench-lm:start -->\nLM figures\n<!-- bench-lm:end -->"
     )
     section = text.split("<!-- bench-speech:start -->\n")[1].split("<!-- bench-speech:end -->")[0]
-    assert "Command: `spiritlm-serve bench-speech --device cpu --repeats 1 --sizes tiny" in section
+    assert "Command: `spiritlm-serve bench speech --device cpu --repeats 1 --sizes tiny" in section
     assert f"torch {torch.__version__}" in section and "GPU: " in section
     assert all(row in section for row in timing_rows)
     assert text.count("<!-- bench-speech:start -->") == 1

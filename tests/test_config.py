@@ -1,4 +1,5 @@
-"""Settings: env vars and flags with the same names, lists, and the generated reference."""
+"""Settings: env vars and flags with the same names, lists, the generated reference, and how
+`up` routes its flags to its children."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from service.cli import main, parse_args
+from service.commands.config_reference import render_reference
+from service.commands.up import route_flags
 from service.config import add_settings_arguments, settings_from_args
-from service.config_reference import render_reference
 from service.gateway.settings import GatewaySettings
+from service.speech_worker.settings import SpeechWorkerSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,11 +25,20 @@ def test_configuration_reference_is_up_to_date() -> None:
     )
 
 
-def test_every_gateway_setting_is_documented() -> None:
+def test_every_setting_is_a_flag_of_its_command_and_documented() -> None:
     text = render_reference()
-    for name in GatewaySettings.model_fields:
-        assert f"`SPIRITLM_{name.upper()}`" in text
-        assert f"`--{name.replace('_', '-')}`" in text
+    for command, model in (("gateway", GatewaySettings), ("speech-worker", SpeechWorkerSettings)):
+        args = parse_args([command])
+        for name in model.model_fields:
+            assert hasattr(args, name), f"{command} has no flag for {name}"
+            assert f"`SPIRITLM_{name.upper()}`" in text
+    assert "`--lm-url` | `SPIRITLM_LM_URLS`" in text
+
+
+def test_worker_urls_are_repeated_flags() -> None:
+    args = parse_args(["gateway", "--lm-url", "http://a:1", "--lm-url", "http://b:2"])
+    settings = settings_from_args(args, GatewaySettings)
+    assert settings.lm_urls == ["http://a:1", "http://b:2"]
 
 
 def test_lists_come_comma_separated_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,7 +53,7 @@ def test_a_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("SPIRITLM_PORT", "9000")
     monkeypatch.setenv("SPIRITLM_MAX_TOKENS_LIMIT", "77")
     parser = argparse.ArgumentParser()
-    add_settings_arguments(parser, ("port", "max_tokens_limit"), GatewaySettings)
+    add_settings_arguments(parser, GatewaySettings, ("port", "max_tokens_limit"))
     settings = settings_from_args(parser.parse_args(["--port", "9100"]), GatewaySettings)
     assert settings.port == 9100
     assert settings.max_tokens_limit == 77
@@ -50,3 +63,24 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPIRITLM_MAX_BODY_BYTES", "-1")
     with pytest.raises(ValueError, match="max_body_bytes"):
         GatewaySettings()
+
+
+# ------------------------------------------------------------------- `up`: flags to children
+
+
+def test_up_routes_each_flag_to_its_child() -> None:
+    args = parse_args(
+        ["up", "--max-model-len", "1024", "--health-interval", "0.5", "--max-streams", "4",
+         "--port", "9000", "--dtype=float32"]
+    )  # fmt: skip
+    flags = route_flags(args)
+    assert flags.vllm == ["--max-model-len", "1024", "--dtype=float32"]
+    assert flags.gateway_env == {"SPIRITLM_HEALTH_INTERVAL": "0.5"}  # --port: a gateway flag
+    assert flags.speech_worker == ["--max-streams", "4"]
+
+
+def test_up_refuses_a_flag_of_no_child(capsys: pytest.CaptureFixture[str]) -> None:
+    """Before anything starts: exit status 2 and one line that names the flag."""
+    assert main(["up", "--max-model-len", "64", "--bogus-flag", "1"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "unknown flag --bogus-flag" in lines[0], lines

@@ -20,9 +20,10 @@ import pytest
 import soundfile
 
 from service.audio.decode import decode_audio, load_audio_file
+from service.checkpoints.embedded_bank import EMBEDDED_BANK_DIR
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.errors import CheckpointError
-from service.gateway.fewshot import EMBEDDED_BANK_DIR, ExemplarBank
+from service.gateway.fewshot import ExemplarBank
 from service.lm.prompt import asr_prompt, classification_prompt, tts_prompt
 from service.lm.tokenizer import SpiritTokenizer
 from service.speech.pipeline import SpeechStack
@@ -910,7 +911,7 @@ def test_gateway_with_a_bad_bank_does_not_start(tmp_path: Path, child_env: dict[
 
 def test_up_passes_gateway_flags_to_the_gateway() -> None:
     from service.cli import build_parser
-    from service.commands.serve import given_gateway_env
+    from service.commands.up import given_gateway_env
 
     args = build_parser().parse_args(
         ["up", "--fewshot-dir", "/banks/en", "--fewshot-shots", "5", "--port", "9000"]

@@ -44,10 +44,10 @@ from service.lm.parsing import (
     SpeechSegment,
     TextSegment,
     parse_output_report,
-    segments_from_events,
 )
 from service.lm.prompt import OutputModality, PromptInput, SpeechInput, TextInput, build_prompt
 from service.lm.tokenizer import SpiritTokenizer
+from tests.stream_segments import segments_from_events
 
 T = TypeVar("T")
 VARIANTS = (BASE, EXPRESSIVE)
@@ -127,6 +127,21 @@ def reference_greedy(
             bad_words_ids=[[i] for i in sorted(banned)],
         )
     return out[0, len(prompt_ids) :].tolist()
+
+
+async def complete(
+    client: LMClient,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    allowed_token_ids: list[int] | None = None,
+) -> tuple[list[int], str | None]:
+    """One whole request on `client`: its generated ids and finish reason."""
+    token_ids: list[int] = []
+    finish_reason = None
+    async for delta in client.stream(prompt_ids, params, allowed_token_ids):
+        token_ids += delta.token_ids
+        finish_reason = delta.finish_reason or finish_reason
+    return token_ids, finish_reason
 
 
 def generator_for(url: str, layout: CheckpointLayout, variant: str) -> Generator:
@@ -238,7 +253,7 @@ def test_refused_requests_raise_lm_error_and_the_engine_lives(
                 (SamplingParams(max_tokens=2), [40000]),  # refused by an error event after 200
             ]:
                 try:
-                    await client.complete([1, 100], params, allowed)
+                    await complete(client, [1, 100], params, allowed)
                     errors.append(None)
                 except LMError as error:
                     errors.append(error)
@@ -629,7 +644,7 @@ def test_seeded_long_prompts_keep_the_engine_alive(servers: Any) -> None:
     async def seeded() -> list[Any]:
         try:
             jobs = [
-                client.complete(ids, SamplingParams(max_tokens=4, temperature=1.0, seed=k))
+                complete(client, ids, SamplingParams(max_tokens=4, temperature=1.0, seed=k))
                 for k, ids in enumerate(prompts)
             ]
             return list(await asyncio.gather(*jobs))
@@ -637,6 +652,6 @@ def test_seeded_long_prompts_keep_the_engine_alive(servers: Any) -> None:
             await client.aclose()
 
     completions = run(seeded())
-    assert [c.finish_reason for c in completions] == ["length"] * len(prompts)
-    assert all(len(c.token_ids) == 4 for c in completions)
+    assert [reason for _, reason in completions] == ["length"] * len(prompts)
+    assert all(len(token_ids) == 4 for token_ids, _ in completions)
     assert httpx.get(f"{url}/health", timeout=5.0).status_code == 200

@@ -22,7 +22,6 @@ from service.lm.parsing import (
     Trim,
     parse_output,
     parse_output_report,
-    segments_from_events,
 )
 from service.lm.prompt import (
     OutputModality,
@@ -40,6 +39,7 @@ from service.lm.prompt import (
 )
 from service.units.tokens import string_to_units
 from tests import golden
+from tests.stream_segments import segments_from_events
 
 
 def hu(*values: int) -> str:

@@ -101,7 +101,7 @@ def worker(layout: CheckpointLayout, cache_dir: Path, tmp_path_factory) -> Itera
         str(MAX_STREAMS),
         "--max-tokens",
         str(MAX_TOKENS),
-        "--max-body-bytes",
+        "--speech-max-body-bytes",
         str(MAX_BODY),
         "--first-chunk-units",
         str(FIRST_CHUNK_UNITS),

@@ -16,6 +16,7 @@ from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.checkpoints.tiny_vocoder import write_vocoders
 from service.errors import CheckpointError
 from service.speech.streaming import StreamingVocoder
+from service.speech.torch_files import fold_weight_norm
 from service.speech.vocoder import FrameCodes, UnitVocoder, load_vocoder, upsample_codes
 
 HOP = 640
@@ -176,6 +177,16 @@ def spec_synthesize(
     x = torch.cat(parts, dim=1).T[None]
     with torch.no_grad():
         return spec_generator(state, cfg, x).numpy()
+
+
+@pytest.mark.parametrize("dim", [0, 2])  # HiFi-GAN's convs; HuBERT's positional conv
+def test_fold_weight_norm_matches_torch(dim: int) -> None:
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(6, 8, 5), dim=dim)
+    with torch.no_grad():
+        conv.parametrizations.weight.original0.uniform_(0.5, 2.0)
+    g = conv.parametrizations.weight.original0.detach()
+    v = conv.parametrizations.weight.original1.detach()
+    torch.testing.assert_close(fold_weight_norm(g, v, dim=dim), conv.weight.detach())
 
 
 def test_base_matches_spec_forward_with_duration_prediction(base, layout):

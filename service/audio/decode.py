@@ -24,6 +24,7 @@ import av
 import numpy as np
 import soundfile
 
+from service.audio.pcm import pcm16_to_float
 from service.audio.resample import kernel_elements, resample
 from service.errors import AudioError
 
@@ -100,7 +101,7 @@ def decode_pcm16(data: bytes, sample_rate: int) -> np.ndarray:
     if len(data) % 2:
         raise AudioError(f"pcm16 audio has an odd number of bytes ({len(data)})")
     _check_rate(sample_rate)
-    samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    samples = pcm16_to_float(data)
     if sample_rate == TARGET_RATE:
         return samples
     return resample(samples, sample_rate, TARGET_RATE)

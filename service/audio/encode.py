@@ -20,9 +20,12 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from service.audio.pcm import float_to_int16, float_to_pcm16
 from service.audio.resample import StreamResampler, resample
 
 SUPPORTED_FORMATS = ("wav", "pcm", "flac", "mp3", "opus", "aac")
+# Output rates offered for synthesized audio; others would need exotic resampling filters.
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 MEDIA_TYPES: dict[str, str] = {
     "wav": "audio/wav",
@@ -63,9 +66,9 @@ def encode_audio(
     if rate != source_rate:
         samples = np.clip(resample(samples, source_rate, rate), -1.0, 1.0)
     if fmt == "pcm":
-        return _to_pcm16(samples)
+        return float_to_pcm16(samples)
     if fmt == "wav":
-        pcm = _to_pcm16(samples)
+        pcm = float_to_pcm16(samples)
         return _wav_header(rate, len(pcm)) + pcm
     buffer = io.BytesIO()
     encoder = _PyAVEncoder(fmt, rate, buffer, streaming=False)
@@ -123,7 +126,7 @@ class StreamEncoder:
         if self._pyav is not None:
             self._pyav.write(samples)
             return self._sink.take()
-        out = _to_pcm16(samples)
+        out = float_to_pcm16(samples)
         if self.format == "wav" and not self._header_sent:
             self._header_sent = True
             out = _wav_header(self.sample_rate, None) + out
@@ -174,7 +177,7 @@ class _PyAVEncoder:
         if samples.size == 0:
             return
         if self._plan.sample_format == "s16":
-            planes = _to_int16(samples)[None, :]
+            planes = float_to_int16(samples)[None, :]
         else:
             planes = samples[None, :]
         frame = av.AudioFrame.from_ndarray(planes, format=self._plan.sample_format, layout="mono")
@@ -216,6 +219,13 @@ def available_formats() -> tuple[str, ...]:
     return tuple(usable)
 
 
+def check_sample_rate(rate: int, param: str = "sample_rate") -> None:
+    """Refuse an output rate outside SAMPLE_RATES: ValueError naming ``param`` and the choices."""
+    if rate not in SAMPLE_RATES:
+        rates = ", ".join(str(choice) for choice in SAMPLE_RATES)
+        raise ValueError(f"{param} {rate} is not supported; use one of {rates}")
+
+
 def _check_format(fmt: str) -> str:
     name = fmt.lower() if isinstance(fmt, str) else fmt
     if name not in SUPPORTED_FORMATS:
@@ -238,15 +248,6 @@ def _prepare(wav: np.ndarray) -> np.ndarray:
     if not np.isfinite(samples).all():
         raise ValueError("audio to encode contains NaN or infinite samples")
     return np.clip(samples, -1.0, 1.0)
-
-
-def _to_int16(samples: np.ndarray) -> np.ndarray:
-    scaled = np.rint(np.clip(samples, -1.0, 1.0) * 32768.0)
-    return np.clip(scaled, -32768, 32767).astype(np.int16)
-
-
-def _to_pcm16(samples: np.ndarray) -> bytes:
-    return _to_int16(samples).astype("<i2").tobytes()
 
 
 def _wav_header(rate: int, data_bytes: int | None) -> bytes:

@@ -41,6 +41,7 @@ from service.lm.generation import GenerationResult, Generator
 from service.lm.parsing import ModalitySwitch, SpeechSegment, SpeechTokens, TextDelta, parse_output
 from service.lm.prompt import OutputModality, SpeechInput, TextInput, build_prompt
 from service.lm.tokenizer import SpiritTokenizer
+from service.process import free_port, lm_worker_log_path
 from service.speech.pipeline import SpeechStack
 from service.units.tokens import UnitStreamParser
 
@@ -416,7 +417,6 @@ def run_lm_benchmark(
     progress: Progress = print,
 ) -> BenchResult:
     """Baseline first (with no vLLM server running when we start it), then ours."""
-    from service.commands.lm import free_port, worker_log_path
     from service.lm.worker import is_cpu_vllm, start_lm_worker
 
     load_at_start = load_average()
@@ -435,13 +435,13 @@ def run_lm_benchmark(
     split = plan_for(os.environ, is_cpu_vllm()) if url is None else None
     if url is None:
         port = free_port()
-        progress(f"LM worker log: {worker_log_path(port)}")
+        progress(f"LM worker log: {lm_worker_log_path(port)}")
         worker = start_lm_worker(
             layout.lm_dir(variant),
             variant,
             port=port,
             env=split.lm_env() if split else None,
-            log_path=worker_log_path(port),
+            log_path=lm_worker_log_path(port),
             progress=progress,
         )
         url = f"http://127.0.0.1:{port}"

@@ -9,7 +9,7 @@ One run measures side by side, on the same machine and checkpoints:
 * the speech models (bench/speech.py): encode/decode real-time factors and the streaming
   vocoder's first-chunk latency.
 
-The load test (bench-load) writes its own load.json; the report reads all three files.
+The load test (`bench load`) writes its own load.json; the report reads all three files.
 """
 
 from __future__ import annotations
@@ -137,9 +137,9 @@ def measure_lm(
     lm_url: str | None = None,
     progress: Progress = print,
 ) -> dict[str, Any]:
-    """Baseline first (no vLLM running yet, as in bench-lm), then ours on a fresh vLLM."""
-    from service.bench.stack import free_port
+    """Baseline first (no vLLM running yet, as in `bench lm`), then ours on a fresh vLLM."""
     from service.lm.worker import start_lm_worker
+    from service.process import free_port
     from service.speech.pipeline import SpeechStack
 
     stack = SpeechStack(layout, variant, device=device)
@@ -175,7 +175,7 @@ def measure_lm(
 
 
 def measure_speech(audio: Path, *, device: str, repeats: int, progress: Progress) -> dict:
-    """bench-speech's figures (tiny and official-size random weights) as plain numbers."""
+    """`bench speech`'s figures (tiny and official-size random weights) as plain numbers."""
     from service.bench.speech import BenchSettings, run_benchmark
 
     settings = BenchSettings(device, repeats)

@@ -39,7 +39,7 @@ from service.speech.pipeline import SpeechStack
 from service.units.tokens import Units, string_to_units, units_to_string
 
 SAMPLE_RATE = 16000
-SECTION = "bench-speech"
+SECTION = "bench-speech"  # the marker of its section in docs/benchmarks.md
 SHORT_NAMES = {BASE: "base", EXPRESSIVE: "expressive"}
 SIZE_LABELS = {"tiny": "tiny (test sizes)", "official": "official sizes, random weights"}
 
@@ -399,7 +399,7 @@ def markdown_section(report: Report, command: str, machine: Sequence[str]) -> st
         f"{STREAMING_NOTE}"
     )
     parts = [
-        "## Speech stack (`bench-speech`)",
+        "## Speech stack (`bench speech`)",
         f"Command: `{command}` ({date})",
         "\n".join([*machine, load_line(report)]),
         audio,

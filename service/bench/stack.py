@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from pathlib import Path
 
 import psutil
 
 from service.bench.processes import tree
-from service.process import ChildProcess, Progress, python_module_argv
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from service.process import ChildProcess, Progress, free_port, python_module_argv
 
 
 class LocalStack:

@@ -69,6 +69,11 @@ def _is_complete(root: Path) -> bool:
     return (root / ".complete").is_file()
 
 
+def is_embedded(layout: CheckpointLayout) -> bool:
+    """Whether `layout` is a generated embedded default (it carries the completion marker)."""
+    return _is_complete(layout.root)
+
+
 def resolve_layout(
     checkpoints_dir: Path | None, cache_dir: Path, *, progress: Progress = print
 ) -> CheckpointLayout:

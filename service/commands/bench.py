@@ -1,109 +1,21 @@
-"""`bench-lm`: the LM generation benchmark (baseline transformers vs our vLLM streaming path)."""
+"""`bench <kind>`: the benchmarks, one sub-command per kind (one module each: bench_<kind>.py)."""
 
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
-from pathlib import Path
 
-from service.commands.common import add_checkpoint_flags, layout_from_args, log
-from service.config import resolve_device
-from service.errors import SpiritError
+from service.commands import bench_lm, bench_load, bench_realtime, bench_report, bench_speech
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_AUDIO = (
-    REPO.parent / "shared" / "data" / "7143-88743-0029.flac",
-    REPO / "tests" / "data" / "7143-88743-0029.flac",
-)
-SECTION = "bench-lm"
-
-
-def _int_list(value: str) -> tuple[int, ...]:
-    try:
-        numbers = tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {value!r}"
-        ) from None
-    if not numbers or min(numbers) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {value!r}")
-    return numbers
-
-
-def _names(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
-
-
-def _audio(path: str | None) -> Path:
-    if path is not None:
-        if not Path(path).is_file():
-            raise SpiritError(f"--input-audio {path}: file not found")
-        return Path(path)
-    for candidate in DEFAULT_AUDIO:
-        if candidate.is_file():
-            return candidate
-    raise SpiritError("no default speech prompt found; give one with --input-audio FILE")
-
-
-def run_bench_lm(args: argparse.Namespace) -> int:
-    from service.bench.lm import BenchConfig, run_lm_benchmark
-    from service.bench.lm_report import markdown, section
-    from service.bench.report import update_section
-
-    settings, layout = layout_from_args(args, lm=True, speech=True)
-    config = BenchConfig(
-        concurrency=args.concurrency,
-        requests=args.requests,
-        baseline_requests=args.baseline_requests,
-        speech_tokens=args.speech_tokens,
-        text_tokens=args.text_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        speaker=args.speaker,
-        workloads=args.workloads,
-    )
-    result = run_lm_benchmark(
-        layout,
-        settings.model,
-        config,
-        audio=_audio(args.input_audio),
-        lm_url=args.lm_url,
-        device=resolve_device(settings.device),
-        progress=log,
-    )
-    table = markdown(result)
-    print(table, flush=True)
-    if args.output:
-        command = "spiritlm-serve " + shlex.join(sys.argv[1:])
-        update_section(Path(args.output), SECTION, section(result, table, command))
-        log(f"wrote the '{SECTION}' section of {args.output}")
-    return 0
+KINDS = (bench_speech, bench_lm, bench_realtime, bench_load, bench_report)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    bench = commands.add_parser(
-        "bench-lm",
-        help="benchmark LM generation: transformers one-at-a-time vs vLLM streaming",
-        description="Runs the official implementation's path (transformers generate, one request "
-        "at a time, whole-output vocoding) and ours (vLLM with concurrent streaming requests, "
-        "streaming vocoder) on the same checkpoints, and prints a markdown table.",
+    parser = commands.add_parser(
+        "bench",
+        help="benchmarks: speech, lm, realtime, load, report",
+        description="Measure the speech stack, LM generation, realtime sessions or a mixed load, "
+        "or write docs/performance.md. docs/benchmarks.md and docs/performance.md hold results.",
     )
-    add_checkpoint_flags(bench)
-    bench.add_argument("--lm-url", default=None, help="use a running LM worker (else start one)")
-    bench.add_argument("--concurrency", type=_int_list, default=(1, 4, 16, 64))
-    bench.add_argument(
-        "--requests", type=int, default=8, help="requests per level (at least the concurrency)"
-    )
-    bench.add_argument("--baseline-requests", type=int, default=3)
-    bench.add_argument(
-        "--speech-tokens", type=int, default=150, help="max tokens of speech outputs (>= 125: 5 s)"
-    )
-    bench.add_argument("--text-tokens", type=int, default=50, help="max tokens of text outputs")
-    bench.add_argument("--temperature", type=float, default=0.9)
-    bench.add_argument("--top-p", type=float, default=0.95)
-    bench.add_argument("--speaker", type=int, default=2)
-    bench.add_argument("--workloads", type=_names, default=("text-to-speech", "speech-to-text"))
-    bench.add_argument("--input-audio", default=None, help="speech prompt of speech-to-text")
-    bench.add_argument("--output", default=None, help="update this markdown file's section")
-    bench.set_defaults(handler=run_bench_lm)
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for module in KINDS:
+        module.register(kinds)

@@ -1,4 +1,4 @@
-"""`bench-load`: mixed REST and realtime traffic against a stack; errors, latency, memory.
+"""`bench load`: mixed REST and realtime traffic against a stack; errors, latency, memory.
 
 Without --url the command starts its own stack (`spiritlm-serve up` on free ports, the embedded
 tiny checkpoints unless --checkpoints is given) and stops it at the end. With --url it drives a
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "bench-load",
+        "load",
         help="load test: mixed REST/realtime traffic, errors, latency percentiles, RSS growth",
         description="Exit status 1 when a target is missed (a failed request, or RSS growth "
         "after warm-up at or above --max-rss-growth percent).",

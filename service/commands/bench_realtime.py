@@ -1,4 +1,4 @@
-"""`bench-realtime`: concurrent realtime voice sessions, streamed vs. whole-reply audio."""
+"""`bench realtime`: concurrent realtime voice sessions, streamed vs. whole-reply audio."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def parse_levels(text: str) -> list[int]:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    argv = ["bench-realtime", "--levels", args.levels, "--max-tokens", str(args.max_tokens)]
+    argv = ["bench", "realtime", "--levels", args.levels, "--max-tokens", str(args.max_tokens)]
     argv += ["--time-budget", str(args.time_budget)]
     for flag, value in (("--url", args.url), ("--audio", args.audio), ("--output", args.output)):
         if value is not None:
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "bench-realtime",
+        "realtime",
         help="benchmark concurrent realtime voice sessions (first-audio latency, real time)",
     )
     parser.add_argument(
@@ -105,6 +105,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--output",
         type=Path,
         default=None,
-        help="markdown file whose bench-realtime section to replace",
+        help="markdown file whose section of this benchmark to replace",
     )
     parser.set_defaults(handler=run)

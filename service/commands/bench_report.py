@@ -1,9 +1,9 @@
-"""`bench-report`: measure the LM and speech benchmarks side by side, then write the report.
+"""`bench report`: measure the LM and speech benchmarks side by side, then write the report.
 
 Writes `lm.json` and `speech.json` into --results-dir (skip either with --measure), then runs
 scripts/make_performance_report.py, which needs matplotlib: it runs in its own venv
 (.cache/report-venv, made by scripts/install_report_tools.sh) since the project venv has none.
-The report also takes the load test's results (`load.json` of `spiritlm-serve bench-load`) from
+The report also takes the load test's results (`load.json` of `spiritlm-serve bench load`) from
 --load-dir when they exist.
 """
 
@@ -97,15 +97,15 @@ def run(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "bench-report",
+        "report",
         help="measure LM/speech benchmarks side by side and write docs/performance.md + plots",
     )
     add_checkpoint_flags(parser)
     parser.add_argument("--measure", default="lm,speech", help="lm,speech ('' = only re-plot)")
     parser.add_argument("--results-dir", default=".cache/perf", help="JSON results")
-    parser.add_argument("--load-dir", default=".cache/perf/load", help="bench-load output")
+    parser.add_argument("--load-dir", default=".cache/perf/load", help="`bench load` output")
     parser.add_argument(
-        "--overload-dir", default=None, help="bench-load output of a higher-rate run (optional)"
+        "--overload-dir", default=None, help="`bench load` output of a higher-rate run (optional)"
     )
     parser.add_argument("--output", default="docs/performance.md")
     parser.add_argument("--img-dir", default="docs/img")

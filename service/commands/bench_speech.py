@@ -1,4 +1,4 @@
-"""`bench-speech`: time the speech stack (encode, decode, streaming start) and report it."""
+"""`bench speech`: time the speech stack (encode, decode, streaming start) and report it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from service.commands.common import log
-from service.commands.speech import checked_device
+from service.commands.common import checked_device, log
 from service.config import Settings
 from service.errors import SpiritError
 
@@ -26,7 +25,7 @@ def parse_sizes(text: str) -> list[str]:
 
 def command_line(args: argparse.Namespace) -> str:
     """The run as one explicit command line (defaults spelled out), to repeat it exactly."""
-    argv = ["bench-speech", "--device", args.device, "--repeats", str(args.repeats)]
+    argv = ["bench", "speech", "--device", args.device, "--repeats", str(args.repeats)]
     argv += ["--sizes", args.sizes, "--first-chunk-units", str(args.first_chunk_units)]
     argv += ["--chunk-units", str(args.chunk_units)]
     if args.audio is not None:
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     defaults = Settings.model_fields
     parser = commands.add_parser(
-        "bench-speech",
+        "speech",
         help="benchmark encode/decode real-time factors and streaming first-chunk latency",
     )
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda[:N]")
@@ -105,6 +104,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--output",
         type=Path,
         default=None,
-        help="markdown file whose bench-speech section to replace",
+        help="markdown file whose section of this benchmark to replace",
     )
     parser.set_defaults(handler=run)

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from service.checkpoints.layout import CheckpointLayout
-from service.config import Settings, add_settings_arguments, settings_from_args
+from service.config import Settings, add_settings_arguments, resolve_device, settings_from_args
+from service.errors import SpiritError
 
 
 def log(message: str) -> None:
@@ -15,15 +16,22 @@ def log(message: str) -> None:
 
 
 def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
-    add_settings_arguments(parser, ("model", "cache_dir", "device"))
-    parser.add_argument(
-        "--checkpoints",
-        "--checkpoints-dir",
-        dest="checkpoints_dir",
-        default=None,
-        help="Official-layout checkpoint root (env SPIRITLM_CHECKPOINTS_DIR); "
-        "default: the embedded tiny checkpoints.",
-    )
+    """The settings of the commands that load checkpoints themselves."""
+    add_settings_arguments(parser, Settings, ("model", "checkpoints_dir", "cache_dir", "device"))
+
+
+def checked_device(name: str) -> str:
+    """The resolved device name, or SpiritError when torch cannot use it here."""
+    import torch
+
+    device = resolve_device(name)
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise SpiritError(f"--device {name}: not a torch device ({error})") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SpiritError(f"--device {name}: CUDA is not available on this machine")
+    return device
 
 
 def layout_from_args(

@@ -1,34 +1,12 @@
-"""`lm` (the vLLM LM worker) and `generate` (one interleaved generation through vLLM)."""
+"""`lm`: the LM worker, vLLM's OpenAI server on the checkpoint's LM directory."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import signal
-import socket
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
 
 from service.commands.common import add_checkpoint_flags, layout_from_args, log
-from service.config import resolve_device
-from service.errors import SpiritError
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def worker_log_path(port: int) -> str:
-    """Where a command that starts its own LM worker sends vLLM's output.
-
-    vLLM logs to stdout, which must stay machine-readable (`generate --json`, `bench-lm`).
-    """
-    return str(Path(tempfile.gettempdir()) / f"spiritlm-lm-worker-{port}.log")
 
 
 def run_lm(args: argparse.Namespace) -> int:
@@ -61,137 +39,6 @@ def run_lm(args: argparse.Namespace) -> int:
     return 0 if stop["requested"] else 1
 
 
-def parse_input(value: str) -> tuple[str, str]:
-    kind, sep, content = value.partition(":")
-    if not sep or kind not in ("text", "speech"):
-        raise SpiritError(f"--input {value!r}: expected text:STRING or speech:FILE")
-    return kind, content
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    from service.lm.client import LMError
-    from service.lm.stops import stops_problem
-    from service.lm.worker import start_lm_worker
-
-    settings, layout = layout_from_args(args, lm=True, speech=True)
-    inputs = [parse_input(value) for value in args.input]
-    problem = stops_problem(args.stop)
-    if problem is not None:
-        raise SpiritError(f"--{problem}")
-    worker = None
-    lm_url = args.lm_url
-    if lm_url is None:
-        port = free_port()
-        extra = ["--dtype", args.dtype] if args.dtype else []
-        log(f"LM worker log: {worker_log_path(port)}")
-        worker = start_lm_worker(
-            layout.lm_dir(settings.model),
-            settings.model,
-            port=port,
-            extra_args=extra,
-            log_path=worker_log_path(port),
-            progress=log,
-        )
-        lm_url = f"http://127.0.0.1:{port}"
-    try:
-        record = asyncio.run(_generate(args, settings, layout, inputs, lm_url))
-    except LMError as error:
-        log(f"error: {error} (LM worker at {lm_url})")
-        return 1
-    finally:
-        if worker is not None:
-            worker.stop()
-    if args.json:
-        print(json.dumps(record), flush=True)
-    else:
-        _print_human(record)
-    return 0
-
-
-async def _generate(args, settings, layout, inputs, lm_url: str) -> dict[str, Any]:  # noqa: ANN001
-    import soundfile
-
-    from service.audio.decode import load_audio_file
-    from service.lm.client import LMClient, SamplingParams
-    from service.lm.ending import Ending
-    from service.lm.generation import Generator
-    from service.lm.parsing import SpeechSegment, parse_output_report
-    from service.lm.prompt import SpeechInput, TextInput, build_prompt
-    from service.lm.tokenizer import SpiritTokenizer
-    from service.speech.pipeline import SpeechStack
-
-    stack = SpeechStack(layout, settings.model, device=resolve_device(settings.device))
-    parts = [
-        TextInput(content)
-        if kind == "text"
-        else SpeechInput(stack.encode_string(load_audio_file(content)))
-        for kind, content in inputs
-    ]
-    prompt = build_prompt(parts, args.output_modality)
-    tokenizer = SpiritTokenizer.from_dir(layout.lm_dir(settings.model))
-    client = LMClient(lm_url, settings.model)
-    generator = Generator(tokenizer, client, expressive=stack.expressive)
-    params = SamplingParams(
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
-    prepared = generator.prepare(prompt, args.output_modality)
-    ending = Ending(stops=tuple(args.stop))
-    try:
-        _, result = await generator.run(prepared, params, ending)
-    finally:
-        await client.aclose()
-    generated = tokenizer.decode_ids(prepared.prompt_ids + result.output_ids)[
-        len(tokenizer.decode_ids(prepared.prompt_ids)) :
-    ]
-    report = parse_output_report(prompt, generated, prepared.modality, expressive=stack.expressive)
-    segments: list[dict[str, Any]] = []
-    for index, segment in enumerate(report.segments):
-        if not isinstance(segment, SpeechSegment):
-            segments.append({"type": "text", "text": ending.cut_text(segment.text)})
-            continue
-        wav = stack.decode(segment.tokens, speaker=args.speaker)
-        if segment.trim is not None:
-            wav = segment.trim.apply(wav)
-        path = Path(f"{args.output_prefix}_{index}.wav")
-        soundfile.write(path, wav, stack.sample_rate, subtype="PCM_16")
-        segments.append(
-            {
-                "type": "speech",
-                "tokens": segment.tokens,
-                "audio": str(path),
-                "seconds": round(len(wav) / stack.sample_rate, 3),
-            }
-        )
-    return {
-        "model": settings.model,
-        "prompt": prompt,
-        "prompt_token_ids": prepared.prompt_ids,
-        "output_token_ids": result.output_ids,
-        "finish_reason": result.finish_reason,
-        "end": result.end,
-        "usage": {
-            "prompt_tokens": result.usage.prompt_tokens,
-            "completion_tokens": result.usage.completion_tokens,
-        },
-        "segments": segments,
-        "dropped": [{"tokens": d.tokens, "reason": d.reason} for d in report.dropped],
-    }
-
-
-def _print_human(record: dict[str, Any]) -> None:
-    print(f"prompt: {record['prompt'][:200]}")
-    for segment in record["segments"]:
-        if segment["type"] == "text":
-            print(f"[text] {segment['text']}")
-        else:
-            print(f"[speech] {segment['seconds']} s -> {segment['audio']}")
-
-
 def register(commands: argparse._SubParsersAction) -> None:
     lm = commands.add_parser(
         "lm",
@@ -201,34 +48,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--gpu-memory-utilization 0.9 --enable-prefix-caching) is passed to vLLM unchanged.",
     )
     add_checkpoint_flags(lm)
-    lm.add_argument("--host", default="127.0.0.1")
-    lm.add_argument("--port", type=int, default=8100)
-    lm.add_argument("--start-timeout", type=float, default=900.0)
+    lm.add_argument("--host", default="127.0.0.1", help="Address vLLM listens on.")
+    lm.add_argument("--port", type=int, default=8100, help="Port vLLM listens on.")
+    lm.add_argument(
+        "--start-timeout", type=float, default=900.0, help="Seconds vLLM may take to start."
+    )
     lm.set_defaults(handler=run_lm, passthrough=True)
-
-    generate = commands.add_parser("generate", help="one interleaved generation through vLLM")
-    add_checkpoint_flags(generate)
-    generate.add_argument(
-        "--input", action="append", required=True, help="text:STRING or speech:FILE (repeatable)"
-    )
-    generate.add_argument(
-        "--output-modality", choices=["text", "speech", "arbitrary"], default="arbitrary"
-    )
-    generate.add_argument("--temperature", type=float, default=0.0)
-    generate.add_argument("--top-p", type=float, default=1.0)
-    generate.add_argument("--top-k", type=int, default=0)
-    generate.add_argument("--repetition-penalty", type=float, default=1.0)
-    generate.add_argument("--max-tokens", type=int, default=200)
-    generate.add_argument("--seed", type=int, default=None)
-    generate.add_argument(
-        "--stop",
-        action="append",
-        default=[],
-        help="end the output at this string (repeatable, up to 4; matched within text)",
-    )
-    generate.add_argument("--dtype", default=None, help="vLLM dtype when starting the LM worker")
-    generate.add_argument("--speaker", type=int, default=2)
-    generate.add_argument("--lm-url", default=None, help="use a running LM worker")
-    generate.add_argument("--json", action="store_true")
-    generate.add_argument("-o", "--output-prefix", default="generated")
-    generate.set_defaults(handler=run_generate)

@@ -11,27 +11,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.commands.common import add_checkpoint_flags, layout_from_args, log
-from service.config import resolve_device
+from service.commands.common import add_checkpoint_flags, checked_device, layout_from_args, log
 from service.errors import SpiritError, UnitFormatError
 from service.units.tokens import Units, string_to_units, units_to_string
 
 if TYPE_CHECKING:
     from service.speech.pipeline import SpeechStack
-
-
-def checked_device(name: str) -> str:
-    """The resolved device name, or SpiritError when torch cannot use it here."""
-    import torch
-
-    device = resolve_device(name)
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as error:
-        raise SpiritError(f"--device {name}: not a torch device ({error})") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise SpiritError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def speech_stack(args: argparse.Namespace) -> SpeechStack:
@@ -57,7 +42,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
 
 def read_units_json(path: Path) -> Units:
-    """A §4.1 units dict, or the object `tokenize --json` prints (its `units`)."""
+    """A units dictionary (docs/format.md), or the object `tokenize --json` prints (its `units`)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -3,41 +3,83 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware import Middleware
 
 from service import __version__
 from service.checkpoints.make import resolve_layout
+from service.gateway.audio.api_router import router as audio_router
+from service.gateway.chat.api_router import router as chat_router
 from service.gateway.engine import Engine
 from service.gateway.errors import install_error_handlers
 from service.gateway.fewshot import load_bank, load_classification_bank
+from service.gateway.generate.api_router import router as generate_router
 from service.gateway.metrics import GatewayMetrics
-from service.gateway.middleware import GatewayMiddleware
+from service.gateway.middleware import (
+    AccessLogMiddleware,
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    ConcurrencyLimitMiddleware,
+    DrainingMiddleware,
+    RequestIdMiddleware,
+)
+from service.gateway.models.api_router import router as models_router
+from service.gateway.ops.api_router import router as ops_router
 from service.gateway.pools import WorkerPool
+from service.gateway.realtime.api_router import router as realtime_router
 from service.gateway.settings import GatewaySettings
+from service.gateway.speech_units.api_router import router as speech_units_router
 from service.gateway.state import GatewayState
 from service.gateway.tasks import Tasks
+from service.gateway.web.api_router import router as web_router
 
 log = logging.getLogger("spiritlm.gateway")
 
+ROUTERS: tuple[APIRouter, ...] = (
+    models_router,
+    ops_router,
+    generate_router,
+    audio_router,
+    chat_router,
+    speech_units_router,
+    realtime_router,
+    web_router,
+)
 
-def _routers() -> list:
-    from service.gateway.generate.api_router import router as generate
-    from service.gateway.models.api_router import router as models
 
-    routers = [models, generate]
-    for module in ("audio", "chat", "speech_units", "realtime", "web"):
-        try:
-            imported = __import__(f"service.gateway.{module}.api_router", fromlist=["router"])
-        except ModuleNotFoundError as error:
-            if error.name and error.name.startswith(f"service.gateway.{module}"):
-                continue
-            raise
-        routers.append(imported.router)
-    return routers
+def _middleware(
+    settings: GatewaySettings, metrics: GatewayMetrics, is_draining: Callable[[], bool]
+) -> list[Middleware]:
+    """The middleware stack, outermost first; the order is the behaviour. Every request gets an
+    id and an access-log line, refusals included; the API key is checked first (401), then
+    draining (503), the declared body size (413) and the concurrency limit (429)."""
+    stack = [
+        Middleware(RequestIdMiddleware),
+        Middleware(AccessLogMiddleware, metrics=metrics),
+        Middleware(AuthMiddleware, api_keys=settings.api_keys),
+        Middleware(DrainingMiddleware, is_draining=is_draining),
+        Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
+        Middleware(
+            ConcurrencyLimitMiddleware,
+            max_concurrent=settings.max_concurrent_requests,
+            metrics=metrics,
+        ),
+    ]
+    if settings.cors_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["*"],
+                allow_headers=["*"],
+                expose_headers=["x-request-id"],
+            )
+        )
+    return stack
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -84,29 +126,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await speech_pool.stop()
             await engine.aclose()
 
+    def is_draining() -> bool:
+        return bool(holder.get("state") and holder["state"].draining)
+
     app = FastAPI(
         title="spiritlm-serve",
         version=__version__,
         description="OpenAI-compatible API for Spirit LM (speech and text in one model).",
         lifespan=lifespan,
+        middleware=_middleware(settings, metrics, is_draining),
     )
     install_error_handlers(app)
-    for router in _routers():
+    for router in ROUTERS:
         app.include_router(router)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["*"],
-            allow_headers=["*"],
-            expose_headers=["x-request-id"],
-        )
-    app.add_middleware(
-        GatewayMiddleware,
-        metrics=metrics,
-        api_keys=settings.api_keys,
-        max_body_bytes=settings.max_body_bytes,
-        max_concurrent=settings.max_concurrent_requests,
-        is_draining=lambda: bool(holder.get("state") and holder["state"].draining),
-    )
     return app

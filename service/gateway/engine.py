@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TypeVar
 
 import httpx
 
 from service.checkpoints.layout import EXPRESSIVE, CheckpointLayout
 from service.gateway.errors import APIError
-from service.gateway.pools import NoHealthyWorker, WorkerPool
+from service.gateway.pools import Endpoint, NoHealthyWorker, WorkerPool
 from service.lm.client import LMClient, LMError, SamplingParams, Usage
 from service.lm.ending import Ending
 from service.lm.generation import GenerationResult, Generator, PreparedPrompt, prepare_prompt
@@ -39,6 +40,8 @@ from service.units.tokens import SPEECH_TOKEN
 # (up to a second of audio, ~100 kB at 48 kHz), so this is what bounds the memory a client that
 # stops reading can hold in the gateway; beyond it, the LM and vocoder streams wait.
 OUTPUTS_AHEAD = 16
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -193,24 +196,12 @@ class Engine:
             self._silence_units[model] = units
         return self._silence_units[model]
 
-    async def _with_speech_worker(self, call):  # noqa: ANN001, ANN202
-        attempts = max(1, len(self.speech_pool.endpoints))
-        for attempt in range(attempts):
-            try:
-                async with self.speech_pool.use() as endpoint:
-                    try:
-                        return await call(self.speech_client(endpoint.url))
-                    except SpeechWorkerUnavailable:
-                        self.speech_pool.mark_failed(endpoint)
-                        if attempt == attempts - 1:
-                            raise
-            except NoHealthyWorker as error:
-                raise APIError(503, str(error)) from error
-            except SpeechWorkerUnavailable as error:
-                raise APIError(503, f"speech worker unavailable: {error}") from error
-            except SpeechWorkerError as error:
-                raise APIError(error.status, error.message, param=error.param) from error
-        raise APIError(503, "no speech worker could take the request")
+    async def _with_speech_worker(self, call: Callable[[SpeechClient], Awaitable[T]]) -> T:
+        return await _on_some_worker(
+            self.speech_pool,
+            lambda endpoint: call(self.speech_client(endpoint.url)),
+            _speech_failure,
+        )
 
     # ---- generation -------------------------------------------------------------------------
 
@@ -273,21 +264,12 @@ class Engine:
 
     async def prompt_logprobs(self, prompt_ids: Sequence[int], model: str) -> list[float | None]:
         """Each prompt token's log-probability, from one LM replica (retried on another)."""
-        attempts = max(1, len(self.lm_pool.endpoints))
-        for attempt in range(attempts):
-            try:
-                async with self.lm_pool.use(model=model) as endpoint:
-                    client = LMClient(endpoint.url, model, http=self._lm_http)
-                    return await client.prompt_logprobs(prompt_ids)
-            except NoHealthyWorker as error:
-                raise APIError(503, str(error)) from error
-            except LMError as error:
-                if error.status < 500:
-                    raise APIError(error.status, str(error)) from error
-                self.lm_pool.mark_failed(endpoint)
-                if attempt == attempts - 1:
-                    raise APIError(503, str(error)) from error
-        raise AssertionError("unreachable: the last attempt returns or raises")
+
+        async def call(endpoint: Endpoint) -> list[float | None]:
+            client = LMClient(endpoint.url, model, http=self._lm_http)
+            return await client.prompt_logprobs(prompt_ids)
+
+        return await _on_some_worker(self.lm_pool, call, _lm_failure, model=model)
 
     async def _produce(
         self,
@@ -302,22 +284,30 @@ class Engine:
     ) -> None:
         """Run one generation into `queue`; an error is handed to the consumer, which raises it."""
         segment = _SegmentState()
+
+        async def call(endpoint: Endpoint) -> None:
+            await self._stream_from_lm(
+                endpoint, queue, finished, params, model, voice, synthesize, ending, segment
+            )
+
+        def nothing_sent() -> bool:
+            # Retrying on another replica is safe only while nothing has reached the client.
+            return not finished.result.output_ids and segment.index < 0
+
         try:
-            attempts = max(1, len(self.lm_pool.endpoints))
-            for attempt in range(attempts):
-                retry = await self._stream_from_lm(
-                    queue, finished, params, model, voice, synthesize, affinity, ending, segment,
-                    last_attempt=attempt == attempts - 1,
-                )  # fmt: skip
-                if not retry:
-                    break
+            await _on_some_worker(
+                self.lm_pool,
+                call,
+                _lm_failure,
+                may_retry=nothing_sent,
+                model=model,
+                affinity=affinity,
+            )
             await segment.abort()
             await queue.put(finished)
             await queue.put(None)
         except asyncio.CancelledError:
             raise
-        except NoHealthyWorker as error:
-            await queue.put(APIError(503, str(error)))
         except BaseException as error:
             await queue.put(error)
         finally:
@@ -325,57 +315,112 @@ class Engine:
 
     async def _stream_from_lm(
         self,
+        endpoint: Endpoint,
         queue: asyncio.Queue,
         finished: Finished,
         params: SamplingParams,
         model: str,
         voice: _Voice,
         synthesize: bool,
-        affinity: str | None,
         ending: Ending,
         segment: _SegmentState,
-        *,
-        last_attempt: bool,
-    ) -> bool:
-        """One try on one LM replica; True when it failed before any output and may be retried.
-
-        Retrying is safe only then: nothing has reached the client yet.
-        """
+    ) -> None:
+        """One try on the LM replica at `endpoint`; its LMErrors are mapped by the caller."""
         prepared = finished.prepared
-        async with self.lm_pool.use(model=model, affinity=affinity) as endpoint:
-            client = LMClient(endpoint.url, model, http=self._lm_http)
-            generator = Generator(self.tokenizer(model), client, expressive=model == EXPRESSIVE)
-            try:
-                async for event in generator.stream(prepared, params, finished.result, ending):
-                    if finished.first_token_at is None:
-                        finished.first_token_at = time.perf_counter()
-                    if isinstance(event, ModalitySwitch):
-                        await segment.close()
-                        segment.index += 1
-                        await queue.put(SegmentStart(event.to, segment.index))
-                        if event.to == "speech" and synthesize:
-                            await segment.open_speech(self, queue, model, voice)
-                    elif isinstance(event, TextDelta):
-                        await queue.put(TextOut(event.text, segment.index))
-                    elif isinstance(event, SpeechTokens):
-                        if not event.context:
-                            await queue.put(SpeechTokensOut("".join(event.tokens), segment.index))
-                        await segment.send(single_tokens(event.tokens), event.context)
-                    elif isinstance(event, Done):
-                        finished.dropped = [
-                            {"tokens": d.tokens, "reason": d.reason} for d in event.dropped
-                        ]
-                await segment.close()
-            except LMError as error:
-                if error.status < 500:
-                    raise APIError(error.status, str(error)) from error
-                self.lm_pool.mark_failed(endpoint)
-                if not finished.result.output_ids and segment.index < 0 and not last_attempt:
-                    return True
-                raise APIError(503, str(error)) from error
-            finally:
-                await client.aclose()
-        return False
+        client = LMClient(endpoint.url, model, http=self._lm_http)
+        generator = Generator(self.tokenizer(model), client, expressive=model == EXPRESSIVE)
+        try:
+            async for event in generator.stream(prepared, params, finished.result, ending):
+                if finished.first_token_at is None:
+                    finished.first_token_at = time.perf_counter()
+                if isinstance(event, ModalitySwitch):
+                    await segment.close()
+                    segment.index += 1
+                    await queue.put(SegmentStart(event.to, segment.index))
+                    if event.to == "speech" and synthesize:
+                        await segment.open_speech(self, queue, model, voice)
+                elif isinstance(event, TextDelta):
+                    await queue.put(TextOut(event.text, segment.index))
+                elif isinstance(event, SpeechTokens):
+                    if not event.context:
+                        await queue.put(SpeechTokensOut("".join(event.tokens), segment.index))
+                    await segment.send(single_tokens(event.tokens), event.context)
+                elif isinstance(event, Done):
+                    finished.dropped = [
+                        {"tokens": d.tokens, "reason": d.reason} for d in event.dropped
+                    ]
+            await segment.close()
+        finally:
+            await client.aclose()
+
+
+# ---- worker errors and retries
+
+
+def _speech_api_error(
+    error: SpeechWorkerError | SpeechWorkerUnavailable, *, what: str = "unavailable"
+) -> APIError:
+    """A refusal (bad speaker, unknown model, ...) keeps the worker's status; an unreachable
+    worker or a broken connection is a 503."""
+    if isinstance(error, SpeechWorkerUnavailable):
+        return APIError(503, f"speech worker {what}: {error}")
+    return APIError(error.status, error.message, param=error.param)
+
+
+def _speech_failure(error: Exception) -> tuple[APIError, bool] | None:
+    """`_on_some_worker`'s classification of speech worker errors: only unreachable ones retry."""
+    if isinstance(error, (SpeechWorkerError, SpeechWorkerUnavailable)):
+        return _speech_api_error(error), isinstance(error, SpeechWorkerUnavailable)
+    return None
+
+
+def _lm_failure(error: Exception) -> tuple[APIError, bool] | None:
+    """`_on_some_worker`'s classification of LM worker errors.
+
+    A 4xx is the request's fault (vLLM refused it): it keeps its status, the worker is fine.
+    Anything else (a 5xx, an unreachable worker) means the worker failed, and is a 503.
+    """
+    if not isinstance(error, LMError):
+        return None
+    failed = error.status >= 500
+    return APIError(503 if failed else error.status, str(error)), failed
+
+
+async def _on_some_worker(
+    pool: WorkerPool,
+    call: Callable[[Endpoint], Awaitable[T]],
+    classify: Callable[[Exception], tuple[APIError, bool] | None],
+    *,
+    may_retry: Callable[[], bool] = lambda: True,
+    model: str | None = None,
+    affinity: str | None = None,
+) -> T:
+    """`call` on one worker of `pool`, tried on another when a worker fails.
+
+    `classify` turns an error of `call` into the APIError the client gets and whether the
+    worker failed (errors it returns None for pass through unchanged). A failed worker is
+    ejected from the pool, and the call goes to another one while `may_retry()` holds, at most
+    once per endpoint. No healthy worker is a 503.
+    """
+    attempts = max(1, len(pool.endpoints))
+    for attempt in range(attempts):
+        try:
+            async with pool.use(model=model, affinity=affinity) as endpoint:
+                try:
+                    return await call(endpoint)
+                except Exception as error:
+                    classified = classify(error)
+                    if classified is None:
+                        raise
+                    api_error, worker_failed = classified
+                    if worker_failed:
+                        pool.mark_failed(endpoint)
+                        if attempt < attempts - 1 and may_retry():
+                            continue
+                    raise api_error from error
+        except NoHealthyWorker as error:
+            raise APIError(503, str(error)) from error
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @dataclass(frozen=True)
@@ -409,13 +454,9 @@ class _SegmentState:
         except NoHealthyWorker as error:
             await self.abort()
             raise APIError(503, str(error)) from error
-        except SpeechWorkerUnavailable as error:
+        except (SpeechWorkerError, SpeechWorkerUnavailable) as error:
             await self.abort()
-            raise APIError(503, f"speech worker unavailable: {error}") from error
-        except SpeechWorkerError as error:
-            # The worker refused the stream (bad speaker, unknown model): the request's fault.
-            await self.abort()
-            raise APIError(error.status, error.message, param=error.param) from error
+            raise _speech_api_error(error) from error
         index = self.index
         stream = self._stream
 
@@ -432,10 +473,8 @@ class _SegmentState:
             return
         try:
             await self._stream.send_tokens(tokens, context=context)
-        except SpeechWorkerError as error:
-            raise APIError(error.status, error.message, param=error.param) from error
-        except SpeechWorkerUnavailable as error:
-            raise APIError(503, f"speech worker failed mid-stream: {error}") from error
+        except (SpeechWorkerError, SpeechWorkerUnavailable) as error:
+            raise _speech_api_error(error, what="failed mid-stream") from error
 
     async def close(self) -> None:
         """End the segment normally: all of its audio reaches the queue before this returns."""
@@ -445,10 +484,8 @@ class _SegmentState:
             await self._stream.end()
             assert self._reader is not None
             await self._reader
-        except SpeechWorkerError as error:
-            raise APIError(error.status, error.message) from error
-        except SpeechWorkerUnavailable as error:
-            raise APIError(503, f"speech worker failed mid-stream: {error}") from error
+        except (SpeechWorkerError, SpeechWorkerUnavailable) as error:
+            raise _speech_api_error(error, what="failed mid-stream") from error
         finally:
             await self._release()
 

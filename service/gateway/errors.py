@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import SpiritError
+from service.errors import SpiritError, error_body
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -33,28 +33,17 @@ class APIError(Exception):
         self.code = code
 
 
-def error_body(
-    status: int, message: str, param: str | None = None, code: str | None = None
-) -> dict:
-    return {
-        "error": {
-            "message": message,
-            "type": ERROR_TYPES.get(
-                status, "server_error" if status >= 500 else "invalid_request_error"
-            ),
-            "param": param,
-            "code": code,
-        }
-    }
+def error_type(status: int) -> str:
+    """The OpenAI error ``type`` the gateway gives an HTTP status."""
+    return ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
 def error_response(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(
-        error_body(status, message, param, code), status_code=status, headers=headers
-    )
+    body = error_body(message, kind=error_type(status), param=param, code=code)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_message(error: RequestValidationError) -> tuple[str, str | None]:

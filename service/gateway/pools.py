@@ -29,6 +29,8 @@ class Endpoint:
     healthy: bool = False
     in_flight: int = 0
     models: list[str] = field(default_factory=list)
+    # Context length per model, as the worker reports it on /v1/models (vLLM: max_model_len).
+    max_model_len: dict[str, int] = field(default_factory=dict)
     failures: int = 0
 
 
@@ -100,7 +102,13 @@ class WorkerPool:
             healthy = response.status_code == 200
             if healthy and self.models_path:
                 listing = await self._http.get(endpoint.url + self.models_path)
-                endpoint.models = [item["id"] for item in listing.json().get("data", [])]
+                cards = listing.json().get("data", [])
+                endpoint.models = [card["id"] for card in cards]
+                endpoint.max_model_len = {
+                    card["id"]: card["max_model_len"]
+                    for card in cards
+                    if isinstance(card.get("max_model_len"), int)
+                }
         except (httpx.HTTPError, ValueError, KeyError):
             healthy = False
         if healthy != endpoint.healthy:
@@ -136,6 +144,15 @@ class WorkerPool:
             if endpoint.healthy
             and (model is None or not self.models_path or model in endpoint.models)
         ]
+
+    def max_model_len(self, model: str) -> int | None:
+        """The smallest context length reported for `model`; None while no worker reported one."""
+        lengths = [
+            endpoint.max_model_len[model]
+            for endpoint in self.endpoints.values()
+            if model in endpoint.max_model_len
+        ]
+        return min(lengths, default=None)
 
     def pick(self, *, model: str | None = None, affinity: str | None = None) -> Endpoint:
         candidates = self.healthy_endpoints(model)

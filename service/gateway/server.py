@@ -65,7 +65,7 @@ def serve_gateway(settings: GatewaySettings) -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
-        access_log=False,  # the gateway middleware logs every request with its id
+        access_log=False,  # middleware/access_log.py logs every request with its id
         timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
         ws_max_size=16 * 1024 * 1024,
     )

@@ -1,4 +1,4 @@
-"""Audio uploads of the gateway: content-type checks, reading, and the gateway's own limits.
+"""Audio uploads of the gateway: content-type checks, reading, base64 fields, and the limits.
 
 The gateway decodes an upload once before a speech worker sees it: that rejects corrupt, empty
 and over-long audio with a 400 naming the problem before any model work is queued, and gives the
@@ -9,6 +9,8 @@ are exactly those of the same file given to `spiritlm-serve tokenize`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import partial
 
 import anyio.to_thread
@@ -53,8 +55,22 @@ def is_raw_audio(request: Request) -> bool:
     return media_type(request).startswith(RAW_AUDIO_TYPES)
 
 
+def b64decode_field(value: str, param: str) -> bytes:
+    """A base64 field of a request (audio in a JSON body or a realtime event), strictly decoded.
+
+    Bad base64 is a 400 ``invalid_value`` naming the field; a realtime session reports the same
+    error as an ``error`` event.
+    """
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise APIError(
+            400, f"{param} is not valid base64: {error}", param=param, code="invalid_value"
+        ) from None
+
+
 async def read_upload(upload: UploadFile) -> bytes:
-    # The middleware already bounds the whole body, so reading the part at once is bounded too.
+    # BodyLimitMiddleware already bounds the whole body, so reading the part at once is too.
     return await upload.read()
 
 

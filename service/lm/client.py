@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -60,13 +60,6 @@ class Delta:
     token_ids: list[int]
     finish_reason: str | None = None
     usage: Usage | None = None
-
-
-@dataclass
-class Completion:
-    token_ids: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-    usage: Usage = field(default_factory=Usage)
 
 
 class LMClient:
@@ -140,19 +133,6 @@ class LMClient:
             )
         choice = choices[0]
         return Delta(list(choice.get("token_ids") or []), choice.get("finish_reason"))
-
-    async def complete(
-        self,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        allowed_token_ids: Sequence[int] | None = None,
-    ) -> Completion:
-        result = Completion()
-        async for delta in self.stream(prompt_ids, params, allowed_token_ids):
-            result.token_ids += delta.token_ids
-            result.finish_reason = delta.finish_reason or result.finish_reason
-            result.usage = delta.usage or result.usage
-        return result
 
     async def prompt_logprobs(self, prompt_ids: Sequence[int]) -> list[float | None]:
         """The log-probability of each prompt token given the ones before it (None for the

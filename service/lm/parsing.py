@@ -50,7 +50,6 @@ Streaming (`StreamParser`) emits what `parse_output` keeps, in order, as soon as
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -254,36 +253,6 @@ class Done:
 Event = TextDelta | SpeechTokens | ModalitySwitch | Done
 
 
-def segments_from_events(events: Iterable[Event]) -> list[Segment]:
-    """Rebuild the segments a sequence of events describes (same form as `parse_output`)."""
-    segments: list[Segment] = []
-    kind: ChunkKind | None = None
-    parts: list[str] = []
-    context: list[str] = []
-
-    def close() -> None:
-        if kind == "text":
-            segments.append(TextSegment("".join(parts)))
-        elif kind == "speech":
-            tokens = "".join(context) + "".join(parts)
-            trim = None
-            if context:
-                prompt_hubert = "".join(context).count(HUBERT_MARK)
-                trim = Trim(prompt_hubert, tokens.count(HUBERT_MARK) + 1)
-            segments.append(SpeechSegment(tokens, trim))
-
-    for event in events:
-        if isinstance(event, ModalitySwitch):
-            close()
-            kind, parts, context = event.to, [], []
-        elif isinstance(event, TextDelta):
-            parts.append(event.text)
-        elif isinstance(event, SpeechTokens):
-            (context if event.context else parts).extend(event.tokens)
-    close()
-    return segments
-
-
 # ---------------------------------------------------------------------------------------------
 # Streaming parser
 
@@ -393,9 +362,10 @@ class StreamParser:
 
     Feed each generated piece (a text piece or one token string such as ``[Hu12]``, ``[Text]``)
     to `feed`; call `finish` at the end. Both return events; `finish` ends with `Done`. The
-    events describe the same segments `parse_output` returns for ``"".join(pieces)`` (see
-    `segments_from_events`), except that adjacent text segments come out joined (a dropped
-    speech chunk between them leaves no trace) and TEXT mode emits nothing for empty output.
+    events describe the same segments `parse_output` returns for ``"".join(pieces)`` (the tests
+    rebuild them with tests/stream_segments.py), except that adjacent text segments come out
+    joined (a dropped speech chunk between them leaves no trace) and TEXT mode emits nothing for
+    empty output.
     """
 
     def __init__(

@@ -23,6 +23,7 @@ from transformers import HubertConfig, HubertModel
 from service.errors import AudioError, CheckpointError
 from service.speech.torch_files import (
     check_state_dict,
+    fold_weight_norm,
     load_torch_file,
     require_mapping,
     require_state_dict,
@@ -346,12 +347,6 @@ def _pos_conv_name(name: str, s: HubertSettings) -> str:
     return f"encoder.pos_conv_embed.conv.{field}"
 
 
-def fold_weight_norm(weight_g: torch.Tensor, weight_v: torch.Tensor) -> torch.Tensor:
-    """w[:, :, j] = g[j] * v[:, :, j] / ||v[:, :, j]|| (weight norm over dim 2)."""
-    norm = torch.linalg.vector_norm(weight_v, dim=(0, 1), keepdim=True)
-    return weight_v * (weight_g / norm)
-
-
 def to_hf_state(weights: Mapping[str, torch.Tensor], s: HubertSettings) -> dict[str, torch.Tensor]:
     """fairseq weights -> HubertModel state dict for the first OUTPUT_LAYER layers."""
     state: dict[str, torch.Tensor] = {}
@@ -363,9 +358,11 @@ def to_hf_state(weights: Mapping[str, torch.Tensor], s: HubertSettings) -> dict[
         value = tensor if name.endswith("num_batches_tracked") else tensor.float()
         state[hf_name(name, s)] = value
     if not s.conv_pos_batch_norm:
+        # fairseq wraps the positional conv in weight_norm(..., dim=2): one norm per kernel tap.
         state["encoder.pos_conv_embed.conv.weight"] = fold_weight_norm(
             weights["encoder.pos_conv.0.weight_g"].float(),
             weights["encoder.pos_conv.0.weight_v"].float(),
+            dim=2,
         )
     return state
 

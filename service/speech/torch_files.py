@@ -102,3 +102,15 @@ def _key_list(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return f"[{shown}{more}]"
+
+
+def fold_weight_norm(weight_g: torch.Tensor, weight_v: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The plain weight of a module stored with ``torch.nn.utils.weight_norm(module, dim=dim)``.
+
+    w = g * v / ||v||, the norm taken over every axis of ``v`` except ``dim``: one norm per output
+    channel for dim 0 (the HiFi-GAN convs), one per kernel tap for dim 2 (HuBERT's positional
+    conv).
+    """
+    axes = tuple(axis for axis in range(weight_v.dim()) if axis != dim % weight_v.dim())
+    norm = torch.linalg.vector_norm(weight_v, dim=axes, keepdim=True)
+    return weight_v * (weight_g / norm)

@@ -18,6 +18,7 @@ import torch
 
 from service.errors import CheckpointError, UnitFormatError
 from service.speech.hifigan import CodeHiFiGAN, DurationParams, HiFiGANConfig
+from service.speech.torch_files import fold_weight_norm
 
 SAMPLE_RATE = 16000
 BASE_DEFAULT_STYLE = 8  # "conv-default" global style of the base vocoder
@@ -217,12 +218,6 @@ def _check_state(state: dict[str, Any], model: CodeHiFiGAN, path: Path) -> None:
         )
 
 
-def fold_weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """w = g * v / ||v||, the norm over every axis but 0 (torch's weight_norm with dim 0)."""
-    norm = v.reshape(v.shape[0], -1).norm(dim=1).reshape((-1,) + (1,) * (v.dim() - 1))
-    return v * (g / norm)
-
-
 def _load_generator(path: Path, model: CodeHiFiGAN) -> None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -243,7 +238,7 @@ def _load_generator(path: Path, model: CodeHiFiGAN) -> None:
         folded[key] = value.float()
     for name in normed:
         g, v = state[f"{name}.weight_g"].float(), state[f"{name}.weight_v"].float()
-        folded[f"{name}.weight"] = fold_weight_norm(g, v)
+        folded[f"{name}.weight"] = fold_weight_norm(g, v, dim=0)
     model.load_state_dict(folded, strict=True)
 
 

@@ -25,19 +25,22 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.audio.decode import AudioLimits, decode_audio
-from service.audio.encode import MEDIA_TYPES, available_formats, encode_audio
+from service.audio.encode import (
+    MEDIA_TYPES,
+    available_formats,
+    check_sample_rate,
+    encode_audio,
+)
 from service.config import Settings
-from service.errors import AudioError, UnitFormatError
+from service.errors import AudioError, UnitFormatError, error_body
 from service.speech.pipeline import SpeechStack
 from service.speech_worker.metrics import METRICS_MEDIA_TYPE, RequestMetrics
 from service.speech_worker.models import SpeechModels
 from service.speech_worker.protocol import (
-    SAMPLE_RATES,
     DecodeRequest,
     EncodeResult,
     SilenceUnits,
     WorkerRequestError,
-    error_body,
 )
 from service.speech_worker.session import check_speaker
 from service.speech_worker.settings import SpeechWorkerSettings
@@ -160,10 +163,10 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
     @app.post("/v1/encode", response_model=EncodeResult)
     async def encode(request: Request, model: str | None = None) -> EncodeResult:
         stack = state.models.get(model)
-        data = await read_body(request, state.settings.max_body_bytes)
+        data = await read_body(request, state.settings.speech_max_body_bytes)
         limits = AudioLimits(
             max_seconds=state.settings.max_audio_seconds,
-            max_bytes=state.settings.max_body_bytes,
+            max_bytes=state.settings.speech_max_body_bytes,
         )
         started = time.perf_counter()
         units, seconds = await state.run(_encode, stack, data, limits)
@@ -277,14 +280,12 @@ def check_output(fmt: str, sample_rate: int, formats: tuple[str, ...]) -> None:
             param="format",
             code="invalid_value",
         )
-    if sample_rate not in SAMPLE_RATES:
-        rates = ", ".join(str(rate) for rate in SAMPLE_RATES)
+    try:
+        check_sample_rate(sample_rate)
+    except ValueError as error:
         raise WorkerRequestError(
-            400,
-            f"sample_rate {sample_rate} is not supported; use one of {rates}",
-            param="sample_rate",
-            code="invalid_value",
-        )
+            400, str(error), param="sample_rate", code="invalid_value"
+        ) from None
 
 
 def _synthesize(stack: SpeechStack, units: Units, body: DecodeRequest, field: str) -> np.ndarray:

@@ -12,12 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from service.errors import error_body
 from service.units.tokens import Units
 
 AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
-
-# Output rates offered for synthesized audio; others would need exotic resampling filters.
-SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
@@ -46,16 +44,6 @@ class WorkerRequestError(Exception):
         if self.status == 429 or self.status == 503:
             return CLOSE_TRY_AGAIN
         return CLOSE_POLICY if self.status < 500 else CLOSE_INTERNAL
-
-
-def error_body(
-    message: str,
-    *,
-    kind: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 # ---- HTTP
@@ -175,10 +163,8 @@ __all__ = [
     "EncodeResult",
     "EndMessage",
     "ErrorMessage",
-    "SAMPLE_RATES",
     "SilenceUnits",
     "TokensMessage",
     "UnitsPayload",
     "WorkerRequestError",
-    "error_body",
 ]

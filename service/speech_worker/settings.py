@@ -10,18 +10,6 @@ from pydantic_settings import NoDecode
 from service.checkpoints.layout import VARIANTS
 from service.config import ModelName, Settings
 
-SPEECH_WORKER_FIELDS = (
-    "models",
-    "max_body_bytes",
-    "max_audio_seconds",
-    "max_streams",
-    "max_tokens",
-    "inference_threads",
-    "first_chunk_units",
-    "chunk_units",
-    "cpu_cores",
-)
-
 
 class SpeechWorkerSettings(Settings):
     """What one speech worker serves and the limits it enforces."""
@@ -32,7 +20,9 @@ class SpeechWorkerSettings(Settings):
         description="Comma-separated variants to serve (they share HuBERT); "
         "empty = the configured --model.",
     )
-    max_body_bytes: int = Field(
+    # Its own name: the gateway's limit is `max_body_bytes`, and `up` hands both processes the
+    # same environment.
+    speech_max_body_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0, description="Largest accepted request body in bytes."
     )
     max_streams: int = Field(

@@ -35,10 +35,10 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from service.audio.encode import check_sample_rate
 from service.speech_worker.protocol import (
     CLIENT_MESSAGE,
     CLOSE_NORMAL,
-    SAMPLE_RATES,
     CancelMessage,
     DoneMessage,
     EndMessage,
@@ -83,14 +83,12 @@ def stream_params(query: Mapping[str, str]) -> StreamParams:
         sample_rate=16000 if sample_rate is None else sample_rate,
         seed=_integer(query, "seed"),
     )
-    if params.sample_rate not in SAMPLE_RATES:
-        rates = ", ".join(str(rate) for rate in SAMPLE_RATES)
+    try:
+        check_sample_rate(params.sample_rate)
+    except ValueError as error:
         raise WorkerRequestError(
-            400,
-            f"sample_rate {params.sample_rate} is not supported; use one of {rates}",
-            param="sample_rate",
-            code="invalid_value",
-        )
+            400, str(error), param="sample_rate", code="invalid_value"
+        ) from None
     return params
 
 

@@ -35,6 +35,8 @@ from spiritlm_client.errors import SpiritLMConnectionError, SpiritLMError
 
 OUTPUT_RATE = 24000
 CHUNK_SECONDS = 0.1
+# Beta server event names -> GA names: the server's table (service/gateway/realtime/protocol.py,
+# BETA_EVENT_NAMES) reversed; this package is installed without the service, so it keeps a copy.
 _GA_NAMES = {
     "response.audio.delta": "response.output_audio.delta",
     "response.audio.done": "response.output_audio.done",

@@ -16,17 +16,20 @@ from contextlib import aclosing
 
 from fastapi.responses import StreamingResponse
 
-from service.audio.encode import StreamEncoder, available_formats
+from service.audio.encode import StreamEncoder, available_formats, check_sample_rate
+from service.audio.pcm import pcm16_to_float
 from service.checkpoints.layout import EXPRESSIVE
+from service.errors import error_body
+from service.gateway.audio.primed import Primed
 from service.gateway.audio.protocol import SpeechRequest, VoiceRef
 from service.gateway.engine import AudioOut, Engine, Finished
-from service.gateway.errors import APIError, error_body
+from service.gateway.errors import APIError, error_type
+from service.gateway.sse import SSE_HEADERS, sse
 from service.gateway.state import GatewayState
-from service.gateway.streams import SSE_HEADERS, Primed, Timings, pcm16_to_float, sse
 from service.gateway.tasks import check_text, tts_budget
+from service.gateway.timings import Timings
 from service.gateway.voices import model_voices, resolve_voice
 from service.lm.generation import GenerationResult
-from service.speech_worker.protocol import SAMPLE_RATES
 
 log = logging.getLogger("spiritlm.gateway.audio")
 
@@ -90,13 +93,10 @@ def _check_options(request: SpeechRequest) -> None:
             "FFmpeg lacks its encoder",
             param="response_format",
         )
-    if request.sample_rate not in SAMPLE_RATES:
-        rates = ", ".join(str(rate) for rate in SAMPLE_RATES)
-        raise APIError(
-            400,
-            f"sample_rate {request.sample_rate} is not supported; use one of {rates}",
-            param="sample_rate",
-        )
+    try:
+        check_sample_rate(request.sample_rate)
+    except ValueError as error:
+        raise APIError(400, str(error), param="sample_rate") from None
 
 
 def _style_token(engine: Engine, model: str, style: int | None) -> tuple[str, ...]:
@@ -161,7 +161,8 @@ async def _sse_events(
             audio = base64.b64encode(chunk).decode()
             yield sse({"type": "speech.audio.delta", "audio": audio})
     except APIError as error:
-        yield sse({"type": "error", **error_body(error.status, error.message, error.param)})
+        body = error_body(error.message, kind=error_type(error.status), param=error.param)
+        yield sse({"type": "error", **body})
         return
     output_tokens = len(result.output_ids)
     usage = {

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from service.errors import error_body
+from service.gateway.audio.primed import Primed
 from service.gateway.audio.protocol import TranscriptionForm
 from service.gateway.engine import Finished, TextOut
-from service.gateway.errors import APIError, error_body
+from service.gateway.errors import APIError, error_type
+from service.gateway.sse import SSE_HEADERS, sse
 from service.gateway.state import GatewayState
-from service.gateway.streams import SSE_HEADERS, Primed, Timings, sse
 from service.gateway.tasks import asr_budget, check_text
+from service.gateway.timings import Timings
 from service.gateway.uploads import check_audio, read_upload
 from service.lm.client import SamplingParams
 from service.lm.ending import ONE_LINE, line_end_ids
@@ -108,7 +111,8 @@ async def _events(job: Job, state: GatewayState) -> AsyncIterator[bytes]:
             parts.append(delta)
             yield sse({"type": "transcript.text.delta", "delta": delta})
     except APIError as error:
-        yield sse({"type": "error", **error_body(error.status, error.message, error.param)})
+        body = error_body(error.message, kind=error_type(error.status), param=error.param)
+        yield sse({"type": "error", **body})
         return
     text = "".join(parts).strip()
     yield sse({"type": "transcript.text.done", "text": text, "usage": token_usage(job)})

@@ -27,7 +27,7 @@ from service.gateway.chat.memory import ChatMemory
 from service.gateway.chat.protocol import ChatMessage
 from service.gateway.engine import Engine
 from service.gateway.errors import APIError
-from service.gateway.streams import b64decode_field
+from service.gateway.uploads import b64decode_field
 from service.lm.prompt import PromptInput, SpeechInput, TextInput, TurnEnd
 
 # What input_audio.format may say; the bytes are sniffed anyway (service/audio/decode.py).

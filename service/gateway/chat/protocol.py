@@ -77,7 +77,9 @@ class ChatCompletionRequest(SamplingFields):
     response_format: dict[str, Any] | None = None
 
 
-class AudioOut(BaseModel):
+class ChatCompletionAudio(BaseModel):
+    """The `audio` of an assistant message in a response (OpenAI's ChatCompletionAudio)."""
+
     id: str
     data: str = Field(description="Base64 audio in the requested format.")
     expires_at: int
@@ -88,7 +90,7 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
-    audio: AudioOut | None = None
+    audio: ChatCompletionAudio | None = None
 
 
 class Choice(BaseModel):

@@ -31,29 +31,25 @@ from dataclasses import dataclass, field
 from fastapi.responses import StreamingResponse
 
 from service.audio.encode import StreamEncoder, encode_audio
+from service.audio.pcm import pcm16_to_float
+from service.errors import error_body
 from service.gateway.chat.conversation import conversation_inputs
 from service.gateway.chat.memory import ChatMemory
 from service.gateway.chat.protocol import (
     AssistantMessage,
-    AudioOut,
     ChatCompletion,
+    ChatCompletionAudio,
     ChatCompletionRequest,
     Choice,
     Usage,
 )
-from service.gateway.engine import AudioOut as EngineAudio
-from service.gateway.engine import Engine, SpeechTokensOut, TextOut
-from service.gateway.errors import APIError, error_body
+from service.gateway.engine import AudioOut, Engine, SpeechTokensOut, TextOut
+from service.gateway.errors import APIError, error_type
 from service.gateway.sampling import parse_stops
+from service.gateway.sse import SSE_DONE, SSE_HEADERS, sse
 from service.gateway.state import GatewayState
-from service.gateway.streams import (
-    SSE_DONE,
-    SSE_HEADERS,
-    Timings,
-    pcm16_to_float,
-    sse,
-)
 from service.gateway.tasks import Tasks
+from service.gateway.timings import Timings
 from service.gateway.voices import model_voices, resolve_voice
 from service.lm.client import SamplingParams
 from service.lm.ending import Ending
@@ -228,7 +224,7 @@ async def chat_events(
             timings.observe(item)
             if isinstance(item, TextOut):
                 yield item.text
-            elif isinstance(item, EngineAudio):
+            elif isinstance(item, AudioOut):
                 yield item.pcm16
             elif isinstance(item, SpeechTokensOut):
                 outcome.speech_tokens.append(item.tokens)
@@ -289,7 +285,7 @@ async def _complete(
         transcript = "".join([delta async for delta in transcribe(outcome.tokens)])
         audio_id = memory.new_audio_id()
         expires = memory.put_audio(audio_id, plan.model, outcome.tokens)
-        audio = AudioOut(
+        audio = ChatCompletionAudio(
             id=audio_id,
             data=base64.b64encode(encoded).decode(),
             expires_at=expires,
@@ -365,10 +361,12 @@ class _ChatStream:
                 async for chunk in self._ending():
                     yield chunk
             except APIError as error:
-                yield sse(error_body(error.status, error.message, error.param, error.code))
+                kind = error_type(error.status)
+                yield sse(error_body(error.message, kind=kind, param=error.param, code=error.code))
             except Exception:  # the 200 is sent already: report in the stream, do not cut it
                 log.exception("chat completion stream failed")
-                yield sse(error_body(500, "internal error while generating the reply"))
+                kind = error_type(500)
+                yield sse(error_body("internal error while generating the reply", kind=kind))
         yield SSE_DONE
 
     def _piece(self, piece: str | bytes) -> bytes | None:

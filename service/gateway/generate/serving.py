@@ -18,6 +18,7 @@ from service.gateway.engine import (
     usage_dict,
 )
 from service.gateway.errors import APIError
+from service.gateway.generate.collect import collect
 from service.gateway.generate.protocol import (
     GenerateRequest,
     GenerateResponse,
@@ -25,8 +26,10 @@ from service.gateway.generate.protocol import (
     TextSegmentOut,
 )
 from service.gateway.sampling import parse_stops
+from service.gateway.sse import SSE_DONE, SSE_HEADERS, sse
 from service.gateway.state import GatewayState
-from service.gateway.streams import SSE_DONE, SSE_HEADERS, Timings, b64decode_field, collect, sse
+from service.gateway.timings import Timings
+from service.gateway.uploads import b64decode_field
 from service.lm.ending import Ending
 from service.lm.generation import GenerationResult
 from service.lm.prompt import PromptInput, SpeechInput, TextInput, build_prompt, explicit_prompt

@@ -1,6 +1,8 @@
 """Realtime voice conversations over WebSocket (the OpenAI Realtime protocol's core).
 
-protocol.py (events and parser) -> config.py (session settings) -> session.py (input audio and
-turn detection, with vad.py) -> conversation.py / prompting.py (history -> prompt) ->
-response.py (one model response) -> serving.py (the session loop) -> api_router.py (the route).
+protocol.py (events and parser) -> config.py (session settings) -> input_audio.py (input audio
+buffer and turn detection, with vad.py) -> conversation.py / prompting.py (history -> prompt) ->
+items.py (conversation.item.* events) -> response.py (one model response) -> outbox.py (events
+waiting for the socket) -> connection.py (one session's loop) -> serving.py (admission) ->
+api_router.py (the route).
 """

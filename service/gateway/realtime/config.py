@@ -27,12 +27,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.audio.encode import check_sample_rate
 from service.gateway.errors import APIError
 from service.gateway.realtime.protocol import BETA, AudioFormatIn, ProtocolError, SessionIn
 from service.gateway.realtime.vad import VadSettings
 from service.gateway.voices import Voice, resolve_voice
 from service.lm.prompt import OutputModality
-from service.speech_worker.protocol import SAMPLE_RATES
 
 DEFAULT_RATE = 24000
 DEFAULT_MAX_OUTPUT_TOKENS = 200  # the reference's examples use 200 for speech output
@@ -242,13 +242,10 @@ def _rate(fmt: AudioFormatIn, param: str) -> int:
             "invalid_value", f"{param}.type: only 'audio/pcm' is supported", param=f"{param}.type"
         )
     rate = DEFAULT_RATE if fmt.rate is None else fmt.rate
-    if rate not in SAMPLE_RATES:
-        rates = ", ".join(str(r) for r in SAMPLE_RATES)
-        raise ProtocolError(
-            "invalid_value",
-            f"{param}.rate: {rate} Hz is not supported; use one of {rates}",
-            param=f"{param}.rate",
-        )
+    try:
+        check_sample_rate(rate, f"{param}.rate")
+    except ValueError as error:
+        raise ProtocolError("invalid_value", str(error), param=f"{param}.rate") from None
     return rate
 
 

@@ -1,4 +1,9 @@
-"""The prompt of a response: the conversation's turns fitted into the LM context, tokenized."""
+"""The prompt of a response: the conversation's turns fitted into the LM context, tokenized.
+
+The context is `realtime_context_tokens` when set, else the smallest `max_model_len` the LM
+workers report for the model on /v1/models (service/gateway/pools.py), else, before any worker
+has reported, the checkpoint's `max_position_embeddings` (vLLM's default max_model_len).
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,13 @@ from service.gateway.realtime.conversation import fit_prompt
 from service.lm.generation import PreparedPrompt, prepare_prompt
 from service.lm.prompt import OutputModality, PromptInput, TextInput, TurnEnd
 
-DEFAULT_CONTEXT = 4096  # Llama-2's context (spec §2.7)
+DEFAULT_CONTEXT = 4096  # Llama-2's context, when config.json does not say
 MIN_PROMPT_TOKENS = 16
 
 
 @lru_cache(maxsize=8)
 def checkpoint_context(lm_dir: Path) -> int:
-    """`max_position_embeddings` of the LM's config.json (vLLM's default max_model_len)."""
+    """`max_position_embeddings` of the LM's config.json: the context before workers report."""
     try:
         config = json.loads((lm_dir / "config.json").read_text(encoding="utf-8"))
         return int(config.get("max_position_embeddings", DEFAULT_CONTEXT))
@@ -29,9 +34,21 @@ def checkpoint_context(lm_dir: Path) -> int:
 
 class PromptBuilder:
     def __init__(self, engine: Engine, model: str, context_tokens: int = 0) -> None:
+        self.engine = engine
+        self.model = model
         self.tokenizer = engine.tokenizer(model)
         self.expressive = model == EXPRESSIVE
-        self.context = context_tokens or checkpoint_context(engine.layout.lm_dir(model))
+        self.context_tokens = context_tokens  # the setting; 0: as the workers report
+
+    @property
+    def context(self) -> int:
+        """The LM context a prompt and its reply share (see the module docstring)."""
+        if self.context_tokens:
+            return self.context_tokens
+        reported = self.engine.lm_pool.max_model_len(self.model)
+        if reported is not None:
+            return reported
+        return checkpoint_context(self.engine.layout.lm_dir(self.model))
 
     def prepare(
         self,
@@ -40,12 +57,13 @@ class PromptBuilder:
         modality: OutputModality,
         max_tokens: int,
     ) -> PreparedPrompt:
-        budget = self.context - max_tokens
+        context = self.context
+        budget = context - max_tokens
         if budget < MIN_PROMPT_TOKENS:
             raise APIError(
                 400,
                 f"max_output_tokens {max_tokens} leaves no room for the prompt in the "
-                f"model's context of {self.context} tokens",
+                f"model's context of {context} tokens",
                 param="max_output_tokens",
             )
         lead: list[PromptInput] = [TextInput(instructions), TurnEnd()] if instructions else []

@@ -22,12 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service.gateway.realtime.conversation import Item, Part
 
-GA = "ga"
-BETA = "beta"
 Dialect = Literal["ga", "beta"]
+GA: Dialect = "ga"
+BETA: Dialect = "beta"
 
-# GA server event names -> beta names, where they differ.
-_BETA_EVENT_NAMES = {
+# GA server event names -> beta names, where they differ: the one table of the two dialects
+# (the SDK, which cannot import the service, mirrors it in clients/python/spiritlm_client/).
+BETA_EVENT_NAMES = {
     "response.output_audio.delta": "response.audio.delta",
     "response.output_audio.done": "response.audio.done",
     "response.output_audio_transcript.delta": "response.audio_transcript.delta",
@@ -298,7 +299,7 @@ class ServerEvents:
         if self.dialect == BETA:
             if name in _GA_ONLY_EVENTS:
                 return None
-            name = _BETA_EVENT_NAMES.get(name, name)
+            name = BETA_EVENT_NAMES.get(name, name)
         return {"type": name, "event_id": new_id("event"), **fields}
 
     def part_type(self, ga_type: str) -> str:

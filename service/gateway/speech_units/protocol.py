@@ -1,22 +1,14 @@
-"""Request and response models of /v1/speech/tokenize and /v1/speech/detokenize."""
+"""Request and response models of /v1/speech/tokenize and /v1/speech/detokenize.
+
+Units and the encoding result have the speech worker's shapes (`service/speech_worker/protocol.py`):
+the gateway passes them through unchanged.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
-
-
-class UnitsIn(BaseModel):
-    """Units as the §4.1 space-separated strings (`tokenize` output) or integer lists."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    hubert: str | list[int]
-    pitch: str | list[int] | None = None
-    style: str | list[int] | None = None
+from service.speech_worker.protocol import AudioFormat, EncodeResult, UnitsPayload
 
 
 class DetokenizeRequest(BaseModel):
@@ -24,7 +16,7 @@ class DetokenizeRequest(BaseModel):
 
     model: str | None = None
     tokens: str | None = Field(default=None, description="Token string such as [Hu12][Hu7]...")
-    units: UnitsIn | None = Field(default=None, description="Units dict (tokenize output).")
+    units: UnitsPayload | None = Field(default=None, description="Units dict (tokenize output).")
     speaker: int | str = Field(default=2, description="Speaker index or speakers.txt name.")
     duration_prediction: bool = True
     response_format: AudioFormat = "wav"
@@ -40,8 +32,5 @@ class DetokenizeRequest(BaseModel):
         return self
 
 
-class TokenizeResponse(BaseModel):
-    model: str
-    units: dict[str, str]
-    tokens: str
-    seconds: float
+class TokenizeResponse(EncodeResult):
+    """The units, the token string and the input length, as the speech worker encoded them."""

@@ -31,9 +31,7 @@ async def tokenize(request: Request, model: str | None, state: GatewayState) -> 
     name = state.engine.resolve_model(model)
     await check_audio(data, state.settings, filename)
     encoded = await state.engine.encode(data, name)
-    return TokenizeResponse(
-        model=encoded.model, units=encoded.units, tokens=encoded.tokens, seconds=encoded.seconds
-    )
+    return TokenizeResponse(**encoded.model_dump())
 
 
 async def _audio_and_model(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile
 
+from service.audio.pcm import pcm16_to_float
 from service.gateway.realtime.protocol import ProtocolError
 from service.gateway.realtime.vad import (
     SpeechPaused,
@@ -116,7 +117,7 @@ class InputAudio:
         self._total += samples
         if self.vad is None:
             return []
-        audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+        audio = pcm16_to_float(pcm16)
         events: list[InputEvent] = []
         for event in self.vad.feed(audio):
             events.append(self._on_vad(event))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from service.commands.common import add_checkpoint_flags, log, pin_to_configured_cores
+from service.commands.common import log, pin_to_configured_cores
 from service.config import add_settings_arguments, settings_from_args
-from service.speech_worker.settings import SPEECH_WORKER_FIELDS, SpeechWorkerSettings
+from service.speech_worker.settings import SpeechWorkerSettings
 
 
 def check_checkpoints(settings: SpeechWorkerSettings) -> None:
@@ -68,11 +68,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Serves /v1/encode, /v1/decode and the /v1/stream WebSocket for the gateway. "
         "Models load in the background; /ready answers 200 once they are loaded.",
     )
-    add_checkpoint_flags(parser)
-    add_settings_arguments(parser, SPEECH_WORKER_FIELDS, SpeechWorkerSettings)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8200)
+    add_settings_arguments(parser, SpeechWorkerSettings)
+    parser.add_argument("--host", default="127.0.0.1", help="Address the worker listens on.")
+    parser.add_argument("--port", type=int, default=8200, help="Port the worker listens on.")
     parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="Least severe log records written.",
     )
     parser.set_defaults(handler=run_speech_worker)

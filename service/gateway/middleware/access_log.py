@@ -1,0 +1,57 @@
+"""The access log: every HTTP request counted, timed and logged with its route and status.
+
+It sits outside the layers that refuse requests, so refusals (401, 503, 413, 429) are counted
+and logged too, under the route ``unmatched``. WebSockets are not logged here (a realtime
+session logs its end, `service.gateway.realtime.connection`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.gateway.metrics import GatewayMetrics
+
+log = logging.getLogger("spiritlm.gateway.access")
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        # An exception escaping the app is neither counted nor logged here: the server's error
+        # handler logs it.
+        await self.app(scope, receive, send_with_status)
+        route = _route_name(scope)
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+        self.metrics.latency.labels(route).observe(elapsed)
+        log.info(
+            "%s %s -> %s",
+            scope["method"],
+            scope["path"],
+            status,
+            extra={"fields": {"status": status, "seconds": round(elapsed, 4), "route": route}},
+        )
+
+
+def _route_name(scope: Scope) -> str:
+    # The router stores the matched route in the scope; a refused request never reaches it.
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"

@@ -1,0 +1,560 @@
+"""One realtime session on one WebSocket: the streaming loop, read top to bottom.
+
+`RealtimeConnection.run` sends ``session.created``, then reads client events one at a time until
+the client leaves, goes idle, or the session reaches its maximum duration. Each event is parsed
+(protocol.py) and handled here; a bad event gets an ``error`` event and the session goes on.
+
+Three kinds of work run beside the reading loop, so that reading never waits for them:
+
+* the writer task, the only one that sends on the socket (events queue in the outbox,
+  outbox.py);
+* at most one `Response` (response.py), cancelled by response.cancel or by barge-in;
+* encoding of committed user audio on a speech worker (and its transcript when asked for),
+  started at commit, or already at a pause that may end the turn (the server VAD reports it
+  before `silence_duration_ms` is over; the encoding is kept when the turn ends exactly there);
+  a response waits for the encodings its prompt needs.
+
+Conversation items the client creates, deletes or truncates are handled in items.py.
+
+Close codes: 1000 when the client closes or the session is idle, 1008 at the maximum session
+duration, 1013 when the gateway is full or draining (serving.py), 1011 on an internal error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from contextlib import aclosing, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from service.errors import SpiritError
+from service.gateway.errors import APIError
+from service.gateway.realtime.config import SessionConfig, initial_config
+from service.gateway.realtime.conversation import Conversation, Item, Part
+from service.gateway.realtime.input_audio import (
+    InputAudio,
+    PauseDetected,
+    TurnDetected,
+    Utterance,
+)
+from service.gateway.realtime.items import ConversationItems
+from service.gateway.realtime.outbox import Outbox
+from service.gateway.realtime.prompting import PromptBuilder
+from service.gateway.realtime.protocol import (
+    AudioAppend,
+    AudioClear,
+    AudioCommit,
+    ItemCreate,
+    ItemDelete,
+    ItemTruncate,
+    ProtocolError,
+    ResponseCancel,
+    ResponseCreate,
+    ResponseIn,
+    ServerEvents,
+    SessionUpdate,
+    new_id,
+    parse_client_event,
+)
+from service.gateway.realtime.response import Response, ResponseContext, ResponseRequest
+from service.gateway.realtime.vad import SpeechStarted, VadStream, load_model
+from service.gateway.state import GatewayState
+from service.gateway.uploads import b64decode_field
+from service.gateway.voices import Voice, model_voices
+
+log = logging.getLogger("spiritlm.gateway.realtime")
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_sessions: int
+    max_session_seconds: float
+    idle_timeout_seconds: float
+    max_buffer_seconds: float
+    max_message_bytes: int
+    context_tokens: int
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        return cls(
+            max_sessions=settings.realtime_max_sessions,
+            max_session_seconds=settings.realtime_max_session_seconds,
+            idle_timeout_seconds=settings.realtime_idle_timeout_seconds,
+            max_buffer_seconds=settings.realtime_max_buffer_seconds,
+            max_message_bytes=settings.realtime_max_message_bytes,
+            context_tokens=settings.realtime_context_tokens,
+        )
+
+
+class RealtimeConnection:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        state: GatewayState,
+        model: str,
+        events: ServerEvents,
+        limits: Limits,
+    ) -> None:
+        self.ws = websocket
+        self.state = state
+        self.engine = state.engine
+        self.model = model
+        self.events = events
+        self.limits = limits
+        self.id = new_id("sess")
+        self.voices: list[Voice] = model_voices(self.engine.layout, model)
+        self.config: SessionConfig = initial_config(model, self.voices)
+        self.conversation = Conversation(new_id("conv"))
+        self.items = ConversationItems(self.conversation, events, self.send, self._start_encoding)
+        self.prompts = PromptBuilder(self.engine, model, limits.context_tokens)
+        self.input = InputAudio(self.config.input_rate, limits.max_buffer_seconds)
+        self.outbox = Outbox()
+        self.response: Response | None = None
+        self.started = time.monotonic()
+        self.last_heard = self.started
+        self._pending_item_id: str | None = None
+        self._last_turn: tuple[str, float] | None = None  # (trigger, perf_counter) of a commit
+        # Encoding started at a pause: ((start_ms, end_ms) of the candidate turn, task).
+        self._early: tuple[tuple[int, int], asyncio.Task[str]] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._client_gone = False
+
+    # ---- the loop
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._write(), name=f"realtime-writer-{self.id}")
+        code, reason = CLOSE_NORMAL, ""
+        try:
+            problem = await self._start_vad()
+            self.send(self.events.event("session.created", session=self._session()))
+            if problem is not None:
+                self._error(problem)
+            code, reason = await self._read()
+        except Exception:
+            log.exception("realtime session %s failed", self.id)
+            code, reason = CLOSE_INTERNAL, "internal error"
+        finally:
+            await self._shutdown(writer, code, reason)
+
+    async def _read(self) -> tuple[int, str]:
+        while True:
+            message = await self._next_message()
+            if isinstance(message, tuple):
+                return message
+            if message["type"] == "websocket.disconnect":
+                self._client_gone = True
+                return CLOSE_NORMAL, ""
+            self.last_heard = time.monotonic()
+            text = message.get("text")
+            if text is None:
+                self._error(
+                    ProtocolError(
+                        "invalid_event",
+                        "binary frames are not supported; send JSON events as text frames",
+                    )
+                )
+                continue
+            if len(text) > self.limits.max_message_bytes:
+                self._error(
+                    ProtocolError(
+                        "message_too_large",
+                        f"the message has {len(text)} bytes; the limit is "
+                        f"{self.limits.max_message_bytes} (send audio in smaller appends)",
+                    )
+                )
+                continue
+            await self._handle(text)
+
+    async def _next_message(self) -> dict[str, Any] | tuple[int, str]:
+        """The next frame, or the close (code, reason) when the session times out."""
+        while True:
+            if self._client_gone:
+                return CLOSE_NORMAL, ""
+            now = time.monotonic()
+            session_left = self.started + self.limits.max_session_seconds - now
+            idle_left = self.last_heard + self.limits.idle_timeout_seconds - now
+            if session_left <= 0:
+                self._error(
+                    ProtocolError(
+                        "session_expired",
+                        f"the session reached its maximum duration of "
+                        f"{self.limits.max_session_seconds:g} s",
+                    )
+                )
+                return CLOSE_POLICY, "maximum session duration reached"
+            if idle_left <= 0:
+                if self.response is not None and self.response.active:
+                    self.last_heard = now  # the model is talking: not idle
+                    continue
+                return CLOSE_NORMAL, "idle timeout"
+            try:
+                if self.outbox.full():
+                    await asyncio.wait_for(
+                        self.outbox.wait_for_room(), min(session_left, idle_left)
+                    )
+                    continue
+                return await asyncio.wait_for(self.ws.receive(), min(session_left, idle_left))
+            except asyncio.TimeoutError:
+                continue
+
+    async def _handle(self, text: str) -> None:
+        event: Any = None
+        try:
+            event = parse_client_event(text)
+            await self._dispatch(event)
+        except ProtocolError as error:
+            if error.event_id is None and event is not None:
+                error.event_id = event.event_id
+            self._error(error)
+        except APIError as error:
+            self._error(
+                ProtocolError(
+                    error.code or f"http_{error.status}",
+                    error.message,
+                    param=error.param,
+                    event_id=getattr(event, "event_id", None),
+                    kind="invalid_request_error" if error.status < 500 else "server_error",
+                )
+            )
+        except SpiritError as error:
+            self._error(
+                ProtocolError(
+                    "invalid_value", str(error), event_id=getattr(event, "event_id", None)
+                )
+            )
+
+    async def _dispatch(self, event: Any) -> None:
+        if isinstance(event, AudioAppend):
+            await self._append(event)
+        elif isinstance(event, AudioCommit):
+            self._commit(self.input.commit_all(), "commit")
+        elif isinstance(event, AudioClear):
+            self.input.clear()
+            self.send(self.events.event("input_audio_buffer.cleared"))
+        elif isinstance(event, SessionUpdate):
+            await self._update_session(event)
+        elif isinstance(event, ItemCreate):
+            self.items.create(event, self.input.rate)
+        elif isinstance(event, ItemDelete):
+            response = self.response
+            responding = response.item.id if response is not None and response.active else None
+            self.items.delete(event, responding)
+        elif isinstance(event, ItemTruncate):
+            self.items.truncate(event)
+        elif isinstance(event, ResponseCreate):
+            self._create_response(event)
+        elif isinstance(event, ResponseCancel):
+            self._cancel_requested(event)
+
+    # ---- input audio and turns
+
+    async def _append(self, event: AudioAppend) -> None:
+        pcm = b64decode_field(event.audio, "audio")
+        if not pcm:
+            return
+        if self.input.vad is None:
+            self.input.append(pcm)
+            return
+        detected = await asyncio.to_thread(self.input.append, pcm)
+        for happened in detected:
+            if isinstance(happened, SpeechStarted):
+                self._speech_started(happened)
+            elif isinstance(happened, TurnDetected):
+                self._speech_stopped(happened)
+            elif isinstance(happened, PauseDetected):
+                self._encode_early(happened.utterance)
+
+    def _speech_started(self, event: SpeechStarted) -> None:
+        self._pending_item_id = new_id("item")
+        self.send(
+            self.events.event(
+                "input_audio_buffer.speech_started",
+                audio_start_ms=event.audio_start_ms,
+                item_id=self._pending_item_id,
+            )
+        )
+        detection = self.config.turn_detection
+        if detection is not None and detection.interrupt_response:
+            self._cancel_response("turn_detected")
+
+    def _speech_stopped(self, turn: TurnDetected) -> None:
+        item_id = self._pending_item_id or new_id("item")
+        self._pending_item_id = item_id
+        self.send(
+            self.events.event(
+                "input_audio_buffer.speech_stopped",
+                audio_end_ms=turn.stopped.audio_end_ms,
+                item_id=item_id,
+            )
+        )
+        self._commit(turn.utterance, "vad")
+
+    def _encode_early(self, utterance: Utterance) -> None:
+        """Start encoding at a pause: if the pause ends the turn, the encoding is ready sooner."""
+        self._drop_early_encoding()
+        task = self._start_encoding(utterance.wav(self.input.rate))
+        self._early = ((utterance.start_ms, utterance.end_ms), task)
+
+    def _drop_early_encoding(self) -> None:
+        if self._early is not None:
+            self._early[1].cancel()
+            self._early = None
+
+    def _encoding_of(self, utterance: Utterance) -> asyncio.Task[str]:
+        early, self._early = self._early, None
+        if early is not None and early[0] == (utterance.start_ms, utterance.end_ms):
+            return early[1]
+        if early is not None:
+            early[1].cancel()
+        return self._start_encoding(utterance.wav(self.input.rate))
+
+    def _commit(self, utterance: Utterance, trigger: str) -> None:
+        ended = time.perf_counter()
+        part = Part("audio")
+        part.encoding = self._encoding_of(utterance)
+        item = Item(self._pending_item_id or new_id("item"), "user", [part])
+        self._pending_item_id = None
+        previous = self.conversation.add(item)
+        self.send(
+            self.events.event(
+                "input_audio_buffer.committed", previous_item_id=previous, item_id=item.id
+            )
+        )
+        self.items.announce(item, previous)
+        if self.config.transcription is not None:
+            self._spawn(self._transcribe_input(item, part))
+        self._last_turn = (trigger, ended)
+        detection = self.config.turn_detection
+        if trigger != "vad" or detection is None or not detection.create_response:
+            return
+        previous = self.response
+        if previous is None or not previous.active:
+            self._start_response(ResponseIn(), None)
+        elif previous.cancel_reason is not None:
+            # Barge-in: the interrupted reply is still winding down; answer once it is done.
+            self._spawn(self._respond_after(previous))
+
+    async def _respond_after(self, previous: Response) -> None:
+        if previous.task is not None:
+            await asyncio.wait({previous.task})
+        if self.response is previous:
+            self._start_response(ResponseIn(), None)
+
+    def _start_encoding(self, wav: bytes) -> asyncio.Task[str]:
+        return self._spawn(self._encode(wav))
+
+    async def _encode(self, wav: bytes) -> str:
+        try:
+            return (await self.engine.encode(wav, self.model)).tokens
+        except APIError as error:
+            self._error(ProtocolError("audio_encoding_failed", error.message, kind="server_error"))
+            return ""
+
+    async def _transcribe_input(self, item: Item, part: Part) -> None:
+        tokens = await part.speech_tokens()
+        deltas = self.state.tasks.transcript(self.model, tokens, affinity=self.conversation.id)
+        try:
+            async with aclosing(deltas) as stream:
+                text = "".join([delta async for delta in stream])
+        except APIError as error:
+            self.send(
+                self.events.event(
+                    "conversation.item.input_audio_transcription.failed",
+                    item_id=item.id,
+                    content_index=0,
+                    error={"type": "server_error", "code": None, "message": error.message},
+                )
+            )
+            return
+        part.text = text
+        self.send(
+            self.events.event(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=item.id,
+                content_index=0,
+                transcript=text,
+            )
+        )
+
+    # ---- session configuration
+
+    async def _update_session(self, event: SessionUpdate) -> None:
+        old = self.config
+        new = old.updated(event.session, self.voices, event.event_id)
+        if new.input_rate != old.input_rate:
+            self.input = InputAudio(
+                new.input_rate, self.limits.max_buffer_seconds, offset_ms=self.input.now_ms()
+            )
+        self.config = new
+        problem = None
+        if new.input_rate != old.input_rate or new.turn_detection != old.turn_detection:
+            problem = await self._start_vad()
+        self.send(self.events.event("session.updated", session=self._session()))
+        if problem is not None:
+            problem.event_id = event.event_id
+            self._error(problem)
+
+    async def _start_vad(self) -> ProtocolError | None:
+        """(Re)start turn detection as configured; without the VAD model, fall back to manual."""
+        detection = self.config.turn_detection
+        if detection is None:
+            self.input.set_vad(None)
+            return None
+        try:
+            await asyncio.to_thread(load_model)
+        except SpiritError as error:
+            self.config = dataclasses.replace(self.config, turn_detection=None)
+            self.input.set_vad(None)
+            return ProtocolError(
+                "server_vad_unavailable",
+                f"server VAD is unavailable ({error}); turn_detection is now null: commit "
+                "turns with input_audio_buffer.commit",
+                param="session.audio.input.turn_detection",
+                kind="server_error",
+            )
+        self.input.set_vad(
+            VadStream(detection.vad(), self.input.rate, offset_ms=self.input.now_ms())
+        )
+        return None
+
+    def _session(self) -> dict[str, Any]:
+        expires = int(time.time() + self.limits.max_session_seconds - self._age())
+        return self.config.render(self.events.dialect, self.id, expires)
+
+    def _age(self) -> float:
+        return time.monotonic() - self.started
+
+    # ---- responses
+
+    def _create_response(self, event: ResponseCreate) -> None:
+        if self.response is not None and self.response.active:
+            raise ProtocolError(
+                "conversation_already_has_active_response",
+                f"response {self.response.id} is still in progress; cancel it or wait for "
+                "response.done",
+            )
+        if event.response.input:
+            raise ProtocolError(
+                "invalid_value", "response.input is not supported", param="response.input"
+            )
+        self._start_response(event.response, event.event_id)
+
+    def _start_response(self, spec: ResponseIn, event_id: str | None) -> None:
+        config = self.config
+        trigger, ended = self._last_turn or ("create", time.perf_counter())
+        self._last_turn = None
+        chosen = spec.output_modalities or spec.modalities
+        modalities = tuple(sorted(set(chosen))) if chosen else config.output_modalities
+        override = spec.max_output_tokens or spec.max_response_output_tokens
+        request = ResponseRequest(
+            modality=config.modality(modalities),
+            modalities=modalities,
+            max_tokens=config.max_tokens(self.engine.max_tokens_limit, override),
+            temperature=config.temperature if spec.temperature is None else spec.temperature,
+            instructions=config.instructions if spec.instructions is None else spec.instructions,
+            conversation=spec.conversation != "none",
+            metadata=spec.metadata,
+            trigger=trigger,
+            turn_ended_at=ended,
+            event_id=event_id,
+        )
+        context = ResponseContext(
+            engine=self.engine,
+            tasks=self.state.tasks,
+            model=self.model,
+            voice=config.voice,
+            speaker=config.speaker,
+            output_rate=config.output_rate,
+            stream_audio=config.stream_audio,
+            conversation=self.conversation,
+            prompts=self.prompts,
+            events=self.events,
+            metrics=self.state.metrics,
+            send=self.send,
+            send_audio=self.outbox.put_audio,
+        )
+        self.response = Response(context, request)
+        self.response.start()
+
+    def _cancel_requested(self, event: ResponseCancel) -> None:
+        response = self.response
+        if response is None or not response.active:
+            raise ProtocolError("response_cancel_not_active", "no response is in progress")
+        if event.response_id not in (None, response.id):
+            raise ProtocolError(
+                "invalid_value",
+                f"response '{event.response_id}' is not the one in progress ({response.id})",
+                param="response_id",
+            )
+        self._cancel_response("client_cancelled")
+
+    def _cancel_response(self, reason: str) -> None:
+        response = self.response
+        if response is None or not response.active:
+            return
+        self.outbox.drop_audio(response.id)
+        response.cancel(reason)
+
+    # ---- output
+
+    def send(self, event: dict[str, Any] | None) -> None:
+        self.outbox.put(event)
+
+    def _error(self, error: ProtocolError) -> None:
+        self.send(self.events.error(error))
+
+    async def _write(self) -> None:
+        while (outgoing := await self.outbox.get()) is not None:
+            try:
+                await self.ws.send_text(outgoing.text)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                # The reader may be parked on a full outbox that nobody drains any more.
+                self._client_gone = True
+                self.outbox.close()
+                return
+            if outgoing.on_sent is not None:
+                outgoing.on_sent()
+
+    # ---- helpers and the end
+
+    def _spawn(self, work: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _shutdown(self, writer: asyncio.Task[None], code: int, reason: str) -> None:
+        response = self.response
+        if response is not None and response.active and response.task is not None:
+            self.outbox.drop_audio(response.id)
+            response.cancel("session_closed")
+            await asyncio.wait({response.task}, timeout=SHUTDOWN_GRACE_SECONDS)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE_SECONDS)
+        self.outbox.close()
+        await asyncio.wait({writer}, timeout=SHUTDOWN_GRACE_SECONDS)
+        writer.cancel()
+        if not self._client_gone and self.ws.application_state == WebSocketState.CONNECTED:
+            with suppress(RuntimeError, OSError, WebSocketDisconnect):
+                await self.ws.close(code, reason)
+        log.info(
+            "realtime session %s closed (%d %s) after %.1f s",
+            self.id,
+            code,
+            reason or "client closed",
+            self._age(),
+        )
