@@ -27,7 +27,7 @@ from service.bench.load import (
 from service.bench.processes import RssSample
 from service.checkpoints.layout import BASE
 from service.cli import parse_args
-from tests.conftest import Servers
+from tests.support.servers import Servers
 
 
 def test_parse_mix() -> None:

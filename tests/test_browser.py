@@ -20,10 +20,10 @@ import soundfile
 from scipy.signal import resample_poly
 
 from service.checkpoints.layout import BASE
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 BROWSER_PYTHON = REPO / ".cache" / "browser-venv" / "bin" / "python"
-DRIVER = Path(__file__).resolve().parent / "browser_driver.py"
+DRIVER = REPO / "tests" / "support" / "browser_driver.py"
 REPLY_TIMEOUT = 240
 
 

@@ -1,7 +1,7 @@
 """The speech commands of the real CLI (`python -m service ...`), run as subprocesses.
 
-Every expected value is computed here in-process, from the spec's rules or from `SpeechStack` on
-the same files, and compared with what the command printed or wrote.
+Every expected value is computed here in-process, from the rules of docs/format.md or from
+`SpeechStack` on the same files, and compared with what the command printed or wrote.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from service.errors import SpiritError
 from service.speech.hubert import load_hubert
 from service.speech.pipeline import SpeechStack
 from service.units.tokens import Units, string_to_units, units_to_string
-from tests.golden import BASE_STRING, EXPRESSIVE_STRING
+from tests.support.golden import BASE_STRING, EXPRESSIVE_STRING
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 HOP = 640
 # PCM16 keeps x * 32767 rounded; reading back divides by 32768: at most 1.5 LSB apart.
 PCM16_TOLERANCE = 1.5 / 32768
@@ -67,7 +67,7 @@ def conv_frames(samples: int, kernels: tuple[int, ...], strides: tuple[int, ...]
 
 
 def expected_counts(samples: int) -> dict[str, int]:
-    """Unit counts of one chunk (spec §2.1 table)."""
+    """Unit counts of one chunk (the table of docs/format.md#audio-input)."""
     return {
         "hubert": conv_frames(samples, HUBERT_KERNELS, HUBERT_STRIDES),
         "pitch": (samples // 80 + 1) // 16,
@@ -299,7 +299,8 @@ def test_tokenize_loads_any_conforming_directory(
     other, centres_file = rewrite_in_other_formats(layout, work / "other-formats")
     args = ("tokenize", "--model", EXPRESSIVE, "--checkpoints", other.root, speech_file, "--json")
     (record,) = json_lines(cli_ok(*args, env=env).stdout)
-    # Units by nearest centre (float64, spec §2.3) on the features of the unchanged HuBERT.
+    # Units by nearest centre (float64, docs/format.md#phonetic-quantizer) on the features of the
+    # unchanged HuBERT.
     features = load_hubert(layout.hubert).extract(torch.from_numpy(load_audio_file(speech_file)))
     x = features.double().numpy()
     c = np.load(centres_file).astype(np.float64)
@@ -359,7 +360,8 @@ def test_synthesize_expressive_raw_units_from_tokenize_output(
     output = work / "expressive-units.wav"
     args = ("--model", EXPRESSIVE, "--checkpoints", layout.root, "--units-json", record_file)
     synthesize(env, output, *args)
-    # Raw units: 114 pitch codes for 228 units, so no duration prediction (§4.5).
+    # Raw units: 114 pitch codes for 228 units, so no duration prediction
+    # (docs/format.md#vocoding-and-duration-prediction).
     units = Units.from_dict(expressive_records[0]["units"])
     expected = stack(layout, EXPRESSIVE).decode(units)
     assert len(expected) == 228 * HOP

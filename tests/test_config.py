@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,7 @@ from service.commands.up import route_flags
 from service.config import add_settings_arguments, settings_from_args
 from service.gateway.settings import GatewaySettings
 from service.speech_worker.settings import SpeechWorkerSettings
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO
 
 
 def test_configuration_reference_is_up_to_date() -> None:

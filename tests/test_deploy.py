@@ -36,8 +36,9 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-VALIDATORS = ROOT / ".cache" / "validators"
+from tests.support.paths import REPO
+
+VALIDATORS = REPO / ".cache" / "validators"
 KUBERNETES_VERSION = "1.33.0"
 PROBE_PATHS = {"/health", "/ready", "/metrics"}
 TARGETS = ("gateway", "speech-worker-cuda", "speech-worker-cpu", "demo-cpu")
@@ -80,7 +81,7 @@ def tool(name: str) -> Path:
 def run(argv: list[str | Path], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(arg) for arg in argv],
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
@@ -98,7 +99,7 @@ def output(result: subprocess.CompletedProcess) -> str:
 @functools.cache
 def renderer() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
-        "render_manifests", ROOT / "scripts" / "render_manifests.py"
+        "render_manifests", REPO / "scripts" / "render_manifests.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -108,7 +109,7 @@ def renderer() -> ModuleType:
 
 @functools.cache
 def _rendered(directory: str) -> tuple[dict[str, Any], ...]:
-    return tuple(renderer().render(ROOT / directory))
+    return tuple(renderer().render(REPO / directory))
 
 
 def rendered(directory: str) -> list[dict[str, Any]]:
@@ -235,7 +236,7 @@ def parse_env(arguments: str) -> dict[str, str]:
 def dockerfile_stages() -> dict[str, Stage]:
     stages: dict[str, Stage] = {}
     stage: Stage | None = None
-    for instruction, arguments in dockerfile_instructions((ROOT / "Dockerfile").read_text()):
+    for instruction, arguments in dockerfile_instructions((REPO / "Dockerfile").read_text()):
         if instruction == "FROM":
             words = arguments.split()
             image = words[0]
@@ -326,7 +327,7 @@ def parse_vllm_commands(commands: list[Command]) -> list[dict[str, Any]]:
         capture_output=True,
         text=True,
         timeout=180,
-        cwd=ROOT,
+        cwd=REPO,
     )
     assert result.returncode == 0, output(result)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -381,7 +382,7 @@ def all_manifest_commands() -> list[Command]:
 
 @functools.cache
 def _compose_config(extra_env: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(ROOT), **COMPOSE_ENV}
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(REPO), **COMPOSE_ENV}
     env.update(extra_env)
     result = run([tool("docker-compose"), "-f", "docker-compose.yml", "config"], env=env)
     assert result.returncode == 0, output(result)
@@ -461,7 +462,7 @@ def test_dockerfile_base_images_are_pinned() -> None:
 def test_images_never_contain_checkpoints() -> None:
     sources = {src for stage in dockerfile_stages().values() for src in stage.copy_sources}
     assert sources <= {"pyproject.toml", "README.md", "service"}, sources
-    ignored = set((ROOT / ".dockerignore").read_text().split())
+    ignored = set((REPO / ".dockerignore").read_text().split())
     assert {"checkpoints", "*.pt", "*.bin", "*.safetensors", ".venv", ".cache"} <= ignored
 
 
@@ -526,7 +527,7 @@ def test_compose_health_checks_use_probe_paths() -> None:
 
 def test_prometheus_scrapes_the_compose_services_on_their_ports() -> None:
     services = compose_config()["services"]
-    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    prometheus = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
     scraped = set()
     for job in prometheus["scrape_configs"]:
         assert job.get("metrics_path", "/metrics") == "/metrics", job["job_name"]
@@ -824,12 +825,12 @@ def metric_names(expression: str) -> set[str]:
 
 
 def test_dashboard_charts_only_metrics_that_exist() -> None:
-    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/spiritlm-serve.json").read_text())
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/spiritlm-serve.json").read_text())
     expressions = [
         target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
     ]
     used = set().union(*map(metric_names, expressions))
-    service_source = "".join(path.read_text() for path in (ROOT / "service").rglob("*.py"))
+    service_source = "".join(path.read_text() for path in (REPO / "service").rglob("*.py"))
     vllm_spec = importlib.util.find_spec("vllm")
     assert vllm_spec is not None and vllm_spec.origin is not None
     vllm_source = (Path(vllm_spec.origin).parent / "v1/metrics/loggers.py").read_text()
@@ -848,7 +849,7 @@ def test_dashboard_charts_only_metrics_that_exist() -> None:
     } <= used
     assert any("histogram_quantile(0.99" in e for e in expressions)
     provisioned = yaml.safe_load(
-        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+        (REPO / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
     )
     assert provisioned["datasources"][0]["type"] == "prometheus"
     datasources = {json.dumps(p.get("datasource")) for p in dashboard["panels"] if "targets" in p}

@@ -26,7 +26,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +38,9 @@ from websockets.asyncio.client import connect
 
 from service.checkpoints.layout import BASE
 from service.lm.worker import vllm_argv
-from service.process import ChildProcess
-from tests.conftest import Servers, free_port
+from service.process import ChildProcess, free_port
+from tests.support.scaleout import fast_health_env, gateway_argv, wait_for, worker_states
+from tests.support.servers import Servers
 
 pytestmark = pytest.mark.slow
 
@@ -122,30 +122,15 @@ def stack(servers: Servers) -> FaultStack:
     lm = start_lm(servers, lm_port)
     speech = start_speech(servers, speech_port)
     gateway_url = f"http://127.0.0.1:{gateway_port}"
-    argv = [sys.executable, "-m", "service", "gateway", "--port", str(gateway_port)]
-    argv += ["--model", BASE, "--lm-url", f"http://127.0.0.1:{lm_port}"]
-    argv += ["--speech-url", f"http://127.0.0.1:{speech_port}"]
-    argv += ["--max-tokens-limit", str(MAX_TOKENS_LIMIT), "--drain-seconds", "1"]
-    env = {**servers.env, "SPIRITLM_HEALTH_INTERVAL": "0.3"}
+    lm_url, speech_url = f"http://127.0.0.1:{lm_port}", f"http://127.0.0.1:{speech_port}"
+    limits = ("--max-tokens-limit", str(MAX_TOKENS_LIMIT), "--drain-seconds", "1")
+    argv = gateway_argv(gateway_port, [lm_url], [speech_url], *limits)
+    env = fast_health_env(servers)
     gateway = servers.spawn("faults-gateway", argv, gateway_url, "/ready", 120, env=env)
     return FaultStack(servers, lm_port, speech_port, gateway_url, lm, speech, gateway)
 
 
 # ---- observing the processes ---------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if predicate():
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"not reached within {timeout:.0f} s: {what or predicate}")
-
-
-def worker_states(gateway: str, kind: str) -> dict[str, bool]:
-    return httpx.get(f"{gateway}/ready", timeout=5).json()[f"{kind}_workers"]
 
 
 def metric(url: str, name: str, labels: str = "") -> float:

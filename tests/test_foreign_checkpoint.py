@@ -1,4 +1,4 @@
-"""Conforming checkpoints that our generator did not write, served through `generate` (issue 3).
+"""Conforming checkpoints that our generator did not write, served through `generate`.
 
 Each LM directory here is produced the way someone converting weights with stock tools would:
 - weights: a transformers `LlamaForCausalLM` (other sizes than ours: 3 layers, 4 heads of 32,
@@ -13,7 +13,8 @@ Each LM directory here is produced the way someone converting weights with stock
   Only the text-only sentencepiece model (the stand-in for Llama-2's 32000 pieces) comes from
   our writer.
 The speech side is the embedded tiny one. The references are the slow tokenizer (prompt ids)
-and transformers' greedy `generate` in float32 with the §3 banned ids (output ids).
+and transformers' greedy `generate` in float32 with the banned ids of
+docs/format.md#banned-ids-per-output-modality (output ids).
 """
 
 from __future__ import annotations
@@ -36,15 +37,12 @@ from service.checkpoints.tiny_lm import sentencepiece_model
 from service.errors import CheckpointError
 from service.lm.prompt import OutputModality, SpeechInput, TextInput, build_prompt
 from service.lm.worker import CPU_HEAD_SIZES, is_cpu_vllm, vllm_argv
-from tests.conftest import free_port, run_reference
-from tests.test_lm_generation import (
-    check_speech_segment,
-    generate_command,
-    reference_greedy,
-    run_cli,
-)
+from service.process import free_port
+from tests.support.generate_cli import check_speech_segment, generate_command, run_cli
+from tests.support.lm_reference import reference_greedy
+from tests.support.paths import REPO
+from tests.support.tokenizer_reference import run_reference
 
-REPO = Path(__file__).resolve().parents[1]
 WRITE_TOKENIZER = REPO / "tests" / "tools" / "write_foreign_tokenizer.py"
 TEXT, SPEECH, ARBITRARY = OutputModality.TEXT, OutputModality.SPEECH, OutputModality.ARBITRARY
 
@@ -223,7 +221,7 @@ def test_generate_starts_vllm_on_it_and_matches_the_references(
         timeout=600,
     )
     assert record["prompt"] == build_prompt([TextInput(text)], SPEECH)
-    assert len(record["output_token_ids"]) == 40  # speech cannot stop (§9)
+    assert len(record["output_token_ids"]) == 40  # speech cannot stop (</s> is banned)
     check_against_references(record, reference_python, foreign, BASE, SPEECH)
     [segment] = record["segments"]
     assert segment["type"] == "speech"

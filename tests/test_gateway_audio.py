@@ -26,9 +26,9 @@ from service.errors import CheckpointError
 from service.gateway.fewshot import ExemplarBank
 from service.lm.prompt import asr_prompt, classification_prompt, tts_prompt
 from service.lm.tokenizer import SpiritTokenizer
+from service.process import free_port
 from service.speech.pipeline import SpeechStack
 from service.units.tokens import units_to_string
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -301,9 +301,9 @@ def reference_logprob(layout: CheckpointLayout, prompt_ids: list[int], ids: list
     """transformers (float32): log P(ids[len(prompt_ids):] | prompt), summed over tokens."""
     import torch
 
-    from tests.test_lm_generation import _reference_model
+    from tests.support.lm_reference import reference_model
 
-    model = _reference_model(layout.lm_dir(BASE))
+    model = reference_model(layout.lm_dir(BASE))
     with torch.inference_mode():
         logits = model(torch.tensor([ids])).logits[0].float()
     logprobs = torch.log_softmax(logits, dim=-1)

@@ -48,7 +48,8 @@ from service.speech_worker.protocol import WorkerRequestError
 from service.speech_worker.session import parse_tokens
 from service.speech_worker.stream_route import parse_message
 from service.units.tokens import Units, UnitStreamParser, iter_speech_tokens, string_to_units
-from tests.conftest import REPO, Servers
+from tests.support.paths import REPO
+from tests.support.servers import Servers
 
 PASSWD_MARK = "root:x:0:0"
 API_KEY = "sk-hostile-test-key"

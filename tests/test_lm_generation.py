@@ -1,27 +1,25 @@
-"""Interleaved generation on the real vLLM server (issue 3), checked against transformers.
+"""Interleaved generation on the real vLLM server, checked against transformers.
 
 Every test talks to the unmodified vLLM OpenAI server started once per variant by the session
 fixture `servers.lm(...)`, on the embedded tiny checkpoints. The reference is what the official
-implementation runs: `LlamaForCausalLM.generate` (float32 here, CPU) with the §3 forbidden set as
-single-token `bad_words_ids`.
+implementation runs: `LlamaForCausalLM.generate` (float32 here, CPU) with the banned set of
+docs/format.md#banned-ids-per-output-modality as single-token `bad_words_ids`.
 
 One deliberate difference is mirrored in the reference: we never let vLLM pick an embedding row
-that has no token (the padding rows, §3: 32503-32511 base, 32667-32767 expressive), in any
-modality, because nothing could decode it (`prepare_prompt` and `SpiritTokenizer.allowed_ids`
-leave them out of `allowed_token_ids`). The reference bans them too through `bad_words_ids`, so
-greedy outputs must then be identical token for token. The banned sets below are written from
-the spec's id ranges, not taken from the code under test. (The equality also depends on vLLM
-serving the float32 checkpoints in float32: its "auto" dtype would pick bfloat16, and the greedy
-ids diverge within a few dozen tokens.)
+that has no token (the padding rows, docs/format.md#token-vocabulary: 32503-32511 base,
+32667-32767 expressive), in any modality, because nothing could decode it (`prepare_prompt` and
+`SpiritTokenizer.allowed_ids` leave them out of `allowed_token_ids`). The reference bans them
+too through `bad_words_ids`, so greedy outputs must then be identical token for token. The
+banned sets (tests/support/token_ids.py) are written from the documented id ranges, not
+taken from the code under test. (The equality also depends on vLLM serving the float32
+checkpoints in float32: its "auto" dtype would pick bfloat16, and the greedy ids diverge within
+a few dozen tokens.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Coroutine
 from functools import cache
@@ -31,7 +29,6 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 import pytest
-import soundfile
 
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.lm.client import LMClient, LMError, SamplingParams
@@ -47,31 +44,22 @@ from service.lm.parsing import (
 )
 from service.lm.prompt import OutputModality, PromptInput, SpeechInput, TextInput, build_prompt
 from service.lm.tokenizer import SpiritTokenizer
-from tests.stream_segments import segments_from_events
+from tests.support.generate_cli import check_speech_segment, generate_command, run_cli
+from tests.support.lm_reference import reference_greedy, reference_model
+from tests.support.stream_segments import segments_from_events
+from tests.support.token_ids import (
+    HUBERT_IDS,
+    MARKERS,
+    PADDING_ROWS,
+    PITCH_IDS,
+    STYLE_IDS,
+    banned_ids,
+)
 
 T = TypeVar("T")
 VARIANTS = (BASE, EXPRESSIVE)
 TEXT, SPEECH, ARBITRARY = OutputModality.TEXT, OutputModality.SPEECH, OutputModality.ARBITRARY
-REPO = Path(__file__).resolve().parent.parent
-
-# §3 id map, written out from the spec.
-MARKERS = {32000, 32001}
-HUBERT_IDS = set(range(32002, 32503))
-PITCH_IDS = set(range(32503, 32567))
-STYLE_IDS = set(range(32567, 32667))
-TEXT_IDS = set(range(0, 32000))
-PADDING_ROWS = {BASE: set(range(32503, 32512)), EXPRESSIVE: set(range(32667, 32768))}
 GREEDY_TOKENS = 32
-
-
-def spec_banned(modality: OutputModality, variant: str) -> set[int]:
-    """§3's forbidden set (padding rows are not part of it)."""
-    if modality is TEXT:
-        units = HUBERT_IDS | (PITCH_IDS | STYLE_IDS if variant == EXPRESSIVE else set())
-        return MARKERS | units
-    if modality is SPEECH:
-        return MARKERS | TEXT_IDS
-    return set()
 
 
 def run(coroutine: Coroutine[Any, Any, T], timeout: float = 300.0) -> T:
@@ -99,34 +87,6 @@ def _tokenizer(lm_dir: Path) -> SpiritTokenizer:
 
 def tokenizer_of(layout: CheckpointLayout, variant: str) -> SpiritTokenizer:
     return _tokenizer(layout.lm_dir(variant))
-
-
-@cache
-def _reference_model(lm_dir: Path) -> Any:
-    import torch
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM.from_pretrained(lm_dir, torch_dtype=torch.float32).eval()
-
-
-def reference_greedy(
-    layout: CheckpointLayout, variant: str, prompt_ids: list[int], modality: OutputModality, n: int
-) -> list[int]:
-    """transformers' greedy ids for the prompt ids, §3 set + padding rows as bad words."""
-    import torch
-
-    model = _reference_model(layout.lm_dir(variant))
-    banned = spec_banned(modality, variant) | PADDING_ROWS[variant]
-    ids = torch.tensor([prompt_ids])
-    with torch.inference_mode():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=n,
-            bad_words_ids=[[i] for i in sorted(banned)],
-        )
-    return out[0, len(prompt_ids) :].tolist()
 
 
 async def complete(
@@ -170,7 +130,8 @@ async def generate_many(
 
 
 def generated_text(tokenizer: SpiritTokenizer, prompt_ids: list[int], output: list[int]) -> str:
-    """The reference's slice of the decoded full sequence (§5.4)."""
+    """The reference's slice of the decoded full sequence
+    (docs/format.md#parsing-generated-output)."""
     full = tokenizer.decode_ids(prompt_ids + output)
     return full[len(tokenizer.decode_ids(prompt_ids)) :]
 
@@ -211,7 +172,7 @@ def test_greedy_ids_equal_transformers(
     assert result.output_ids == expected
     assert result.usage.prompt_tokens == len(prepared.prompt_ids)
     assert result.usage.completion_tokens == len(expected)
-    if modality is SPEECH:  # </s> is banned, so speech always runs to the limit (§9.15)
+    if modality is SPEECH:  # </s> is banned (docs/format.md#banned-ids-per-output-modality)
         assert result.finish_reason == "length" and len(expected) == GREEDY_TOKENS
 
 
@@ -224,7 +185,7 @@ def test_end_of_sequence_stops_like_transformers(servers: Any, layout: Checkpoin
 
     import torch
 
-    model = _reference_model(layout.lm_dir(BASE))
+    model = reference_model(layout.lm_dir(BASE))
     ids = torch.tensor([prepared.prompt_ids])
     with torch.inference_mode():
         out = model.generate(
@@ -275,7 +236,8 @@ def test_refused_requests_raise_lm_error_and_the_engine_lives(
 
 
 def test_incremental_decoder_matches_full_decode(layout: CheckpointLayout) -> None:
-    """Streamed text deltas join to the reference's slice, whatever ids arrive (§5.4).
+    """Streamed text deltas join to the reference's slice, whatever ids arrive
+    (docs/format.md#parsing-generated-output).
 
     Random ids include byte-fallback pieces, so characters split over tokens, invalid byte
     sequences and an unfinished character at the very end all occur.
@@ -320,7 +282,7 @@ def test_sampled_forced_modality_never_emits_a_banned_token(
     params = [SamplingParams(max_tokens=96, temperature=1.0, seed=seed) for seed in seeds]
     outputs = run(generate_many(generator, [prepared] * len(seeds), params))
 
-    forbidden = spec_banned(modality, variant) | PADDING_ROWS[variant]
+    forbidden = banned_ids(modality, variant) | PADDING_ROWS[variant]
     for seed, (_, result) in zip(seeds, outputs, strict=True):
         assert result.output_ids, f"seed {seed}: nothing generated"
         bad = sorted(set(result.output_ids) & forbidden)
@@ -414,7 +376,8 @@ def interleaving_ids(tokenizer: SpiritTokenizer, variant: str) -> list[int]:
     """A narrow ARBITRARY id set on which the random tiny LM interleaves text and speech.
 
     Mostly unit tokens (long speech runs, some long enough to keep, some dropped), a few words
-    and both markers, so every branch of §5.4 sees real vLLM output.
+    and both markers, so every branch of docs/format.md#parsing-generated-output sees real vLLM
+    output.
     """
     words = tokenizer.encode(" the cat sat on a mat")[1:]
     units = sorted(HUBERT_IDS)[:160]
@@ -483,41 +446,6 @@ def test_stream_events_match_batch_parsing(
 
 # ---------------------------------------------------------------------------------------------
 # the `spiritlm-serve generate` command
-
-
-def generate_command(
-    args: list[str], env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """`spiritlm-serve generate --json ARGS`, run to its end."""
-    return subprocess.run(
-        [sys.executable, "-m", "service", "generate", "--json", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[dict[str, Any], str]:
-    """The JSON record the command prints, and its stderr (progress lines)."""
-    completed = generate_command(args, env, timeout)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    # stdout is the JSON record and nothing else (vLLM's own logs must not end up there).
-    return json.loads(completed.stdout), completed.stderr
-
-
-def check_speech_segment(layout: CheckpointLayout, variant: str, segment: dict[str, Any]) -> None:
-    from service.speech.pipeline import SpeechStack
-
-    wav, rate = soundfile.read(segment["audio"], dtype="float32")
-    assert rate == 16000
-    # The command vocodes with speaker 2 and duration prediction, as the reference's decode.
-    expected = SpeechStack(layout, variant).decode(segment["tokens"], speaker=2)
-    assert len(wav) == len(expected) > 0
-    assert len(wav) % 640 == 0
-    assert segment["seconds"] == round(len(wav) / 16000, 3)
-    assert np.max(np.abs(wav - expected)) < 2 / 32768 + 1e-6  # PCM_16 rounding
 
 
 def test_cli_generate_text_to_speech(

@@ -1,4 +1,5 @@
-"""The tiny LM writer and our own token ids (spec §2.7, §3, §5.3).
+"""The tiny LM writer and our own token ids (docs/format.md#language-model, #token-vocabulary,
+#generation-settings).
 
 Reference: the slow sentencepiece `LlamaTokenizer` of transformers 4.x, which transformers 5 no
 longer has. It runs in its own interpreter (scripts/make_tokenizer_reference_venv.sh), given by
@@ -24,15 +25,9 @@ from service.checkpoints.layout import BASE, EXPRESSIVE, LM_FILES, VARIANTS, Che
 from service.checkpoints.tiny_lm import sentencepiece_model, speech_token_strings, write_lms
 from service.errors import CheckpointError
 from service.lm.tokenizer import SpiritTokenizer, TokenKind
-from tests.conftest import run_reference
+from tests.support.token_ids import HUBERT_IDS, PITCH_IDS, STYLE_IDS, TEXT_IDS
+from tests.support.tokenizer_reference import run_reference
 
-REPO = Path(__file__).resolve().parents[1]
-
-# §3, written out from the spec's table.
-TEXT_IDS = set(range(32000))
-HUBERT_IDS = set(range(32002, 32503))
-PITCH_IDS = set(range(32503, 32567))
-STYLE_IDS = set(range(32567, 32667))
 MODEL_VOCAB = {BASE: 32512, EXPRESSIVE: 32768}
 TOKEN_COUNT = {BASE: 32503, EXPRESSIVE: 32667}
 
@@ -62,7 +57,8 @@ def tokenizers(layout: CheckpointLayout) -> dict[str, SpiritTokenizer]:
 
 
 def unit_string(rng: random.Random, count: int, expressive: bool) -> str:
-    """A run shaped like §4.3 output: style, pitch and hubert tokens interleaved."""
+    """A run shaped like the output of docs/format.md#units-to-token-string: style, pitch and
+    hubert tokens interleaved."""
     tokens = []
     for i in range(count):
         if expressive and i % 25 == 0:
@@ -119,7 +115,7 @@ def prompt_set(variant: str) -> list[str]:
         "\u2581already\u2581escaped",
         "[Hu500][Pi63][St99][Hu0][Pi0][St0]",
         "not tokens: [Hu501] [Pi64] [St100] [hu1] [Hu 1]",
-        # §5.2 examples
+        # examples from docs/format.md#building-prompts
         f"[Speech]{units}[Text]",
         "[Text]T[Speech]",
         f"[Speech]{units}",
@@ -221,7 +217,8 @@ def test_decode_matches_reference(
 def test_decode_round_trips_the_prompt_examples(
     variant: str, tokenizers: dict[str, SpiritTokenizer]
 ) -> None:
-    """§2.7: decoding <s> + prompt ids gives the prompt back (for prompts of the §5.2 shape)."""
+    """Decoding <s> + prompt ids gives the prompt back (docs/format.md#language-model), for
+    prompts shaped as in docs/format.md#building-prompts."""
     tokenizer = tokenizers[variant]
     rng = random.Random(7)
     units = unit_string(rng, 500, variant == EXPRESSIVE)
@@ -350,7 +347,8 @@ def test_allowed_ids_are_the_complement_of_the_banned_sets(
     tokenizers: dict[str, SpiritTokenizer],
 ) -> None:
     base, expr = tokenizers[BASE], tokenizers[EXPRESSIVE]
-    # §3 bans TEXT: markers + unit ids; SPEECH: markers + 0..31999. Padding rows have no token.
+    # docs/format.md#banned-ids-per-output-modality bans TEXT: markers + unit ids; SPEECH:
+    # markers + 0..31999. Padding rows have no token.
     assert set(base.allowed_ids("TEXT", expressive=False)) == TEXT_IDS
     assert set(expr.allowed_ids("text", expressive=True)) == TEXT_IDS
     assert set(base.allowed_ids("SPEECH", expressive=False)) == HUBERT_IDS

@@ -1,5 +1,5 @@
 """`spiritlm-serve lm`: starts the unmodified vLLM server, passes vLLM's own flags through, and
-takes vLLM down with it (issue 3).
+takes vLLM down with it.
 
 One command-started worker, run the way an operator adds an LM replica, serves the module:
 - vLLM's flags reach vLLM (its command line, its model card, its refusal of a longer prompt);
@@ -21,9 +21,9 @@ import psutil
 import pytest
 
 from service.checkpoints.layout import BASE
-from service.process import ChildProcess
-from tests.conftest import Servers, free_port
-from tests.test_scaleout import fast_health_env, gateway_argv, wait_for, worker_states
+from service.process import ChildProcess, free_port
+from tests.support.scaleout import fast_health_env, gateway_argv, wait_for, worker_states
+from tests.support.servers import Servers
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 GENERATE = {

@@ -1,4 +1,5 @@
-"""Prompt building (spec §5.2, §6) and output parsing, batch and streaming (§5.4)."""
+"""Prompt building (docs/format.md#building-prompts, #few-shot-prompts) and output parsing,
+batch and streaming (docs/format.md#parsing-generated-output)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ from service.lm.prompt import (
     tts_prompt,
 )
 from service.units.tokens import string_to_units
-from tests import golden
-from tests.stream_segments import segments_from_events
+from tests.support import golden
+from tests.support.stream_segments import segments_from_events
 
 
 def hu(*values: int) -> str:
@@ -51,7 +52,7 @@ def hus(n: int, start: int = 0) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Prompts (§5.2)
+# Prompts (docs/format.md#building-prompts)
 
 A = golden.BASE_STRING
 
@@ -101,7 +102,7 @@ def test_modality_parse() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Few-shot prompts (§6)
+# Few-shot prompts (docs/format.md#few-shot-prompts)
 
 
 def test_stsp_reference_prompt_format() -> None:
@@ -144,7 +145,7 @@ def test_select_stsp_rows_balances_sentiments() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Batch parsing (§5.4)
+# Batch parsing (docs/format.md#parsing-generated-output)
 
 TEXT_PROMPT = "[Text]Say something"
 SPEECH_PROMPT = "[Speech]" + hus(30, 100)  # p = 30

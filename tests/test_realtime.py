@@ -46,7 +46,7 @@ from service.gateway.realtime.vad import (
     VadStream,
 )
 from service.lm.prompt import SpeechInput, TextInput, build_prompt
-from tests.realtime_client import (
+from tests.support.realtime_client import (
     EVENT_TIMEOUT,
     RATE,
     Client,
@@ -239,8 +239,9 @@ def test_text_item_gets_a_spoken_reply_and_history_grows(gateway: str) -> None:
     assert_ended(second, 30)
     for response in (first, second):
         assert client.audio_samples(response["id"]) > 0
-    # The second prompt holds the first turn, the first reply's 30 tokens and the new text.
-    assert second["usage"]["input_tokens"] > first["usage"]["input_tokens"] + 30
+    # The second prompt holds the first turn, the first reply's tokens and the new text.
+    grown = second["usage"]["input_tokens"] - first["usage"]["input_tokens"]
+    assert grown > first["usage"]["output_tokens"]
 
 
 def test_response_cancel_aborts_generation(gateway: str, lm_url: str) -> None:
@@ -279,9 +280,11 @@ def test_response_cancel_aborts_generation(gateway: str, lm_url: str) -> None:
         if e["type"] == "response.output_audio.delta" and e["response_id"] == cancelled["id"]
     ]
     assert not late
-    assert_ended(after, 2048)
+    assert_ended(after, 10)
+    # The new prompt adds the tokens kept of the cancelled reply and, when any were kept, its
+    # turn end (a newline) and the [Speech] of the new reply.
     kept = after["usage"]["input_tokens"] - cancelled["usage"]["input_tokens"]
-    assert 0 <= kept <= cancelled["usage"]["output_tokens"] + 1
+    assert 0 <= kept <= cancelled["usage"]["output_tokens"] + 2
     assert wait_idle(lm_url) == 0
     # vLLM stopped the cancelled request (its HTTP stream was closed): all requests of this
     # test together generated fewer tokens than the cancelled one alone asked for.

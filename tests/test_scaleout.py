@@ -11,31 +11,18 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from service.checkpoints.layout import BASE
-from tests.conftest import Servers, free_port
+from service.process import free_port
+from tests.support.scaleout import fast_health_env, gateway_argv, wait_for, worker_states
+from tests.support.servers import Servers
 
 pytestmark = pytest.mark.slow
-
-
-def gateway_argv(port: int, lm_urls: list[str], speech_urls: list[str], *extra: str) -> list[str]:
-    argv = [sys.executable, "-m", "service", "gateway", "--port", str(port), "--model", BASE]
-    for url in lm_urls:
-        argv += ["--lm-url", url]
-    for url in speech_urls:
-        argv += ["--speech-url", url]
-    return argv + list(extra)
-
-
-def fast_health_env(servers: Servers) -> dict[str, str]:
-    return {**servers.env, "SPIRITLM_HEALTH_INTERVAL": "0.3"}
 
 
 def speech_request(speech_file: Path) -> dict:
@@ -46,19 +33,6 @@ def speech_request(speech_file: Path) -> dict:
         "max_tokens": 2,
         "temperature": 0,
     }
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
-
-
-def worker_states(gateway: str, kind: str) -> dict[str, bool]:
-    return httpx.get(f"{gateway}/ready", timeout=5).json()[f"{kind}_workers"]
 
 
 def test_speech_worker_failover_and_readmission(servers: Servers, speech_file: Path) -> None:

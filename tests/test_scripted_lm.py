@@ -1,4 +1,4 @@
-"""The scripted LM of tests/scripted_lm.py decodes greedily along its successor map.
+"""The scripted LM of tests/support/scripted_lm.py decodes greedily along its successor map.
 
 Checked with transformers' LlamaForCausalLM (no vLLM): the chain is followed exactly whatever
 precedes the last prompt token, a logits mask that keeps the successor still picks it, and the
@@ -15,7 +15,7 @@ import torch
 
 from service.checkpoints.layout import BASE, CheckpointLayout
 from service.lm.tokenizer import SpiritTokenizer
-from tests.scripted_lm import WINNING_LOGIT, write_scripted_lm
+from tests.support.scripted_lm import WINNING_LOGIT, write_scripted_lm
 
 NEWLINE_PIECE = "<0x0A>"
 HUBERT_VALUES = [3, 9, 41, 7, 100, 250, 499, 12, 0, 77] + list(range(300, 320))

@@ -1,6 +1,7 @@
-"""Speech encoders (spec sections 2.1-2.5) against seeded tiny checkpoints in the official formats.
+"""Speech encoders (docs/format.md#speech-components) against seeded tiny checkpoints in the
+official formats.
 
-The reference computations below are written from the spec text with plain torch functions and
+The reference computations below are written from docs/format.md with plain torch functions and
 read the checkpoint files directly, so they share no code with the loaders under test.
 """
 
@@ -71,7 +72,7 @@ def write(content: dict, path: Path) -> Path:
     return path
 
 
-# --- reference HuBERT forward, from spec section 2.2 -----------------------------------------
+# --- reference HuBERT forward, from docs/format.md#hubert-encoder ------------------------------
 
 
 def reference_hubert(weights: dict, cfg: dict, wav: torch.Tensor) -> torch.Tensor:
@@ -156,7 +157,7 @@ def reference_layer(
     return norm("final_layer_norm", h + feed_forward(h))
 
 
-# --- reference VQ-VAE encoder, from spec section 2.4 -----------------------------------------
+# --- reference VQ-VAE encoder, from docs/format.md#pitch-tokenizer -----------------------------
 
 
 def reference_vq_encoder(weights: dict, cfg: dict, x: torch.Tensor) -> torch.Tensor:

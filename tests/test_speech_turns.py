@@ -1,6 +1,6 @@
 """Where spoken replies end, against the real vLLM, speech worker and gateway.
 
-The LM is a scripted checkpoint (tests/scripted_lm.py): same tokenizer and geometry as the
+The LM is a scripted checkpoint (tests/support/scripted_lm.py): same tokenizer and geometry as the
 embedded base LM, but greedy decoding follows a fixed chain after the last prompt token. After
 ``[Speech]`` (how chat, realtime and TTS prompts for speech end) it says 12 speech units, then 4
 silence units (learnt from the speech tokenizer, as the gateway learns them), then a newline;
@@ -32,10 +32,10 @@ from service.checkpoints.layout import BASE, CheckpointLayout
 from service.lm.ending import line_end_ids
 from service.lm.tokenizer import SpiritTokenizer
 from service.lm.worker import vllm_argv
+from service.process import free_port
 from service.speech.pipeline import SpeechStack
-from tests.conftest import free_port
-from tests.realtime_client import open_client, run
-from tests.scripted_lm import write_scripted_lm
+from tests.support.realtime_client import open_client, run
+from tests.support.scripted_lm import write_scripted_lm
 
 SPEECH_UNITS = 12
 SILENCE_UNITS = 4
@@ -173,6 +173,14 @@ def test_generate_without_end_of_turn_runs_to_max_tokens(gateway: str, script: S
     assert done["output_token_ids"][:16] == script.speech + script.silence
     assert (done["finish_reason"], done["end"]) == ("length", "max_tokens")
     assert len(done["output_token_ids"]) == 20
+
+
+def test_generate_tokens_only_vocodes_nothing(gateway: str, script: Script) -> None:
+    done = _generate(gateway, temperature=0, max_tokens=100, end_of_turn=True, audio=False)
+    assert done["output_token_ids"] == script.until_silence
+    (segment,) = done["segments"]
+    assert segment["tokens"].count("[Hu") == len(script.until_silence)
+    assert segment["audio"] is None and segment["seconds"] is None
 
 
 def test_streamed_generate_reports_the_same_end(gateway: str, script: Script) -> None:

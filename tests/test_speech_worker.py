@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from service.audio.decode import load_audio_file
 from service.audio.encode import encode_audio
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.checkpoints.make import embedded_checkpoints
-from service.process import ChildProcess, python_module_argv
+from service.process import ChildProcess, free_port, python_module_argv
 from service.speech.pipeline import (
     ROOM_TONE_LEVEL,
     ROOM_TONE_SEED,
@@ -56,12 +55,6 @@ CHUNK_UNITS = 8
 T = TypeVar("T")
 
 pytestmark = pytest.mark.skipif(not SPEECH_FILE.is_file(), reason="speech sample missing")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -684,7 +677,8 @@ def test_unreachable_worker_is_unavailable() -> None:
 
 
 def test_seeded_style_fallback_is_reproducible(worker: str, stacks: dict[str, SpeechStack]) -> None:
-    """Without style tokens the §4.4 fallback draws a style; `seed` makes decode reproducible."""
+    """Without style tokens the fallback draws a style (docs/format.md#token-string-to-units);
+    `seed` makes decode reproducible."""
     code = "[Pi3][Hu5][Hu9][Pi7][Hu11][Hu12][Hu40][Hu41][Hu42]"
 
     async def decode() -> bytes:

@@ -1,4 +1,5 @@
-"""Unit dictionaries, token strings and boundary helpers (spec §4, §5.5, §5.6, §7)."""
+"""Unit dictionaries, token strings and boundary helpers (docs/format.md#unit-strings,
+#speech-token-boundary-tests, #splitting-into-chunks and #golden-vectors)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from service.units.tokens import (
     units_from_entries,
     units_to_string,
 )
-from tests import golden
+from tests.support import golden
 
 # ---------------------------------------------------------------------------------------------
-# Units dictionary (§4.1)
+# Units dictionary (docs/format.md#units-dictionary)
 
 
 def test_units_dict_round_trip() -> None:
@@ -61,7 +62,7 @@ def test_units_dict_rejects_bad_input(data: dict, message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Units -> string (§4.3)
+# Units -> string (docs/format.md#units-to-token-string)
 
 
 def test_golden_expressive_string() -> None:
@@ -78,7 +79,8 @@ def test_golden_base_string_ignores_pitch_and_style() -> None:
 
 
 def test_reference_docstring_example_gives_algorithm_result() -> None:
-    # §9.7: the reference's docstring shows another string; the algorithm gives this one.
+    # The reference's docstring shows another string; the algorithm gives this one
+    # (docs/format.md#units-to-token-string).
     units = {"hubert": "78 42 81 159 316 259", "pitch": "13 13 13 13 13 3", "style": "81 " * 6}
     assert units_to_string(units, expressive=True) == (
         "[St81][Pi13][Hu78][Hu42][Hu81][Hu159][Hu316][Hu259][Pi3][St81][St81][St81][St81][St81]"
@@ -86,7 +88,8 @@ def test_reference_docstring_example_gives_algorithm_result() -> None:
 
 
 def test_equal_timestamps_sort_style_pitch_hubert() -> None:
-    # 2499 / 24.99, 1250 / 12.5 and 100 / 1 are all exactly 100.0 (§9.3).
+    # 2499 / 24.99, 1250 / 12.5 and 100 / 1 are all exactly 100.0
+    # (docs/format.md#stream-rates-and-de-duplication).
     hubert = [i % 2 for i in range(2500)]
     pitch = [i % 2 for i in range(1251)]
     style = [5] * 101
@@ -104,7 +107,7 @@ def test_expressive_needs_all_streams() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# String -> units (§4.4)
+# String -> units (docs/format.md#token-string-to-units)
 
 
 def test_golden_decoding_of_expressive_string() -> None:
@@ -179,8 +182,9 @@ def test_markers_and_text_are_ignored() -> None:
 
 
 def test_malformed_tokens_are_decided_per_token() -> None:
-    # Deliberate difference (§9.9): text after "]" no longer corrupts the value, and malformed
-    # tokens are ignored instead of producing values that crash the vocoder.
+    # Deliberate difference (docs/format.md#token-string-to-units): text after "]" no longer
+    # corrupts the value, and malformed tokens are ignored instead of producing values that crash
+    # the vocoder.
     units = string_to_units("[Hu12]abc[Hu1x][Hu7][Hu9")
     assert units.hubert == [12, 7]
     assert string_to_units("[Hu012]").hubert == [12]
@@ -303,7 +307,8 @@ def test_encoded_string_reparses_to_the_units_in_effect(data: st.DataObject, n_h
 
 
 # ---------------------------------------------------------------------------------------------
-# Boundary helpers (§5.5) and chunk splitting (§5.6), tables of §7.4
+# Boundary helpers (docs/format.md#speech-token-boundary-tests) and chunk splitting
+# (docs/format.md#splitting-into-chunks), on the golden vectors (docs/format.md#golden-vectors)
 
 
 @pytest.mark.parametrize(

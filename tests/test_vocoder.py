@@ -57,7 +57,7 @@ def random_codes(seed: int, count: int, high: int) -> list[int]:
 
 
 def folded(state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    """w = g * v / ||v||, norm over all axes but 0 (spec 2.6)."""
+    """w = g * v / ||v||, norm over all axes but 0 (docs/format.md#unit-vocoder)."""
     g, v = state[f"{name}.weight_g"], state[f"{name}.weight_v"]
     norms = torch.sqrt((v**2).sum(dim=(1, 2), keepdim=True))
     return g * v / norms

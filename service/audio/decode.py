@@ -1,4 +1,6 @@
-"""Decode uploaded audio bytes to the model's input: 1-D float32, mono, 16 kHz (spec §2.1).
+"""Decode uploaded audio bytes to the model's input: 1-D float32, mono, 16 kHz.
+
+The input format is described in docs/format.md#audio-input.
 
 The container is sniffed from the leading bytes (a filename is only used in messages).
 wav/rf64/w64, aiff, flac, ogg (vorbis, opus) and mp3 go through libsndfile (soundfile); webm/

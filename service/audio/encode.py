@@ -16,6 +16,7 @@ import io
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Literal
 
 import av
 import numpy as np
@@ -26,6 +27,8 @@ from service.audio.resample import StreamResampler, resample
 SUPPORTED_FORMATS = ("wav", "pcm", "flac", "mp3", "opus", "aac")
 # Output rates offered for synthesized audio; others would need exotic resampling filters.
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+# The response formats the API offers (each may still lack an encoder: `available_formats`).
+AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
 
 MEDIA_TYPES: dict[str, str] = {
     "wav": "audio/wav",

@@ -1,11 +1,12 @@
-"""LM generation benchmark (issue 3): the official way of running against our vLLM path.
+"""LM generation benchmark: the official way of running against our vLLM path.
 
 Both sides use the same checkpoints, prompts and sampling settings in the same run.
 
-* Baseline, what the reference implementation does (§5.3, §5.4): transformers `generate`
-  (float32, on the configured device) with the §3 forbidden set as `bad_words_ids`, one request
-  at a time; then the whole output is decoded, parsed and every speech segment is vocoded in one
-  piece (`SpeechStack.decode`). A response exists only when all of that is done.
+* Baseline, what the reference implementation does (docs/format.md#generation-settings):
+  transformers `generate` (float32, on the configured device) with the banned ids of
+  docs/format.md#banned-ids-per-output-modality as `bad_words_ids`, one request at a time;
+  then the whole output is decoded, parsed and every speech segment is vocoded in one piece
+  (`SpeechStack.decode`). A response exists only when all of that is done.
 * Ours: the vLLM server (ids in, ids out, modality forced by `allowed_token_ids`) with
   `concurrency` streaming requests in flight; speech is vocoded while it streams by a
   `StreamingVocoder` per request (in this process, on one vocoder thread, like a speech worker).
@@ -67,7 +68,8 @@ class BenchConfig:
     baseline_requests: int = 3
     speech_tokens: int = 150
     text_tokens: int = 50
-    temperature: float = 0.9  # the reference examples' sampling settings (§5.3)
+    # The reference examples' sampling settings (docs/format.md#generation-settings).
+    temperature: float = 0.9
     top_p: float = 0.95
     speaker: int = 2
     workloads: tuple[str, ...] = ("text-to-speech", "speech-to-text")
@@ -189,8 +191,8 @@ class Baseline:
         import torch
         from transformers import set_seed
 
-        # §3's set plus the padding rows: the reference would sample a padding row now and then
-        # and crash decoding it; ours never samples them either (see `prepare_prompt`).
+        # The banned ids plus the padding rows: the reference would sample a padding row now and
+        # then and crash decoding it; ours never samples them either (see `prepare_prompt`).
         banned = self.tokenizer.banned_ids(workload.modality, self.stack.expressive)
         banned |= set(range(self.tokenizer.num_tokens, self.tokenizer.vocab_size))
         sampled = config.temperature > 0
@@ -210,7 +212,10 @@ class Baseline:
         return out[0, len(prompt_ids) :].tolist()
 
     def _vocode(self, prompt: str, generated: str, config: BenchConfig, workload: Workload) -> int:
-        """Samples of every kept speech segment, each vocoded in one piece (§5.4)."""
+        """Samples of every kept speech segment, each vocoded in one piece.
+
+        See docs/format.md#parsing-generated-output.
+        """
         samples = 0
         segments = parse_output(
             prompt, generated, workload.modality, expressive=self.stack.expressive

@@ -1,4 +1,4 @@
-"""Markdown of the LM benchmark: one table per workload, the issue's targets, the docs section."""
+"""Markdown of the LM benchmark: one table per workload, the targets, the docs section."""
 
 from __future__ import annotations
 
@@ -77,7 +77,10 @@ def workload_table(model: str, result: WorkloadResult) -> str:
 
 
 def targets(result: BenchResult) -> str:
-    """The issue's two targets, each reported as met or not, with the measured ratio."""
+    """The LM benchmark's two targets, each reported as met or not, with the measured ratio.
+
+    The targets are `THROUGHPUT_TARGET` and `FIRST_AUDIO_TARGET` above.
+    """
     lines = []
     for item in result.workloads:
         ours = item.ours.get(THROUGHPUT_LEVEL)
@@ -112,7 +115,7 @@ def targets(result: BenchResult) -> str:
 
 def markdown(result: BenchResult) -> str:
     tables = [workload_table(result.model, item) for item in result.workloads]
-    return "\n\n".join([*tables, "#### Targets (issue 3)", targets(result)])
+    return "\n\n".join([*tables, "#### Targets", targets(result)])
 
 
 def section(result: BenchResult, table: str, command: str) -> str:
@@ -121,7 +124,7 @@ def section(result: BenchResult, table: str, command: str) -> str:
     today = datetime.date.today().isoformat()
     server = f"the running one at {result.lm_url}" if result.lm_url else "started by the bench"
     start, end = (f"{x:.1f}" if x is not None else "?" for x in result.load)
-    return f"""## LM generation (issue 3)
+    return f"""## LM generation
 
 - Date: {today}
 - Machine: {machine_description()}; 1-minute load average {start} at the start, {end} at the
@@ -130,7 +133,8 @@ def section(result: BenchResult, table: str, command: str) -> str:
 - Model: {result.model}; vLLM server: {server}. Sampling: temperature {config.temperature},
   top_p {config.top_p}, a distinct seed and a distinct prompt per request (no prefix-cache reuse).
 - Baseline: the official implementation's path: `LlamaForCausalLM.generate` (float32) with the
-  §3 banned ids (plus the padding rows, as ours) as `bad_words_ids`,
+  banned ids of docs/format.md#banned-ids-per-output-modality (plus the padding rows, as
+  ours) as `bad_words_ids`,
   {config.baseline_requests} request(s) one at a time, then `SpeechStack.decode` of the whole
   speech output; "first audio" is the full response time.
 - Ours: `Generator.stream` on vLLM (token ids in/out, `allowed_token_ids`), `concurrency`

@@ -10,10 +10,15 @@ answers in speech. Measured per session, on the client's clock:
   would have to pause, waiting for audio (0 when every delta arrives before it is needed).
   Output keeps up with real time when no session stalls more than `STALL_LIMIT`.
 
-Every level of concurrency runs twice: streaming (audio deltas as the vocoder produces them)
-and non-streaming (session ``stream_audio: false``: the reply's tokens are generated, then the
-whole reply is synthesised in one piece and sent). Levels go up until streaming output no
-longer keeps up; the largest level that kept up is reported.
+Every level of concurrency runs twice: streaming (the gateway's realtime reply, audio deltas as
+the vocoder produces them) and the non-streaming baseline, built by this client from the public
+API the way a server without streaming would answer: the same realtime session detects the
+turn (``create_response: false``), then the reply is generated whole (POST /v1/generate with
+the prompt the realtime session would build, speech tokens only, ``end_of_turn``) and vocoded
+whole (POST /v1/speech/detokenize), and its audio counts as arriving at once. The user's speech
+is tokenized once before the level, as the gateway encodes a turn while the user pauses.
+Levels go up until streaming output no longer keeps up; the largest level that kept up is
+reported.
 """
 
 from __future__ import annotations
@@ -27,13 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import soundfile
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
+from service.audio.pcm import float_to_pcm16
 from service.audio.resample import resample
 from service.bench.report import load_average, machine_description, percentile
+from service.gateway.realtime.config import DEFAULT_TEMPERATURE, TOP_P
+from service.lm.prompt import SpeechInput, TurnEnd, build_prompt
 
 SECTION = "bench-realtime"
 RATE = 24000
@@ -41,6 +50,7 @@ CHUNK_SECONDS = 0.1
 SILENCE_MS = 2000
 STALL_LIMIT = 0.25  # seconds of playback pause still counted as keeping up
 SESSION_TIMEOUT = 240.0
+FINISHED = ("completed", "incomplete")
 
 Progress = Callable[[str], None]
 
@@ -63,7 +73,8 @@ class LevelResult:
 
     @property
     def completed(self) -> list[SessionResult]:
-        return [r for r in self.results if r.status == "completed" and r.latency is not None]
+        """Sessions that got their whole reply (ended by itself, or at max_output_tokens)."""
+        return [r for r in self.results if r.status in FINISHED and r.latency is not None]
 
     @property
     def latencies(self) -> list[float]:
@@ -99,8 +110,7 @@ def speech_pcm(path: Path) -> tuple[bytes, float]:
     mono = wave.mean(axis=1).astype(np.float32)
     if rate != RATE:
         mono = resample(mono, rate, RATE)
-    pcm = (np.clip(mono, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-    return pcm, len(mono) / RATE
+    return float_to_pcm16(mono), len(mono) / RATE
 
 
 def stall_of(arrivals: list[tuple[float, float]]) -> float:
@@ -117,25 +127,39 @@ def stall_of(arrivals: list[tuple[float, float]]) -> float:
     return paused
 
 
-async def run_session(url: str, pcm: bytes, *, streaming: bool, max_tokens: int) -> SessionResult:
+@dataclass(frozen=True)
+class Caller:
+    """What every session of a run says: the speech, and its tokens for the baseline.
+
+    Every request names no model, so all of them get the gateway's default, as the realtime
+    session (opened without ``?model=``) does.
+    """
+
+    pcm: bytes
+    tokens: str
+    max_tokens: int
+
+
+async def run_session(url: str, caller: Caller, *, streaming: bool) -> SessionResult:
     result = SessionResult()
     ws_url = url.replace("http://", "ws://").replace("https://", "wss://") + "/v1/realtime"
     async with connect(ws_url, max_size=None, open_timeout=60) as ws:
         await ws.recv()  # session.created
+        turns = {"type": "server_vad", "silence_duration_ms": SILENCE_MS}
+        if not streaming:
+            turns["create_response"] = False  # the baseline answers the turn itself
         update = {
-            "audio": {
-                "input": {
-                    "turn_detection": {"type": "server_vad", "silence_duration_ms": SILENCE_MS}
-                }
-            },
-            "max_output_tokens": max_tokens,
-            "stream_audio": streaming,
+            "audio": {"input": {"turn_detection": turns}},
+            "max_output_tokens": caller.max_tokens,
         }
         await ws.send(json.dumps({"type": "session.update", "session": update}))
         done = asyncio.Event()
-        reader = asyncio.create_task(_read(ws, result, done))
+        if streaming:
+            reader = asyncio.create_task(_read(ws, result, done))
+        else:
+            reader = asyncio.create_task(_read_baseline(ws, url, caller, result, done))
         try:
-            await _talk(ws, pcm, done)
+            await _talk(ws, caller.pcm, done)
             await asyncio.wait_for(reader, SESSION_TIMEOUT)
         finally:
             reader.cancel()
@@ -181,23 +205,81 @@ async def _read(ws: Any, result: SessionResult, done: asyncio.Event) -> None:
                 break
     finally:
         done.set()
+    _timed(result, stopped_at, arrivals)
+
+
+def _timed(
+    result: SessionResult, stopped_at: float | None, arrivals: list[tuple[float, float]]
+) -> None:
     if stopped_at is not None and arrivals:
         result.latency = arrivals[0][0] - stopped_at
     result.audio_seconds = sum(seconds for _, seconds in arrivals)
     result.stall = stall_of(arrivals)
 
 
-async def run_level(
-    url: str, pcm: bytes, sessions: int, *, streaming: bool, max_tokens: int
-) -> LevelResult:
+async def _read_baseline(
+    ws: Any, url: str, caller: Caller, result: SessionResult, done: asyncio.Event
+) -> None:
+    """The non-streaming baseline: at the end of the turn, generate whole, then vocode whole."""
+    stopped_at: float | None = None
+    arrivals: list[tuple[float, float]] = []
+    try:
+        async for frame in ws:
+            event = json.loads(frame)
+            if event["type"] == "error":
+                result.error = event["error"]["message"]
+            if event["type"] != "input_audio_buffer.speech_stopped":
+                continue
+            stopped_at = time.perf_counter()
+            async with httpx.AsyncClient(base_url=url, timeout=SESSION_TIMEOUT) as http:
+                result.status, pcm = await _whole_reply(http, caller)
+            arrivals.append((time.perf_counter(), len(pcm) / 2 / RATE))
+            break
+    finally:
+        done.set()
+    _timed(result, stopped_at, arrivals)
+
+
+async def _whole_reply(http: httpx.AsyncClient, caller: Caller) -> tuple[str, bytes]:
+    # The prompt and sampling of a realtime reply to one spoken turn (service/gateway/realtime/).
+    prompt = build_prompt([SpeechInput(caller.tokens), TurnEnd()], "speech")
+    generated = await http.post(
+        "/v1/generate",
+        json={
+            "prompt": prompt,
+            "output_modality": "speech",
+            "max_tokens": caller.max_tokens,
+            "temperature": DEFAULT_TEMPERATURE,
+            "top_p": TOP_P,
+            "end_of_turn": True,
+            "audio": False,
+        },
+    )
+    generated.raise_for_status()
+    reply = generated.json()
+    tokens = "".join(s["tokens"] for s in reply["segments"] if s["type"] == "speech")
+    status = "incomplete" if reply["finish_reason"] == "length" else "completed"
+    if "[Hu" not in tokens:
+        return status, b""
+    audio = await http.post(
+        "/v1/speech/detokenize",
+        json={"tokens": tokens, "response_format": "pcm", "sample_rate": RATE},
+    )
+    audio.raise_for_status()
+    return status, audio.content
+
+
+async def run_level(url: str, caller: Caller, sessions: int, *, streaming: bool) -> LevelResult:
     started = time.perf_counter()
 
     async def one(index: int) -> SessionResult:
         # Callers do not all start on the same millisecond.
         await asyncio.sleep(index * 0.05)
         try:
-            return await run_session(url, pcm, streaming=streaming, max_tokens=max_tokens)
-        except (OSError, TimeoutError, asyncio.TimeoutError, WebSocketException) as error:
+            return await run_session(url, caller, streaming=streaming)
+        except (
+            OSError, TimeoutError, asyncio.TimeoutError, WebSocketException, httpx.HTTPError
+        ) as error:  # fmt: skip
             return SessionResult(status="failed", error=repr(error))
 
     results = await asyncio.gather(*(one(index) for index in range(sessions)))
@@ -215,18 +297,19 @@ async def run_benchmark(
     target: str = "",
 ) -> Report:
     pcm, seconds = speech_pcm(audio)
+    caller = Caller(pcm, await _tokens(url, audio), max_tokens)
     report = Report(url, target, audio, seconds, max_tokens, load_before=load_average())
     # The first turn of a fresh stack pays one-time costs (first vocoder stream, first prompt
     # shapes in vLLM); it would be counted against the first level only.
     progress("warm-up session (not counted)")
-    await run_level(url, pcm, 1, streaming=True, max_tokens=max_tokens)
+    await run_level(url, caller, 1, streaming=True)
     started = time.perf_counter()
     for sessions in levels:
         if time.perf_counter() - started > time_budget:
             progress(f"time budget of {time_budget:.0f} s spent; stopping before {sessions}")
             break
         for streaming in (True, False):
-            level = await run_level(url, pcm, sessions, streaming=streaming, max_tokens=max_tokens)
+            level = await run_level(url, caller, sessions, streaming=streaming)
             report.levels.append(level)
             progress(describe(level))
         streamed = report.levels[-2]
@@ -234,6 +317,13 @@ async def run_benchmark(
             break
     report.load_after = load_average()
     return report
+
+
+async def _tokens(url: str, audio: Path) -> str:
+    async with httpx.AsyncClient(base_url=url, timeout=SESSION_TIMEOUT) as http:
+        response = await http.post("/v1/speech/tokenize", files={"file": audio.read_bytes()})
+    response.raise_for_status()
+    return response.json()["tokens"]
 
 
 def describe(level: LevelResult) -> str:
@@ -288,7 +378,7 @@ def markdown_section(report: Report, command: str) -> str:
     loads = f"{_seconds(report.load_before)} at the start, {_seconds(report.load_after)} at the end"
     return "\n".join(
         [
-            "## Realtime voice sessions (`bench-realtime`)",
+            "## Realtime voice sessions (`bench realtime`)",
             "",
             f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
             "",
@@ -303,8 +393,9 @@ def markdown_section(report: Report, command: str) -> str:
             "- First audio: from the client receiving `speech_stopped` to its first audio delta. "
             "Stall: how long a player starting at the first delta would pause waiting for audio; "
             f"a level keeps up when every session replied and no stall exceeds {STALL_LIMIT} s.",
-            "- Whole reply, then sent: session `stream_audio: false`, i.e. generate all tokens, "
-            "synthesise the reply in one piece, then send it (the non-streaming baseline).",
+            "- Whole reply, then sent (the non-streaming baseline, built by the client): the "
+            "session detects the turn, then the reply is generated whole (`/v1/generate`, same "
+            "prompt and sampling, tokens only) and vocoded whole (`/v1/speech/detokenize`).",
             "",
             markdown_table(report).rstrip(),
             "",

@@ -180,7 +180,10 @@ def bench_encoding(
 
 
 def decode_cases(units: dict[str, Units]) -> list[tuple[str, str, str | Units]]:
-    """(variant, stage, code): the §4.5 paths a served request takes."""
+    """(variant, stage, code): the paths a served request takes.
+
+    The paths are listed in docs/format.md#vocoding-and-duration-prediction.
+    """
     return [
         (
             BASE,

@@ -1,4 +1,4 @@
-"""Paths of the official Spirit LM checkpoint directory (spec section 1)."""
+"""Paths of the official Spirit LM checkpoint directory (docs/format.md#checkpoint-layout)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 size="tiny" gives minute models for tests and demos (a 10 s file encodes in well under a second on
 CPU); size="official" gives the real geometry with random weights, for benchmarks. The parameter
-names are listed here from the spec (fairseq names for HuBERT), independently of the loaders, so a
-loader that expects other names fails against these files. Same seed -> byte-identical files.
+names are listed here from docs/format.md#speech-components (fairseq names for HuBERT),
+independently of the loaders, so a loader that expects other names fails against these files.
+Same seed -> byte-identical files.
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
-"""Tiny, deterministic Spirit LM language-model directories in the official format (§1, §2.7, §3).
+"""Tiny, deterministic Spirit LM language-model directories in the official format.
+
+The format: docs/format.md#checkpoint-layout, docs/format.md#language-model and
+docs/format.md#token-vocabulary.
 
 Both variants get the six official files. The tokenizer is a Llama-2-like SentencePiece BPE model
 built in code: identity normalizer, dummy prefix, byte fallback, `<unk>`/`<s>`/`</s>` at 0-2, the
 256 byte pieces at 3-258 and ordinary pieces up to exactly 32000 text pieces. The speech tokens sit
-at their official ids (§3) in the two forms a conforming checkpoint may use:
+at their official ids (docs/format.md#token-vocabulary) in the two forms a conforming checkpoint
+may use:
 
 * base: USER_DEFINED pieces inside `tokenizer.model` (32503 pieces);
 * expressive: a 32000-piece `tokenizer.model` plus added tokens in `tokenizer_config.json`
@@ -117,7 +121,10 @@ _UNIT = re.compile(rf"{SPACE}?[A-Za-z]+|{SPACE}?[0-9]|{SPACE}?[^\sA-Za-z0-9]")
 
 
 def speech_token_strings(variant: str) -> list[str]:
-    """The speech-related tokens of a variant, in id order starting at 32000 (§3)."""
+    """The speech-related tokens of a variant, in id order starting at 32000.
+
+    The ids are listed in docs/format.md#token-vocabulary.
+    """
     tokens = ["[Text]", "[Speech]"] + [f"[Hu{n}]" for n in range(501)]
     if variant == EXPRESSIVE:
         tokens += [f"[Pi{n}]" for n in range(64)] + [f"[St{n}]" for n in range(100)]

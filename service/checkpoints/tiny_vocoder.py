@@ -1,10 +1,10 @@
-"""Write random-weight HiFi-GAN vocoder directories in the official file formats (spec 2.6).
+"""Write random-weight HiFi-GAN vocoder directories in the official file formats.
 
 Both vocoder directories of the layout are produced: config.json, generator.pt (``{"generator":
 state_dict}``, every conv weight-normed and stored as ``weight_g`` / ``weight_v``),
 speakers.txt and, for the base vocoder, styles.txt. Parameter names are spelled out here from
-the spec rather than taken from our own model code, so loading them is a real format check.
-The same seed always gives byte-identical files.
+docs/format.md#unit-vocoder rather than taken from our own model code, so loading them is a real
+format check. The same seed always gives byte-identical files.
 """
 
 from __future__ import annotations

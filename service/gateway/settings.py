@@ -81,7 +81,10 @@ class GatewaySettings(Settings):
         default=4 * 1024 * 1024, gt=0, description="Largest realtime client event accepted."
     )
     realtime_context_tokens: int = Field(
-        default=0, ge=0, description="LM context for realtime prompts; 0 = the checkpoint's."
+        default=0,
+        ge=0,
+        description="LM context for realtime prompts; 0 = the smallest max_model_len the LM "
+        "workers report (the checkpoint's max_position_embeddings before any did).",
     )
 
     _split_lists = field_validator(

@@ -1,10 +1,10 @@
 """Voices of the speech endpoints: the vocoder's speakers, by index or by name.
 
 Spirit LM's vocoders are multi-speaker; the speaker id indexes the embedding table and
-`speakers.txt` names the rows (spec §2.6). A voice is given as the index ("0".."3"), as the name
-from `speakers.txt` (any case), or as one of OpenAI's voice names. OpenAI's names have no
-counterpart here, so they all mean the default speaker 2: clients written for OpenAI work
-unchanged, and the listing says so rather than inventing a mapping.
+`speakers.txt` names the rows (docs/format.md#unit-vocoder). A voice is given as the index
+("0".."3"), as the name from `speakers.txt` (any case), or as one of OpenAI's voice names.
+OpenAI's names have no counterpart here, so they all mean the default speaker 2: clients written
+for OpenAI work unchanged, and the listing says so rather than inventing a mapping.
 """
 
 from __future__ import annotations

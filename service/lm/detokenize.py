@@ -1,10 +1,10 @@
 """Incremental detokenization of generated ids into the text the reference would slice out.
 
-The reference decodes prompt + output in one piece and cuts at len(prompt) (§5.4). Decoding the
-whole sequence at every step would be quadratic; like vLLM's own detokenizer we decode a short
-window twice (with and without the newest ids) and emit the difference. The window starts a few
-tokens back so SentencePiece's leading-space handling and multi-byte characters come out the same
-as in a full decode.
+The reference decodes prompt + output in one piece and cuts at len(prompt)
+(docs/format.md#parsing-generated-output). Decoding the whole sequence at every step would be
+quadratic; like vLLM's own detokenizer we decode a short window twice (with and without the
+newest ids) and emit the difference. The window starts a few tokens back so SentencePiece's
+leading-space handling and multi-byte characters come out the same as in a full decode.
 """
 
 from __future__ import annotations

@@ -42,7 +42,9 @@ class GenerationResult:
 def prepare_prompt(
     tokenizer: SpiritTokenizer, prompt: str, modality: OutputModality | str, *, expressive: bool
 ) -> PreparedPrompt:
-    """Prompt ids and the ids the output modality allows (§3, forced through vLLM).
+    """Prompt ids and the ids the output modality allows, forced through vLLM.
+
+    The banned ids are listed in docs/format.md#banned-ids-per-output-modality.
 
     ARBITRARY bans nothing in the reference, but the embedding's padding rows have no token and
     nothing could decode them, so they are excluded there too (deliberate difference).

@@ -1,4 +1,6 @@
-"""Turning generated LM output into text and speech segments (spec §5.4), batch and streaming.
+"""Turning generated LM output into text and speech segments, batch and streaming.
+
+The rules are in docs/format.md#parsing-generated-output.
 
 Speech comes out as token strings, not audio: the caller vocodes each `SpeechSegment` and, when
 it carries a `Trim`, drops the start of the waveform with `Trim.apply`.
@@ -10,27 +12,29 @@ Behaviour kept from the reference, on purpose:
 * ARBITRARY: when the prompt ends with a speech token and the stripped output starts with one
   ("overlap"), the output is parsed together with the prompt's last run of speech tokens,
   unstripped, so the continued speech keeps its pitch/style context; its audio is trimmed
-  afterwards by token-count ratio. The string is split into text/speech chunks (§5.6) and a
-  speech chunk with c ``[Hu`` occurrences is dropped when:
+  afterwards by token-count ratio. The string is split into text/speech chunks
+  (docs/format.md#splitting-into-chunks) and a speech chunk with c ``[Hu`` occurrences is
+  dropped when:
 
   - it is the overlap chunk (index 0) and ``(c + 1) - p < 25``, p = ``[Hu`` occurrences in the
     prompt part; otherwise the first ``ceil(len(wav) * (p / (c + 1)))`` samples are dropped
     (the reference's float expression, computed by `Trim.samples`);
   - it is not the first chunk and ``c + 1 < 25``.
 
-  The ``+ 1`` is the reference's off-by-one (it counts split pieces, §9.17); a first chunk that
+  The ``+ 1`` is the reference's off-by-one (it counts split pieces); a first chunk that
   does not overlap has no minimum.
 
 Deliberate differences:
 
 * The generated part comes in separately (decoded from the generated token ids) instead of being
-  cut from the full decoded text at ``len(prompt)`` (§9.16); ``G = prompt + generated``.
+  cut from the full decoded text at ``len(prompt)``; ``G = prompt + generated``.
 * Dropped chunks are never vocoded (the reference vocodes first and can crash on a chunk it
-  would then drop, §9.17).
+  would then drop).
 * A speech segment the vocoder cannot render is dropped and reported instead of crashing:
   ``no_units`` when it has no well-formed ``[Hu<n>]`` token, ``no_pitch`` when the expressive
-  variant gets no ``[Pi<n>]`` token (its vocoder needs pitch codes, §4.5). `parse_output_report`
-  and the streaming `Done` event list the dropped chunks with the reason.
+  variant gets no ``[Pi<n>]`` token (its vocoder needs pitch codes,
+  docs/format.md#vocoding-and-duration-prediction). `parse_output_report` and the streaming
+  `Done` event list the dropped chunks with the reason.
 
 Streaming (`StreamParser`) emits what `parse_output` keeps, in order, as soon as it is certain:
 
@@ -64,7 +68,8 @@ from service.units.boundaries import (
 )
 from service.units.tokens import SpeechTokenScanner, iter_speech_tokens
 
-# A speech chunk needs (count of "[Hu") + 1 >= this to be kept (§5.4).
+# A speech chunk needs (count of "[Hu") + 1 >= this to be kept
+# (docs/format.md#parsing-generated-output).
 MIN_SPEECH_TOKENS = 25
 HUBERT_MARK = "[Hu"
 
@@ -228,10 +233,11 @@ class TextDelta:
 class SpeechTokens:
     """Pieces of a speech segment's token string, in order.
 
-    In ARBITRARY mode each piece is one speech item of §5.6 (normally one token such as
-    ``[Hu12]``); in SPEECH mode they are the generated text as fed, without the whitespace that
-    ends up stripped (feed them to `UnitStreamParser.feed`, which copes with any split). `context`
-    marks the prompt's tokens that start an overlap segment: vocode them, do not output their audio.
+    In ARBITRARY mode each piece is one speech item (docs/format.md#splitting-into-chunks;
+    normally one token such as ``[Hu12]``); in SPEECH mode they are the generated text as fed,
+    without the whitespace that ends up stripped (feed them to `UnitStreamParser.feed`, which
+    copes with any split). `context` marks the prompt's tokens that start an overlap segment:
+    vocode them, do not output their audio.
     """
 
     tokens: list[str]
@@ -363,7 +369,7 @@ class StreamParser:
     Feed each generated piece (a text piece or one token string such as ``[Hu12]``, ``[Text]``)
     to `feed`; call `finish` at the end. Both return events; `finish` ends with `Done`. The
     events describe the same segments `parse_output` returns for ``"".join(pieces)`` (the tests
-    rebuild them with tests/stream_segments.py), except that adjacent text segments come out
+    rebuild them with tests/support/stream_segments.py), except that adjacent text segments come out
     joined (a dropped speech chunk between them leaves no trace) and TEXT mode emits nothing for
     empty output.
     """

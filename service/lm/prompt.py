@@ -1,12 +1,13 @@
-"""Prompt construction (spec §5.1, §5.2) and few-shot prompts (§6).
+"""Prompt construction and few-shot prompts.
 
-Speech inputs arrive already encoded as token strings (§4.3; base variant: HuBERT tokens only),
-so everything here is string assembly.
+The rules are in docs/format.md#prompts and docs/format.md#few-shot-prompts. Speech inputs
+arrive already encoded as token strings (docs/format.md#units-to-token-string; base variant:
+HuBERT tokens only), so everything here is string assembly.
 
-Few-shot formats. The reference only has the STSP builder (§6); for ASR, TTS and
-classification (which the paper evaluates but the code lacks, §10) we use the same shape:
-each shot is its input part followed by its output part, each with its own modality prefix, and
-every shot ends with a newline; the query follows with the prefix of the wanted output modality:
+Few-shot formats. The reference only has the STSP builder; for ASR, TTS and classification
+(which the paper evaluates but the code lacks) we use the same shape: each shot is its input part
+followed by its output part, each with its own modality prefix, and every shot ends with a
+newline; the query follows with the prefix of the wanted output modality:
 
 * ASR:            ``[Speech]<units>[Text]<transcript>\\n`` … ``[Speech]<units>[Text]``
 * TTS:            ``[Text]<transcript>[Speech]<units>\\n`` … ``[Text]<transcript>[Speech]``
@@ -82,7 +83,7 @@ def _content(part: TextInput | SpeechInput) -> str:
 
 
 def build_prompt(inputs: Sequence[PromptInput], output_modality: OutputModality | str) -> str:
-    """Interleave the inputs into a prompt (§5.2).
+    """Interleave the inputs into a prompt (docs/format.md#building-prompts).
 
     A modality prefix is written only when the modality changes, so consecutive text inputs are
     concatenated verbatim and consecutive speech inputs share one ``[Speech]``; a `TurnEnd`
@@ -113,7 +114,10 @@ def build_prompt(inputs: Sequence[PromptInput], output_modality: OutputModality 
 
 
 def explicit_prompt(prompt: str, output_modality: OutputModality | str) -> str:
-    """An explicit prompt string is used verbatim whatever the output modality (§5.1, §5.2)."""
+    """An explicit prompt string is used verbatim whatever the output modality.
+
+    See docs/format.md#generation-inputs and docs/format.md#building-prompts.
+    """
     OutputModality.parse(output_modality)  # still reject an unknown modality
     return prompt
 
@@ -165,10 +169,11 @@ def classification_prompt(shots: Sequence[tuple[str, str]], query_tokens: str) -
 
 
 def stsp_reference_prompt(shots: Sequence[tuple[PromptInput, PromptInput]]) -> str:
-    """The reference's STSP few-shot prompt (§6): ``"\\n".join(shots) + "\\n"``.
+    """The reference's STSP few-shot prompt: ``"\\n".join(shots) + "\\n"``.
 
-    The reference passes this as the explicit prompt, so the item to evaluate never reaches the
-    model (§9.20); `stsp_prompt` is the corrected form that appends the item.
+    See docs/format.md#few-shot-prompts. The reference passes this as the explicit prompt, so
+    the item to evaluate never reaches the model; `stsp_prompt` is the corrected form that
+    appends the item.
     """
     return "\n".join(render_shot(source, target) for source, target in shots) + "\n"
 
@@ -188,8 +193,9 @@ Row = TypeVar("Row", bound=Mapping[str, Any])
 def select_stsp_rows(rows: Sequence[Row], n_shots: int, rng: random.Random) -> list[Row]:
     """``ceil(n_shots / 3)`` random rows per `sentiment`, grouped in sorted sentiment order.
 
-    Same selection rule as the reference (§6), but drawn from `rng`; the reference samples with
-    pandas' global RNG, so the exact rows it picks cannot be reproduced.
+    Same selection rule as the reference (docs/format.md#few-shot-prompts), but drawn from
+    `rng`; the reference samples with pandas' global RNG, so the exact rows it picks cannot be
+    reproduced.
     """
     per_sentiment = math.ceil(n_shots / 3)
     groups: dict[str, list[Row]] = {}

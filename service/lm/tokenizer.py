@@ -1,4 +1,7 @@
-"""Token ids of a Spirit LM checkpoint, computed by our own code (spec §2.7, §3, §5.3).
+"""Token ids of a Spirit LM checkpoint, computed by our own code.
+
+The facts followed: docs/format.md#language-model, docs/format.md#token-vocabulary and
+docs/format.md#generation-settings.
 
 `SpiritTokenizer.encode` returns exactly the ids that the reference's slow `LlamaTokenizer`
 (legacy behaviour, `add_bos_token=True`, `add_eos_token=False`) gives for a prompt, for either
@@ -23,10 +26,11 @@ USER_DEFINED pieces atomically (frozen symbols that BPE never merges) in C++, wh
 clean_up_tokenization_spaces=False)`. One difference is deliberate: transformers 4.x joins the
 text around added tokens with a space (`spaces_between_special_tokens` defaults to True inside
 `_decode`), which for the added-token form turns `[Hu1][Hu2]` into `[Hu1] [Hu2]` and breaks the
-reference's own prompt-stripping by character count (§5.4). We join without spaces by default;
-`spaces_between_added_tokens=True` gives the transformers-4.x string. Either way, in the
-added-token form a space right after an added token is lost (`[Text] hi` decodes to `[Text]hi`),
-as in the reference: the reference strips the leading `▁` of each decoded run.
+reference's own prompt-stripping by character count (docs/format.md#parsing-generated-output).
+We join without spaces by default; `spaces_between_added_tokens=True` gives the transformers-4.x
+string. Either way, in the added-token form a space right after an added token is lost
+(`[Text] hi` decodes to `[Text]hi`), as in the reference: the reference strips the leading `▁` of
+each decoded run.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ SPACE = "\u2581"  # sentencepiece's whitespace symbol
 TEXT_MARKER = "[Text]"
 SPEECH_MARKER = "[Speech]"
 
-# Official id map (§3). Units are parsed from the files; these only validate what was parsed.
+# Official id map (docs/format.md#token-vocabulary). Units are parsed from the files; these only
+# validate what was parsed.
 OFFICIAL_MARKER_IDS = {TEXT_MARKER: 32000, SPEECH_MARKER: 32001}
 OFFICIAL_UNITS = {"hubert": (32002, 501), "pitch": (32503, 64), "style": (32567, 100)}
 _UNIT_STREAMS = {"Hu": "hubert", "Pi": "pitch", "St": "style"}
@@ -72,8 +77,8 @@ class TokenKind(str, Enum):
     HUBERT = "hubert"
     PITCH = "pitch"
     STYLE = "style"
-    OTHER = "other"  # a token of the files outside §3's map; the reference never bans it
-    PADDING = "padding"  # an embedding row without a token (§3 "unused padding rows")
+    OTHER = "other"  # a token outside the official id map; the reference never bans it
+    PADDING = "padding"  # an embedding row without a token (docs/format.md#token-vocabulary)
 
 
 _UNIT_KINDS = {"hubert": TokenKind.HUBERT, "pitch": TokenKind.PITCH, "style": TokenKind.STYLE}
@@ -171,7 +176,10 @@ class SpiritTokenizer:
         return remap
 
     def _classify(self) -> tuple[list[TokenKind], dict[int, tuple[str, int]]]:
-        """Kind of every id, and the (stream, value) of every unit token, checked against §3."""
+        """Kind of every id, and the (stream, value) of every unit token.
+
+        Checked against the official map of docs/format.md#token-vocabulary.
+        """
         where = self._file_of
         marker_ids = {}
         units: dict[int, tuple[str, int]] = {}
@@ -335,7 +343,7 @@ class SpiritTokenizer:
         return any(stream == "pitch" for stream, _ in self._units.values())
 
     def allowed_ids(self, modality: OutputModality | str, expressive: bool) -> list[int] | None:
-        """Ids generation may pick for an output modality: the complement of §3's banned set.
+        """Ids generation may pick for an output modality: the complement of `banned_ids`.
 
         None for ARBITRARY (nothing banned). The complement is taken over the ids that have a
         token, so the padding rows are left out although the reference never bans them: with
@@ -358,7 +366,10 @@ class SpiritTokenizer:
         return list(self._allowed_cache[key])
 
     def banned_ids(self, modality: OutputModality | str, expressive: bool) -> set[int]:
-        """§3's forbidden set for an output modality (empty for ARBITRARY)."""
+        """The banned ids of an output modality (empty for ARBITRARY).
+
+        The sets are listed in docs/format.md#banned-ids-per-output-modality.
+        """
         chosen = OutputModality.parse(modality)
         markers = {self.text_marker_id, self.speech_marker_id}
         if chosen is OutputModality.TEXT:
@@ -533,7 +544,10 @@ def _token_strings(
 def _check_units(
     units: dict[int, tuple[str, int]], lm_dir: Path, where: Callable[[str], Path]
 ) -> None:
-    """Every unit token present must sit at its §3 id; streams are complete or absent."""
+    """Every unit token present must sit at its official id; streams are complete or absent.
+
+    The official ids are listed in docs/format.md#token-vocabulary.
+    """
     by_stream: dict[str, dict[int, int]] = {}
     for token_id, (stream, value) in units.items():
         by_stream.setdefault(stream, {})[value] = token_id

@@ -1,8 +1,9 @@
 """The LM worker: the unmodified vLLM OpenAI-compatible server on a checkpoint's LM directory.
 
 We only choose its command line. `--skip-tokenizer-init` is deliberate: prompts arrive as token
-ids built by our tokenizer (spec §2.7) and outputs are read back as ids, so vLLM never needs to
-convert the SentencePiece tokenizer. Every other vLLM flag is passed through untouched.
+ids built by our tokenizer (docs/format.md#language-model) and outputs are read back as ids, so
+vLLM never needs to convert the SentencePiece tokenizer. Every other vLLM flag is passed through
+untouched.
 """
 
 from __future__ import annotations

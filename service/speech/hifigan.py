@@ -1,4 +1,4 @@
-"""HiFi-GAN unit vocoder modules (spec section 2.6).
+"""HiFi-GAN unit vocoder modules (docs/format.md#unit-vocoder).
 
 The module tree mirrors the official parameter names exactly (``dict``, ``f0_dict``,
 ``style_dict``, ``spkr``, ``style``, ``dur_predictor.*``, ``conv_pre``, ``ups.{i}``,
@@ -21,7 +21,8 @@ from torch import nn
 Span = tuple[int, int]  # inclusive index range [first, last]
 
 LRELU_SLOPE = 0.1
-# The official generator calls leaky_relu with torch's default slope before conv_post (quirk 13).
+# The official generator calls leaky_relu with torch's default slope before conv_post
+# (docs/format.md#unit-vocoder).
 FINAL_LRELU_SLOPE = 0.01
 
 
@@ -120,7 +121,10 @@ class ResBlock(nn.Module):
 
 
 class DurationPredictor(nn.Module):
-    """Log-duration per unit from unit embeddings; conv2 padding is always 1 (quirk 14)."""
+    """Log-duration per unit from unit embeddings; conv2 padding is always 1.
+
+    See docs/format.md#unit-vocoder.
+    """
 
     def __init__(self, params: DurationParams) -> None:
         super().__init__()

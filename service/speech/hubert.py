@@ -1,4 +1,6 @@
-"""mHuBERT 25 Hz feature encoder (spec section 2.2) served with transformers' HubertModel.
+"""mHuBERT 25 Hz feature encoder served with transformers' HubertModel.
+
+The checkpoint format is described in docs/format.md#hubert-encoder.
 
 The checkpoint keeps fairseq parameter names; they are verified strictly against the geometry in
 model_cfg (the reference loader silently ignores missing or unexpected keys), then renamed to
@@ -319,7 +321,7 @@ _LAYER_RENAMES = (
 
 
 def hf_name(name: str, s: HubertSettings) -> str:
-    """The HubertModel parameter name of a fairseq parameter (spec section 2.2 table)."""
+    """The HubertModel parameter name of a fairseq parameter (docs/format.md#hubert-encoder)."""
     if name.startswith("feature_extractor.conv_layers."):
         index, rest = name.removeprefix("feature_extractor.conv_layers.").split(".", 1)
         part = {"0.weight": "conv.weight", "0.bias": "conv.bias"}.get(rest)

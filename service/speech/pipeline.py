@@ -1,7 +1,9 @@
 """The speech side of one Spirit LM variant: audio -> units -> token string, and back to audio.
 
-This is the composition of the component models (spec §2) with the tokenizer-level rules: the
-100 s chunking and 80 ms minimum of §2.1, the stream order of §4.3 and the decode decision of §4.5.
+This is the composition of the component models (docs/format.md#speech-components) with the
+tokenizer-level rules: the 100 s chunking and 80 ms minimum (docs/format.md#audio-input), the
+stream order (docs/format.md#units-to-token-string) and the decode decision
+(docs/format.md#vocoding-and-duration-prediction).
 Component models are loaded once per (file, device) and shared between variants, as in the
 reference (HuBERT serves both).
 """
@@ -70,7 +72,10 @@ def _vocoder(path: str, device: str, default_style: int | None):  # noqa: ANN202
 
 
 def split_chunks(wav: np.ndarray) -> list[np.ndarray]:
-    """Consecutive 100 s chunks; chunks under 80 ms (a short tail included) are skipped (§2.1)."""
+    """Consecutive 100 s chunks; chunks under 80 ms (a short tail included) are skipped.
+
+    See docs/format.md#audio-input.
+    """
     chunks = [
         wav[start : start + MAX_CHUNK_SAMPLES] for start in range(0, len(wav), MAX_CHUNK_SAMPLES)
     ]
@@ -120,7 +125,10 @@ class SpeechStack:
     # ---- encoding -----------------------------------------------------------------------
 
     def encode_units(self, wav: np.ndarray) -> Units:
-        """Units of a 16 kHz mono float waveform, not de-duplicated (§4.1)."""
+        """Units of a 16 kHz mono float waveform, not de-duplicated.
+
+        The format is described in docs/format.md#units-dictionary.
+        """
         hubert: list[int] = []
         pitch: list[int] = []
         style: list[int] = []
@@ -136,7 +144,10 @@ class SpeechStack:
         return Units(hubert=hubert, pitch=pitch, style=style)
 
     def encode_string(self, wav: np.ndarray) -> str:
-        """The token string of a waveform (§4.3), without a [Speech] prefix."""
+        """The token string of a waveform, without a [Speech] prefix.
+
+        The format is described in docs/format.md#units-to-token-string.
+        """
         return units_to_string(self.encode_units(wav), expressive=self.expressive)
 
     def silence_units(self) -> frozenset[int]:
@@ -153,11 +164,17 @@ class SpeechStack:
     # ---- decoding -----------------------------------------------------------------------
 
     def decode_units(self, code: str | Units, rng: random.Random | None = None) -> Units:
-        """Vocoder units: a token string goes through §4.4 (forward fill per HuBERT token)."""
+        """Vocoder units: a token string is forward-filled per HuBERT token.
+
+        See docs/format.md#token-string-to-units.
+        """
         return string_to_units(code, rng=rng) if isinstance(code, str) else code
 
     def wants_duration(self, units: Units, dur_pred: bool) -> bool:
-        """The §4.5 decision: expressive raw units (pitch count != hubert count) skip prediction."""
+        """Expressive raw units (pitch count != hubert count) skip prediction.
+
+        See docs/format.md#vocoding-and-duration-prediction.
+        """
         if self.expressive and units.pitch is not None and len(units.pitch) != len(units.hubert):
             return False
         return dur_pred
@@ -170,7 +187,10 @@ class SpeechStack:
         dur_pred: bool = True,
         rng: random.Random | None = None,
     ) -> np.ndarray:
-        """Audio (16 kHz float32) for a token string or a units object (§4.5)."""
+        """Audio (16 kHz float32) for a token string or a units object.
+
+        See docs/format.md#vocoding-and-duration-prediction.
+        """
         units = self.decode_units(code, rng)
         with torch.inference_mode():
             return self.vocoder.synthesize(

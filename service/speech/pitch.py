@@ -1,4 +1,4 @@
-"""F0 (pitch) tokenizer of the expressive model (spec section 2.4).
+"""F0 (pitch) tokenizer of the expressive model (docs/format.md#pitch-tokenizer).
 
 waveform -> FCPE F0 and voicing at 200 Hz -> optional per-chunk mean normalization -> VQ-VAE
 encoder (level 0) -> nearest codebook entry -> pitch units at 12.5 Hz.

@@ -1,4 +1,7 @@
-"""HuBERT features -> phonetic units (spec section 2.3): LinearQuantizer or k-means."""
+"""HuBERT features -> phonetic units: LinearQuantizer or k-means.
+
+The formats are described in docs/format.md#phonetic-quantizer.
+"""
 
 from __future__ import annotations
 

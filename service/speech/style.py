@@ -1,4 +1,6 @@
-"""wav2vec2 style encoder of the expressive model (spec section 2.5): one style unit per second.
+"""wav2vec2 style encoder of the expressive model: one style unit per second.
+
+The format is described in docs/format.md#style-encoder.
 
 Built offline from config.json + pytorch_model.bin (never the hub); the weights are checked
 strictly instead of trusting transformers' lenient loading, which only warns about missing keys.

@@ -1,8 +1,8 @@
 """Unit vocoder: load an official HiFi-GAN directory and turn unit codes into 16 kHz audio.
 
-Implements spec section 2.6: strict loading of config.json / generator.pt / speakers.txt /
-styles.txt, weight-norm folding, and the input preparation of the reference wrapper
-(de-duplication rule, negative-code filtering, duration prediction or code up-sampling).
+Implements docs/format.md#unit-vocoder: strict loading of config.json / generator.pt /
+speakers.txt / styles.txt, weight-norm folding, and the input preparation of the reference
+wrapper (de-duplication rule, negative-code filtering, duration prediction or code up-sampling).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _conv_stack_keys(reader: _ConfigReader) -> dict[str, Any]:
 
 
 def parse_config(raw: Any, path: Path) -> HiFiGANConfig:
-    """Validate config.json's content against spec section 2.6."""
+    """Validate config.json's content against docs/format.md#unit-vocoder."""
     if not isinstance(raw, dict):
         raise CheckpointError(path, "expected a JSON object at the top level")
     reader = _ConfigReader(raw, path)
@@ -462,7 +462,8 @@ class UnitVocoder:
         codes = as_codes(units, "units")
         if dur_pred and not deduplicated:
             codes = collapse_repeats(codes)
-        codes = [c for c in codes if c >= 0]  # negative codes mean "no unit" (quirk 27)
+        # Negative codes mean "no unit" (docs/format.md#unit-vocoder).
+        codes = [c for c in codes if c >= 0]
         self.check_units(codes)
         return codes
 
@@ -515,7 +516,10 @@ class UnitVocoder:
         dur_pred: bool = True,
         deduplicated: bool = True,
     ) -> np.ndarray:
-        """Units (+ pitch/style codes) -> 1-D float32 waveform at 16 kHz (spec section 2.6)."""
+        """Units (+ pitch/style codes) -> 1-D float32 waveform at 16 kHz.
+
+        See docs/format.md#unit-vocoder.
+        """
         conditioning = self.conditioning(speaker, global_style)
         codes = self.prepare_units(units, dur_pred=dur_pred, deduplicated=deduplicated)
         pitch_codes = self._stream(pitch, "pitch code", self.has_pitch)

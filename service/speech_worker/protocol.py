@@ -11,16 +11,17 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from starlette import status
 
+from service.audio.encode import AudioFormat
 from service.errors import error_body
 from service.units.tokens import Units
 
-AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
-
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
+# WebSocket close codes (RFC 6455), by Starlette's names.
+CLOSE_NORMAL = status.WS_1000_NORMAL_CLOSURE
+CLOSE_POLICY = status.WS_1008_POLICY_VIOLATION
+CLOSE_INTERNAL = status.WS_1011_INTERNAL_ERROR
+CLOSE_TRY_AGAIN = status.WS_1013_TRY_AGAIN_LATER
 
 
 class WorkerRequestError(Exception):
@@ -50,7 +51,10 @@ class WorkerRequestError(Exception):
 
 
 class EncodeResult(BaseModel):
-    """`POST /v1/encode`: the units (§4.1 strings), the token string (§4.3), the input length."""
+    """`POST /v1/encode`: the units, the token string, the input length.
+
+    Formats: docs/format.md#units-dictionary and docs/format.md#units-to-token-string.
+    """
 
     model: str
     units: dict[str, str]
@@ -70,7 +74,7 @@ class SilenceUnits(BaseModel):
 
 
 class UnitsPayload(BaseModel):
-    """Units as the §4.1 space-separated strings or as integer lists."""
+    """Units as space-separated strings (docs/format.md#units-dictionary) or integer lists."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -104,7 +108,10 @@ class DecodeRequest(BaseModel):
     duration_prediction: bool = True
     format: AudioFormat = "wav"
     sample_rate: int = 16000
-    seed: int | None = Field(default=None, description="Seeds the §4.4 random style fallback.")
+    seed: int | None = Field(
+        default=None,
+        description="Seeds the random style fallback (docs/format.md#token-string-to-units).",
+    )
 
 
 # ---- WebSocket /v1/stream

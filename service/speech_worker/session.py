@@ -1,15 +1,17 @@
 """One streaming-synthesis session: speech tokens in, pcm16 bytes out, as soon as possible.
 
-Tokens go through the incremental §4.4 parser (`UnitStreamParser`), whose aligned entries feed a
-`StreamingVocoder` (duration prediction on: LM output is always aligned). The vocoder's float
-chunks are converted to pcm16 at the requested rate by a streaming encoder.
+Tokens go through the incremental token-string parser (`UnitStreamParser`,
+docs/format.md#token-string-to-units), whose aligned entries feed a `StreamingVocoder` (duration
+prediction on: LM output is always aligned). The vocoder's float chunks are converted to pcm16 at
+the requested rate by a streaming encoder.
 
 Context tokens (the prompt's trailing speech, sent so that generated speech continues it with the
 right pitch/style and vocoder context) are vocoded like the rest, but their audio is not sent.
 The cut is exact: it falls at the first sample of the first generated unit, from the frame
 durations the streaming vocoder actually used. This deliberately differs from the reference,
-which vocodes prompt + generation and drops a token-count *proportion* of the samples (§5.4,
-quirk 18); the proportional cut lands a little early or late depending on unit durations.
+which vocodes prompt + generation and drops a token-count *proportion* of the samples
+(docs/format.md#parsing-generated-output); the proportional cut lands a little early or late
+depending on unit durations.
 
 Methods are synchronous and not thread-safe: the worker calls them from one worker thread at a
 time per session.

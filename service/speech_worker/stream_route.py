@@ -1,8 +1,9 @@
 """WS /v1/stream: streaming synthesis of speech tokens as the LM produces them.
 
 Query: ``model``, ``speaker`` (default 2), ``sample_rate`` (default 16000), ``seed`` (for the
-§4.4 random style fallback). Problems found before the upgrade (unknown model, bad parameter, too
-many streams, not ready) are refused with an HTTP error response in the OpenAI error shape.
+random style fallback of docs/format.md#token-string-to-units). Problems found before the
+upgrade (unknown model, bad parameter, too many streams, not ready) are refused with an HTTP
+error response in the OpenAI error shape.
 
 Client -> worker, JSON text frames: ``{"type": "tokens", "tokens": [...], "context": false}``
 any number of times, then ``{"type": "end"}``; ``{"type": "cancel"}`` at any time.

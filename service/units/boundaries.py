@@ -1,9 +1,10 @@
-"""Speech-token boundary helpers for decoded LM strings (spec §5.5, §5.6).
+"""Speech-token boundary helpers for decoded LM strings.
 
-These reproduce the reference's behaviour exactly, quirks included (§9.22): the start/end tests
-accept any characters after ``[Hu``/``[Pi``/``[St`` (``[Hub cap]`` counts as speech), the run
-finder requires digits, and the chunk splitter treats ``[Hu...`` up to the next ``]`` (or the end
-of the string) as one speech item.
+The rules are in docs/format.md#speech-token-boundary-tests and
+docs/format.md#splitting-into-chunks. These reproduce the reference's behaviour exactly, quirks
+included: the start/end tests accept any characters after ``[Hu``/``[Pi``/``[St`` (``[Hub cap]``
+counts as speech), the run finder requires digits, and the chunk splitter treats ``[Hu...`` up to
+the next ``]`` (or the end of the string) as one speech item.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Item(NamedTuple):
 
 
 def next_item(text: str, start: int, *, final: bool) -> Item | None:
-    """Classify the item of `text` that begins at `start` (§5.6).
+    """Classify the item of `text` that begins at `start` (docs/format.md#splitting-into-chunks).
 
     With `final` False, `text` may still grow: None means "cannot tell yet" (the item could
     still become a marker or its speech token is not closed). With `final` True the end of
@@ -101,7 +102,7 @@ def next_item(text: str, start: int, *, final: bool) -> Item | None:
 
 
 def split_chunks(text: str) -> list[tuple[str, ChunkKind]]:
-    """Split a decoded string into alternating text/speech chunks (§5.6).
+    """Split a decoded string into text/speech chunks (docs/format.md#splitting-into-chunks).
 
     ``[Text]``/``[Speech]`` markers are dropped without closing a chunk, so
     ``abc[Text]def`` is one text chunk ``abcdef``.

@@ -1,11 +1,12 @@
-"""Unit dictionaries and Spirit LM speech-token strings (spec §4).
+"""Unit dictionaries and Spirit LM speech-token strings (docs/format.md#unit-strings).
 
 Two representations of the same speech:
 
-* `Units`: the three unit streams as integer lists (§4.1). `Units.to_dict()` gives the reference's
-  dictionary of space-separated strings, `Units.from_dict()` reads it back.
-* a token string such as ``[St71][Pi39][Hu99][Hu49]`` (§4.3), the form the language model reads
-  and writes.
+* `Units`: the three unit streams as integer lists. `Units.to_dict()` gives the reference's
+  dictionary of space-separated strings (docs/format.md#units-dictionary), `Units.from_dict()`
+  reads it back.
+* a token string such as ``[St71][Pi39][Hu99][Hu49]`` (docs/format.md#units-to-token-string), the
+  form the language model reads and writes.
 
 `units_to_string` and `string_to_units` convert between them exactly like the reference, with
 two deliberate differences in `string_to_units` (and in the incremental `UnitStreamParser`):
@@ -14,10 +15,11 @@ two deliberate differences in `string_to_units` (and in the incremental `UnitStr
    everything else, including text glued to a token (``[Hu12]abc`` gives unit 12) and malformed
    tokens (``[Hu1x]``, ``[Hu5`` at the end), is ignored. The reference takes "characters 3 to
    second-to-last" of each ``[``-piece, which turns such input into values that crash the
-   vocoder later (§9.9). With ``strict=True`` a malformed token raises `UnitFormatError` instead
-   of being ignored.
-2. The random style fallback (§4.4 step 3) draws from the caller's `random.Random` when one is
-   given; without one it uses Python's global RNG, as the reference does.
+   vocoder later (docs/format.md#token-string-to-units). With ``strict=True`` a malformed token
+   raises `UnitFormatError` instead of being ignored.
+2. The random style fallback (step 3 of docs/format.md#token-string-to-units) draws from the
+   caller's `random.Random` when one is given; without one it uses Python's global RNG, as the
+   reference does.
 
 Unit values are not range-checked here: that is the vocoder's job (it knows its table sizes).
 """
@@ -37,7 +39,8 @@ StreamKind = Literal["hubert", "pitch", "style"]
 TOKEN_PREFIXES: dict[StreamKind, str] = {"hubert": "Hu", "pitch": "Pi", "style": "St"}
 _KIND_BY_PREFIX: dict[str, StreamKind] = {prefix: kind for kind, prefix in TOKEN_PREFIXES.items()}
 
-# Timestamp rates of §4.2. 24.99 = 2499 HuBERT frames per 100 s chunk (§9.3); keep it exact.
+# Timestamp rates (docs/format.md#stream-rates-and-de-duplication). 24.99 = 2499 HuBERT frames
+# per 100 s chunk; keep it exact.
 STREAM_RATES: dict[StreamKind, float] = {"hubert": 24.99, "pitch": 12.5, "style": 1}
 STREAM_DEDUP: dict[StreamKind, bool] = {"hubert": True, "pitch": True, "style": False}
 # Concatenation order before the stable sort: ties resolve as style < pitch < hubert.
@@ -47,7 +50,8 @@ MERGE_ORDER: tuple[StreamKind, ...] = ("style", "pitch", "hubert")
 FALLBACK_STYLES: tuple[int, ...] = (71, 68, 98)
 
 SPEECH_TOKEN = re.compile(r"\[(Hu|Pi|St)([0-9]+)\]")
-# What the reference would take for a speech token: "[" + prefix + a digit (§4.4 step 1).
+# What the reference would take for a speech token: "[" + prefix + a digit (step 1 of
+# docs/format.md#token-string-to-units).
 _TOKEN_LIKE = re.compile(r"\[(?:Hu|Pi|St)[0-9]")
 # A trailing fragment that may still grow into a speech token.
 _TOKEN_PREFIX = re.compile(r"\[(?:[HPS]|(?:Hu|Pi|St)[0-9]*)?")
@@ -66,7 +70,7 @@ class Units:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, str]) -> Units:
-        """Read the §4.1 dictionary (values are space-separated integers; `audio` is ignored)."""
+        """Read the dictionary of docs/format.md#units-dictionary (`audio` is ignored)."""
         unknown = sorted(set(data) - {"hubert", "pitch", "style", "audio"})
         if unknown:
             raise UnitFormatError(f"units: unknown field(s) {unknown}")
@@ -79,7 +83,7 @@ class Units:
         )
 
     def to_dict(self) -> dict[str, str]:
-        """The §4.1 dictionary: absent streams are left out."""
+        """The dictionary of docs/format.md#units-dictionary: absent streams are left out."""
         out = {"hubert": _join(self.hubert)}
         if self.pitch is not None:
             out["pitch"] = _join(self.pitch)
@@ -121,7 +125,7 @@ def token(kind: StreamKind, value: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Units -> token string (§4.3)
+# Units -> token string (docs/format.md#units-to-token-string)
 
 
 def units_to_string(units: Units | Mapping[str, str], *, expressive: bool) -> str:
@@ -153,7 +157,7 @@ def _timed_tokens(values: Sequence[int], kind: StreamKind) -> list[tuple[float, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Token string -> units (§4.4)
+# Token string -> units (docs/format.md#token-string-to-units)
 
 
 def iter_speech_tokens(text: str, *, strict: bool = False) -> Iterator[tuple[StreamKind, int]]:
@@ -182,7 +186,10 @@ def _check_gap(text: str, start: int, end: int) -> None:
 
 
 class _StringToUnits:
-    """The §4.4 state machine; entries are [hubert, pitch, style] with None = not known yet."""
+    """The docs/format.md#token-string-to-units state machine.
+
+    Entries are [hubert, pitch, style] with None = not known yet.
+    """
 
     def __init__(self, duplicate_hubert_for_multiple_pitch: bool) -> None:
         self.duplicate = duplicate_hubert_for_multiple_pitch
@@ -204,8 +211,9 @@ class _StringToUnits:
         self.last[kind] = value
 
     def draw_missing_style(self, rng: random.Random | None) -> None:
-        # §4.4 step 3: pitch without any style token would leave the expressive vocoder without
-        # style codes, so the reference picks one of the most common styles.
+        # Step 3 of docs/format.md#token-string-to-units: pitch without any style token would
+        # leave the expressive vocoder without style codes, so the reference picks one of the most
+        # common styles.
         if self.first["pitch"] is not None and self.first["style"] is None:
             choice = rng.choice if rng is not None else random.choice
             self.first["style"] = choice(FALLBACK_STYLES)
@@ -257,7 +265,9 @@ def string_to_units(
     rng: random.Random | None = None,
     strict: bool = False,
 ) -> Units:
-    """Decode a token string into units with one entry per HuBERT token (§4.4).
+    """Decode a token string into units with one entry per HuBERT token.
+
+    The rules are in docs/format.md#token-string-to-units.
 
     `pitch` is present iff a pitch token was seen; `style` iff a style token was seen or drawn.
     """

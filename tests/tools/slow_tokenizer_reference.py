@@ -6,7 +6,8 @@ service. Reads a JSON request on stdin:
 and writes a JSON answer on stdout:
     {"version": str, "ids": [[int]], "decoded": [str], "decoded_spaced": [str], "tokens": [str]}
 `decoded` joins added tokens without spaces, `decoded_spaced` with transformers' default.
-The tokenizer is loaded the way the Spirit LM reference loads it (§2.7).
+The tokenizer is loaded the way the Spirit LM reference loads it
+(docs/format.md#language-model).
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ from typing import Literal
 from fastapi import UploadFile
 from pydantic import BaseModel, Field
 
+from service.audio.encode import AudioFormat
 from service.gateway.sampling import SamplingFields
 
-AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
 TranscriptionFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 StreamFormat = Literal["audio", "sse"]
 

@@ -6,9 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.audio.encode import AudioFormat
 from service.gateway.sampling import SamplingFields
-
-AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
 
 
 class GenerateInput(BaseModel):
@@ -48,6 +47,11 @@ class GenerateRequest(SamplingFields):
         description="Up to 4 strings; generation ends when the generated text contains one "
         "(matched within text segments, left out of the output).",
     )
+    audio: bool = Field(
+        default=True,
+        description="false: speech segments carry their tokens only, nothing is vocoded "
+        "(vocode them later with POST /v1/speech/detokenize).",
+    )
     end_of_turn: bool = Field(
         default=False,
         description="End when the model's turn is over, as spoken replies do: at a line end "
@@ -70,10 +74,11 @@ class TextSegmentOut(BaseModel):
 class SpeechSegmentOut(BaseModel):
     type: Literal["speech"] = "speech"
     tokens: str
-    audio: str = Field(description="Base64 audio in `format`.")
-    format: AudioFormat
-    sample_rate: int
-    seconds: float
+    # None when the request said `audio: false`.
+    audio: str | None = Field(description="Base64 audio in `format`.")
+    format: AudioFormat | None
+    sample_rate: int | None
+    seconds: float | None
 
 
 class GenerateResponse(BaseModel):

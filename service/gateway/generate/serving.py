@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -96,6 +97,7 @@ async def generate(
         model,
         speaker=request.speaker,
         sample_rate=request.sample_rate,
+        synthesize=request.audio,
         affinity=affinity,
         result=result,
         ending=ending,
@@ -115,7 +117,17 @@ async def generate(
         if segment.kind == "text":
             segments.append(TextSegmentOut(text=segment.text))
             continue
-        audio = segment.encoded_audio(request.response_format, request.sample_rate)
+        if not request.audio:
+            segments.append(
+                SpeechSegmentOut(
+                    tokens=segment.tokens, audio=None, format=None, sample_rate=None, seconds=None
+                )
+            )
+            continue
+        # Encoding is request-sized CPU work: off the event loop.
+        audio = await asyncio.to_thread(
+            segment.encoded_audio, request.response_format, request.sample_rate
+        )
         segments.append(
             SpeechSegmentOut(
                 tokens=segment.tokens,

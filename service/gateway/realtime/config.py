@@ -17,8 +17,6 @@ What the Spirit LM session does with each setting:
   turn is transcribed by the LM itself (Spirit LM's speech -> text).
 * ``instructions``: text put before the conversation (the model has no system role).
 * ``max_output_tokens`` / ``max_response_output_tokens``, ``temperature``.
-* ``stream_audio`` (extension, default true): false holds each speech part back until its
-  tokens are complete and synthesises it whole (the non-streaming baseline of the benchmark).
 """
 
 from __future__ import annotations
@@ -68,7 +66,6 @@ class SessionConfig:
     transcription: dict[str, Any] | None = None
     temperature: float = DEFAULT_TEMPERATURE
     max_output_tokens: int | str = DEFAULT_MAX_OUTPUT_TOKENS
-    stream_audio: bool = True
 
     def updated(
         self, update: SessionIn, voices: list[Voice], event_id: str | None
@@ -100,8 +97,6 @@ class SessionConfig:
         for key in ("max_output_tokens", "max_response_output_tokens"):
             if key in given and getattr(update, key) is not None:
                 changes["max_output_tokens"] = getattr(update, key)
-        if "stream_audio" in given and update.stream_audio is not None:
-            changes["stream_audio"] = update.stream_audio
         self._apply_beta_audio(update, given, changes)
         if update.audio is not None:
             self._apply_audio(update.audio, changes)
@@ -197,7 +192,6 @@ class SessionConfig:
             },
             "temperature": self.temperature,
             "max_output_tokens": self.max_output_tokens,
-            "stream_audio": self.stream_audio,
             "tools": [],
             "tool_choice": "auto",
         }
@@ -219,7 +213,6 @@ class SessionConfig:
             "turn_detection": self._render_turn_detection(),
             "temperature": self.temperature,
             "max_response_output_tokens": self.max_output_tokens,
-            "stream_audio": self.stream_audio,
             "tools": [],
             "tool_choice": "auto",
         }

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import WebSocket
+from starlette import status
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.errors import SpiritError
@@ -70,10 +71,11 @@ from service.gateway.voices import Voice, model_voices
 
 log = logging.getLogger("spiritlm.gateway.realtime")
 
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
+# WebSocket close codes (RFC 6455), by Starlette's names.
+CLOSE_NORMAL = status.WS_1000_NORMAL_CLOSURE
+CLOSE_POLICY = status.WS_1008_POLICY_VIOLATION
+CLOSE_INTERNAL = status.WS_1011_INTERNAL_ERROR
+CLOSE_TRY_AGAIN = status.WS_1013_TRY_AGAIN_LATER
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
@@ -477,7 +479,6 @@ class RealtimeConnection:
             voice=config.voice,
             speaker=config.speaker,
             output_rate=config.output_rate,
-            stream_audio=config.stream_audio,
             conversation=self.conversation,
             prompts=self.prompts,
             events=self.events,

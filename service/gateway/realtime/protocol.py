@@ -139,7 +139,6 @@ class SessionIn(BaseModel):
     max_output_tokens: MaxTokens | None = None
     max_response_output_tokens: MaxTokens | None = None
     # Extension: False synthesises each speech part whole after generation (a baseline).
-    stream_audio: bool | None = None
 
 
 class SessionUpdate(_Event):

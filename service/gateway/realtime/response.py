@@ -11,10 +11,6 @@ Cancelling (``cancel``: response.cancel or barge-in) cancels the generation task
 the engine stream: the vLLM request is aborted and the vocoder stream cancelled. Audio deltas
 still waiting to be sent are dropped by the session; the assistant item keeps only the speech
 tokens behind the audio that was sent.
-
-With ``stream_audio`` off (a benchmark baseline) nothing is vocoded while the LM generates:
-each speech part is synthesised whole with the one-shot decode when its tokens are complete,
-then sent.
 """
 
 from __future__ import annotations
@@ -56,8 +52,6 @@ from service.lm.prompt import OutputModality
 
 log = logging.getLogger("spiritlm.gateway.realtime")
 
-NON_STREAMING_DELTA_SECONDS = 0.5
-
 
 @dataclass(frozen=True)
 class ResponseRequest:
@@ -83,7 +77,6 @@ class ResponseContext:
     voice: str | int
     speaker: int
     output_rate: int
-    stream_audio: bool
     conversation: Conversation
     prompts: PromptBuilder
     events: ServerEvents
@@ -216,7 +209,6 @@ class Response:
             ctx.model,
             speaker=ctx.speaker,
             sample_rate=ctx.output_rate,
-            synthesize=ctx.stream_audio,
             affinity=ctx.conversation.id,
             result=self._result,
             ending=ending,
@@ -268,32 +260,16 @@ class Response:
         await self.ctx.send_audio(event, sent)
 
     async def _close_part(self) -> None:
-        """Finish the open part normally: its audio (non-streaming), transcript, done events."""
+        """Finish the open part normally: its transcript, done events."""
         part = self._open
         if part is None:
             return
         if part.kind == "audio":
-            if not self.ctx.stream_audio:
-                await self._synthesize_whole(part)
             part.finished = True
             await self._transcript(part)
         part.finished = True
         self._part_done(part)
         self._open = None
-
-    async def _synthesize_whole(self, part: Part) -> None:
-        if "[Hu" not in part.tokens:
-            return
-        pcm = await self.ctx.engine.decode(
-            model=self.ctx.model,
-            tokens=part.tokens,
-            speaker=self.ctx.speaker,
-            format="pcm",
-            sample_rate=self.ctx.output_rate,
-        )
-        step = int(NON_STREAMING_DELTA_SECONDS * self.ctx.output_rate) * 2
-        for start in range(0, len(pcm), step):
-            await self._audio(part, pcm[start : start + step])
 
     async def _transcript(self, part: Part) -> None:
         ctx = self.ctx

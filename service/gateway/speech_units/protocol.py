@@ -22,7 +22,10 @@ class DetokenizeRequest(BaseModel):
     response_format: AudioFormat = "wav"
     sample_rate: int = 16000
     seed: int | None = Field(
-        default=None, ge=0, le=2**63 - 1, description="Seeds the §4.4 random style fallback."
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="Seeds the random style fallback (docs/format.md#token-string-to-units).",
     )
 
     @model_validator(mode="after")

@@ -1,8 +1,8 @@
-"""Golden vectors copied from docs/spiritlm-format.md §7 (no checkpoints needed)."""
+"""The golden vectors of docs/format.md#golden-vectors (no checkpoints needed)."""
 
 from __future__ import annotations
 
-# §7.1: HuBERT units of the example audio (228 values).
+# Encoder units of the example audio: HuBERT (228 values).
 UNITS_HUBERT = (
     "99 49 38 149 149 71 423 427 492 288 315 153 153 389 497 412 247 354 7 96 452 452 176 266 "
     "266 77 248 336 336 211 166 65 94 224 224 148 492 191 440 440 41 41 457 79 382 451 332 "
@@ -17,7 +17,7 @@ UNITS_HUBERT = (
 )
 
 
-# §7.1: pitch units (114 values).
+# Encoder units of the example audio: pitch (114 values).
 UNITS_PITCH = (
     "39 39 39 48 56 40 42 39 51 40 43 54 3 35 39 25 58 26 44 40 13 20 46 41 26 40 26 56 41 46 "
     "46 41 41 40 40 40 39 39 57 59 59 59 59 59 59 59 59 20 20 20 35 35 13 3 9 6 0 20 57 56 56 "
@@ -26,14 +26,14 @@ UNITS_PITCH = (
 )
 
 
-# §7.1: style units (10 values).
+# Encoder units of the example audio: style (10 values).
 UNITS_STYLE = "71 71 71 71 71 71 71 71 71 83"
 
 
 UNITS_7_1 = {"hubert": UNITS_HUBERT, "pitch": UNITS_PITCH, "style": UNITS_STYLE}
 
 
-# §7.2: expressive encoding of §7.1 (1654 characters).
+# Expressive encoding of UNITS_7_1 (1654 characters).
 EXPRESSIVE_STRING = (
     "[St71][Pi39][Hu99][Hu49][Hu38][Hu149][Hu71][Pi48][Hu423][Hu427][Pi56][Hu492][Hu288]"
     "[Pi40][Hu315][Hu153][Pi42][Hu389][Pi39][Hu497][Hu412][Pi51][Hu247][Hu354][Pi40][Hu7]"
@@ -58,7 +58,7 @@ EXPRESSIVE_STRING = (
 )
 
 
-# §7.2: base encoding of §7.1 (167 [Hu] tokens).
+# Base encoding of UNITS_7_1 (167 [Hu] tokens).
 BASE_STRING = (
     "[Hu99][Hu49][Hu38][Hu149][Hu71][Hu423][Hu427][Hu492][Hu288][Hu315][Hu153][Hu389][Hu497]"
     "[Hu412][Hu247][Hu354][Hu7][Hu96][Hu452][Hu176][Hu266][Hu77][Hu248][Hu336][Hu211][Hu166]"
@@ -76,7 +76,7 @@ BASE_STRING = (
 )
 
 
-# §7.2 (derived): string_to_units(EXPRESSIVE_STRING) hubert, 167 values.
+# Derived: string_to_units(EXPRESSIVE_STRING) hubert, 167 values.
 DECODED_HUBERT = (
     "99 49 38 149 71 423 427 492 288 315 153 389 497 412 247 354 7 96 452 176 266 77 248 336 "
     "211 166 65 94 224 148 492 191 440 41 457 79 382 451 332 216 114 340 478 74 79 370 272 "
@@ -88,7 +88,7 @@ DECODED_HUBERT = (
 )
 
 
-# §7.2 (derived): string_to_units(EXPRESSIVE_STRING) pitch, 167 values.
+# Derived: string_to_units(EXPRESSIVE_STRING) pitch, 167 values.
 DECODED_PITCH = (
     "39 39 39 39 39 48 48 56 56 40 40 42 39 39 51 51 40 40 43 54 54 3 35 35 39 25 25 58 58 26 "
     "44 44 40 13 20 20 46 46 41 41 26 26 40 40 26 26 56 56 41 46 46 46 46 41 41 40 40 40 39 "
@@ -99,11 +99,11 @@ DECODED_PITCH = (
 )
 
 
-# §7.2 (derived): style is 71 repeated 166 times, then 83.
+# Derived: string_to_units(EXPRESSIVE_STRING) style is 71 repeated 166 times, then 83.
 DECODED_STYLE = " ".join(["71"] * 166 + ["83"])
 
 
-# §7.4: the notebook's expressive prompt, with its [Speech] prefix (run start 8).
+# The reference notebook's expressive prompt, with its [Speech] prefix (run start 8).
 LONG = (
     "[Speech][St71][Pi39][Hu99][Hu49][Pi57][Hu38][Hu149][Pi48][Hu71][Hu423][Hu427][Pi56]"
     "[Hu492][Hu288][Pi44][Hu315][Hu153][Pi42][Hu389][Pi59][Hu497][Hu412][Pi51][Hu247][Hu354]"
