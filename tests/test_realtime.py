@@ -77,8 +77,8 @@ def assert_ended(response: dict[str, Any], cap: int) -> None:
     The random test LM may say a line end (allowed in speech replies) at any point, or never.
     """
     tokens = response["usage"]["output_tokens"]
-    if response["status"] == "completed":
-        assert 0 < tokens < cap, response
+    if response["status"] == "completed":  # its last token may be the cap-th
+        assert 0 < tokens <= cap, response
     else:
         assert response["status"] == "incomplete", response
         assert response["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}
