@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     )
     chunk_units: int = Field(
         default=25, ge=1, description="HuBERT units per later streaming chunk."
+    )
+    # A SecretStr, so it is never in a repr or a log line. docs/security.md says who sends it
+    # (the gateway) and who checks it (the speech worker, vLLM).
+    internal_api_key: SecretStr = Field(
+        default="",
+        validate_default=True,
+        description="Credential between the gateway and its workers: the gateway sends it as a "
+        "Bearer token; the speech worker and vLLM refuse their API (all but health, readiness "
+        "and metrics) without it. Empty = no internal auth; `up` makes one for its children "
+        "when none is given.",
     )
 
 

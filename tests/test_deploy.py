@@ -8,7 +8,10 @@ object against a pinned Kubernetes schema and check-jsonschema the custom resour
 deploy/schemas; yamllint lints all YAML. On top, every command must parse with the real
 `spiritlm-serve` parser or the real vLLM server parser, every probe must hit /health, /ready
 or /metrics, every image must be a target of the Dockerfile or a pinned public image, and the
-dashboard may only chart metrics that the code (or vLLM) defines.
+dashboard may only chart metrics that the code (or vLLM) defines. The hardening of
+docs/security.md is checked on every rendered workload: NetworkPolicies that admit only the
+gateway (and Prometheus) to the workers, unprivileged containers on read-only root filesystems
+with writable emptyDirs where they write, and the internal credential from the Secret.
 
 Tools come from scripts/install_validators.sh; tests that need them skip without it.
 """
@@ -60,6 +63,14 @@ CUSTOM_RESOURCE_SCHEMAS = {
     "LeaderWorkerSet": "deploy/schemas/leaderworkerset.schema.json",
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "LeaderWorkerSet"}
+SECRET = "spiritlm-api-keys"
+INTERNAL_KEY = "SPIRITLM_INTERNAL_API_KEY"
+# Pods the gateway calls, by component label; only the gateway and Prometheus may reach them.
+WORKER_COMPONENTS = {"speech-worker", "lm-worker", "lm-worker-multinode"}
+PROMETHEUS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
 CHECKPOINTS_MOUNT = "/checkpoints"
 COMPOSE_ENV = {"SPIRITLM_CHECKPOINTS_DIR": "/srv/spiritlm-checkpoints"}
 
@@ -854,3 +865,134 @@ def test_dashboard_charts_only_metrics_that_exist() -> None:
     assert provisioned["datasources"][0]["type"] == "prometheus"
     datasources = {json.dumps(p.get("datasource")) for p in dashboard["panels"] if "targets" in p}
     assert datasources == {json.dumps({"type": "prometheus", "uid": "${datasource}"})}
+
+
+# ------------------------------------------------------------------------ hardening
+
+
+def label_selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels selectors are used: {selector}"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def component(pod: PodTemplate) -> str:
+    return pod.labels.get("app.kubernetes.io/component", "")
+
+
+def test_network_policies_admit_only_the_gateway_and_prometheus_to_the_workers() -> None:
+    for directory in DEPLOYABLE:
+        manifests = rendered(directory)
+        policies = by_kind(manifests, "NetworkPolicy")
+        pods = list(pod_templates(manifests))
+
+        def sources(peer: dict[str, Any], pods: list[PodTemplate] = pods) -> set[str]:
+            """The components a `from` peer admits ("prometheus" for the scraper)."""
+            if peer == PROMETHEUS_PEER:
+                return {"prometheus"}
+            assert set(peer) == {"podSelector"}, f"a peer beyond the stack: {peer}"
+            return {component(q) for q in pods if label_selects(peer["podSelector"], q.labels)}
+
+        for pod in pods:
+            where = f"{directory}: {pod.owner}"
+            applying = [p for p in policies if label_selects(p["spec"]["podSelector"], pod.labels)]
+            assert all(p["spec"]["policyTypes"] == ["Ingress"] for p in applying), where
+            # A policy without rules: nothing gets in that another policy does not admit.
+            assert any("ingress" not in p["spec"] for p in applying), f"{where}: no default deny"
+            rules = [rule for p in applying for rule in p["spec"].get("ingress", [])]
+            if component(pod) == "gateway":
+                # Its clients may be anywhere, on its API port only.
+                assert rules and all("from" not in rule for rule in rules), where
+                assert all(rule["ports"] == [{"port": "http"}] for rule in rules), where
+                continue
+            assert component(pod) in WORKER_COMPONENTS, f"{where}: unknown component"
+            admitted: set[str] = set()
+            for rule in rules:
+                assert rule.get("from"), f"{where}: a rule open to every source"
+                kinds = set().union(*(sources(peer) for peer in rule["from"]))
+                if kinds == {component(pod)}:
+                    continue  # the pods of one multi-node group (Ray, NCCL) reach each other
+                assert kinds == {"gateway", "prometheus"}, (where, kinds)
+                assert rule["ports"] == [{"port": "http"}], (where, rule)
+                admitted |= kinds
+            assert admitted == {"gateway", "prometheus"}, (where, admitted)
+
+
+def effective_security(pod: PodTemplate, container: dict[str, Any]) -> dict[str, Any]:
+    """The container's security settings, with the pod's where the container sets none."""
+    pod_level = pod.template["spec"].get("securityContext", {})
+    inherited = ("runAsNonRoot", "runAsUser", "runAsGroup", "seccompProfile")
+    return {
+        **{key: pod_level[key] for key in inherited if key in pod_level},
+        **container.get("securityContext", {}),
+    }
+
+
+def test_every_container_runs_unprivileged_on_a_read_only_root() -> None:
+    for directory in DEPLOYABLE:
+        manifests = rendered(directory)
+        for pod in pod_templates(manifests):
+            volumes = {v["name"]: v for v in pod.template["spec"].get("volumes", [])}
+            for container in pod.containers:
+                where = f"{directory}: {pod.owner}/{container['name']}"
+                security = effective_security(pod, container)
+                assert security.get("runAsNonRoot") is True, where
+                assert security.get("runAsUser", 0) != 0, where
+                assert security.get("allowPrivilegeEscalation") is False, where
+                assert security.get("capabilities", {}).get("drop") == ["ALL"], where
+                assert not security.get("capabilities", {}).get("add"), where
+                assert security.get("privileged", False) is False, where
+                assert security.get("seccompProfile") == {"type": "RuntimeDefault"}, where
+                assert security.get("readOnlyRootFilesystem") is True, where
+                # Where the processes write: /tmp and $HOME (caches) are emptyDirs.
+                env = container_env(pod, container, manifests)
+                ours = OUR_IMAGE.match(container["image"])
+                home = env.get("HOME") or ("/home/spiritlm" if ours else None)
+                assert home, f"{where}: a third-party image needs HOME set to a writable path"
+                mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+                for path in ("/tmp", home):
+                    assert path in mounts, f"{where}: {path} is not mounted"
+                    assert "emptyDir" in volumes[mounts[path]], f"{where}: {path}"
+                if ours:
+                    cache = env.get("SPIRITLM_CACHE_DIR", "/var/cache/spiritlm")
+                    assert "emptyDir" in volumes[mounts[cache]], f"{where}: {cache}"
+
+
+def secret_ref(container: dict[str, Any], name: str) -> dict[str, str] | None:
+    for item in container.get("env", []):
+        if item["name"] == name:
+            assert "value" not in item, f"{container['name']}: {name} is a literal"
+            return item["valueFrom"]["secretKeyRef"]
+    return None
+
+
+def test_the_internal_credential_comes_from_the_secret() -> None:
+    want = {"name": SECRET, "key": INTERNAL_KEY}
+    for directory in DEPLOYABLE:
+        manifests = rendered(directory)
+        assert INTERNAL_KEY in named(manifests, "Secret", SECRET)["stringData"], directory
+        carriers = set()
+        for pod in pod_templates(manifests):
+            for container in pod.containers:
+                where = f"{directory}: {pod.owner}/{container['name']}"
+                ours = OUR_IMAGE.match(container["image"])
+                runs = " ".join(container.get("command", []) + container.get("args", []))
+                serves_vllm = re.search(r"\bvllm serve\b", runs) is not None
+                if ours:  # the gateway sends it, the speech worker checks it
+                    assert secret_ref(container, INTERNAL_KEY) == want, where
+                    carriers.add(ours["target"].removesuffix("-cuda").removesuffix("-cpu"))
+                elif serves_vllm:  # vLLM reads its --api-key from VLLM_API_KEY
+                    assert secret_ref(container, "VLLM_API_KEY") == want, where
+                    carriers.add("vllm")
+                else:  # a Ray worker serves no HTTP and needs no credential
+                    assert secret_ref(container, "VLLM_API_KEY") is None, where
+        assert carriers == {"gateway", "speech-worker", "vllm"}, (directory, carriers)
+
+
+def test_compose_gives_the_internal_credential_to_gateway_and_workers() -> None:
+    services = compose_config(SPIRITLM_INTERNAL_API_KEY="k-123")["services"]
+    assert services["gateway"]["environment"][INTERNAL_KEY] == "k-123"
+    assert services["speech"]["environment"][INTERNAL_KEY] == "k-123"
+    assert services["lm"]["environment"]["VLLM_API_KEY"] == "k-123"
+    assert "k-123" not in json.dumps([s.get("command") for s in services.values()])
+    # Unset, the demo's `up` makes one of its own (an empty value means: none given).
+    assert compose_config()["services"]["demo"]["environment"][INTERNAL_KEY] == ""

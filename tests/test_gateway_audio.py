@@ -761,6 +761,14 @@ def bad_cases(flac: bytes) -> list[tuple[str, str, str, dict, int, str]]:
             "opus cannot be encoded at 22050",
         ),
         (
+            "tts-opus-44100",
+            "main",
+            SPEECH,
+            {"json": {"input": "hi", "response_format": "opus", "sample_rate": 44100}},
+            400,
+            "sample_rate must be one of 8000, 16000, 24000, 48000",
+        ),
+        (
             "tts-unknown-model",
             "main",
             SPEECH,
@@ -832,6 +840,14 @@ def bad_cases(flac: bytes) -> list[tuple[str, str, str, dict, int, str]]:
             {"json": {"tokens": "[Hu1][Hu2]", "sample_rate": 1}},
             400,
             "sample_rate 1",
+        ),
+        (
+            "detokenize-opus-44100",
+            "main",
+            "/v1/speech/detokenize",
+            {"json": {"tokens": "[Hu1][Hu2]", "response_format": "opus", "sample_rate": 44100}},
+            400,
+            "opus cannot be encoded at 44100 Hz",
         ),
     ]
 

@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -294,6 +295,48 @@ def test_bad_requests_name_the_field(
     error = response.json()["error"]
     assert mention in error["message"]
     assert error["type"] in ("invalid_request_error", "not_found_error")
+
+
+def vllm_counters(lm_url: str) -> tuple[float, float]:
+    """(requests running, prompt tokens received so far) from the vLLM worker's metrics."""
+    values = {"vllm:num_requests_running": 0.0, "vllm:prompt_tokens_total": 0.0}
+    for line in httpx.get(lm_url + "/metrics", timeout=10).text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in values:
+            values[name] += float(line.rsplit(" ", 1)[1])
+    return values["vllm:num_requests_running"], values["vllm:prompt_tokens_total"]
+
+
+def test_format_and_rate_are_refused_before_generation(
+    servers,  # noqa: ANN001
+    http: httpx.Client,
+    speech_b64: str,
+) -> None:
+    lm = servers.lm(BASE)
+    deadline = time.monotonic() + 60
+    while vllm_counters(lm)[0] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    prompt_tokens = vllm_counters(lm)[1]
+    speech_out = {"output_modality": "speech", "max_tokens": 8, "response_format": "opus"}
+    for body, mention in (
+        ({"prompt": "[Speech]", **speech_out, "sample_rate": 44100}, "44100"),
+        ({"inputs": [{"type": "speech", "audio": speech_b64}], **speech_out, "sample_rate": 32000},
+         "32000"),
+        ({"prompt": "[Speech]", **speech_out, "response_format": "wav", "sample_rate": 11025},
+         "11025"),
+    ):  # fmt: skip
+        response = http.post("/v1/generate", json=body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "sample_rate" and "sample_rate" in error["message"], error
+        assert mention in error["message"], error
+    assert vllm_counters(lm)[1] == prompt_tokens, "a refused request reached the LM worker"
+    # Streamed audio is pcm16 deltas whatever response_format says: any offered rate works,
+    # and nothing is vocoded with `audio: false`.
+    for body in ({**speech_out, "sample_rate": 44100, "stream": True},
+                 {**speech_out, "sample_rate": 44100, "audio": False}):  # fmt: skip
+        response = http.post("/v1/generate", json={"prompt": "[Speech]", **body, "max_tokens": 4})
+        assert response.status_code == 200, response.text
 
 
 def test_audio_that_is_not_audio_is_refused(http: httpx.Client) -> None:

@@ -3,14 +3,18 @@
 Pure parts (no processes): hypothesis drives the audio decoder with structurally valid but lying
 WAV headers and hostile filenames (tests/test_audio.py already covers random and damaged bytes),
 the unit-string parsers and the realtime / speech-worker event parsers with arbitrary input. Each
-may raise only its documented error type.
+may raise only its documented error type. Key settings with empty entries are refused, running
+without keys is logged, metric labels stay bounded, and every output format x rate either
+encodes or is refused up front.
 
 Against the real processes: schemathesis fuzzes every operation of the gateway's OpenAPI schema
 (no 5xx allowed); oversized, binary, non-UTF-8 and malformed frames hit WS /v1/realtime and the
 speech worker's WS /v1/stream; a gateway with API keys is probed with header variants, keys in
 the query string and path tricks; every path-like parameter (model, voice, speaker, upload file
-names, static files, few-shot manifest entries) gets traversal attempts. After every test, every
-process started in this session must still answer /health.
+names, static files, few-shot manifest entries) gets traversal attempts; CORS preflights and
+foreign WebSocket origins meet a gateway with keys and allowed origins, and failing workers must
+leave no internal URL or exception text in client bodies. After every test, every process
+started in this session must still answer /health.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
+import http.server
 import io
 import json
+import logging
 import os
 import random
 import struct
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,14 +44,28 @@ import pytest
 import soundfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from service.audio.decode import AudioLimits, decode_audio, decode_pcm16
+from service.audio.encode import (
+    SAMPLE_RATES,
+    SUPPORTED_FORMATS,
+    OutputFormatError,
+    StreamEncoder,
+    check_output_format,
+    encode_audio,
+)
 from service.checkpoints.layout import BASE
-from service.errors import AudioError, CheckpointError, UnitFormatError
+from service.errors import AudioError, CheckpointError, SpiritError, UnitFormatError
 from service.gateway.fewshot import read_manifest
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.middleware import AccessLogMiddleware
 from service.gateway.realtime.protocol import ProtocolError, parse_client_event
+from service.gateway.server import log_auth_posture
+from service.gateway.settings import GatewaySettings
+from service.process import free_port
 from service.speech_worker.protocol import WorkerRequestError
 from service.speech_worker.session import parse_tokens
 from service.speech_worker.stream_route import parse_message
@@ -785,3 +807,303 @@ def test_base64_and_json_bombs_are_refused(gateway: str) -> None:
         (r.status_code, r.text[:200]) for r in responses
     ]
     assert statuses[3] == 413
+
+
+# ---- fail closed: key settings, start-up posture, bounded metric labels ----------------------
+
+
+@pytest.mark.parametrize("value", [",", " , sk-secret", "sk-secret,", "sk-secret,,other"])
+def test_empty_api_key_entries_are_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("SPIRITLM_API_KEYS", value)
+    with pytest.raises(SpiritError, match="^api_keys has an empty entry") as refused:
+        GatewaySettings()
+    assert "sk-secret" not in str(refused.value)  # the keys are never echoed
+
+
+def test_an_empty_api_keys_value_means_no_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value in ("", "  "):
+        monkeypatch.setenv("SPIRITLM_API_KEYS", value)
+        assert GatewaySettings().api_keys == []
+    monkeypatch.setenv("SPIRITLM_API_KEYS", " a , b ")
+    assert GatewaySettings().api_keys == ["a", "b"]
+
+
+def test_running_without_keys_is_never_silent(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("SPIRITLM_API_KEYS", raising=False)
+    seen: dict[str, list[tuple[int, str]]] = {}
+    for host in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::", "10.1.2.3", "gateway.local"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="spiritlm.gateway"):
+            log_auth_posture(GatewaySettings(host=host))
+        seen[host] = [(record.levelno, record.getMessage()) for record in caplog.records]
+    for host in ("127.0.0.1", "::1", "localhost"):
+        [(level, message)] = seen[host]
+        assert level == logging.WARNING and "no API keys" in message, (host, seen[host])
+    for host in ("0.0.0.0", "::", "10.1.2.3", "gateway.local"):
+        [(level, message)] = seen[host]
+        assert level == logging.ERROR and "beyond loopback" in message, (host, seen[host])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="spiritlm.gateway"):
+        log_auth_posture(GatewaySettings(host="0.0.0.0", api_keys="k"))
+    assert not caplog.records
+
+
+def test_metric_labels_stay_bounded_whatever_the_client_sends() -> None:
+    metrics = GatewayMetrics()
+
+    async def not_found(scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=AccessLogMiddleware(not_found, metrics=metrics))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            for index in range(200):
+                await client.request(f"M{index}X", f"/probe/{index}")
+            await client.request("GET", "/probe/get")
+
+    asyncio.run(scenario())
+    text = generate_latest(metrics.registry).decode()
+    assert "M1X" not in text and "/probe" not in text
+    requests = [line for line in text.splitlines() if line.startswith("spiritlm_requests_total{")]
+    assert len(requests) == 2, requests  # GET and "other", both on the route "unmatched"
+    assert 'method="other"' in text and 'route="unmatched"' in text
+
+
+# ---- format checks: every format x rate either encodes or is refused up front ----------------
+
+
+@pytest.mark.parametrize("fmt", SUPPORTED_FORMATS)
+def test_every_format_and_rate_the_check_allows_encodes(fmt: str) -> None:
+    source_rate = 16000
+    tone = (0.2 * np.sin(np.arange(source_rate // 5) * 2 * np.pi * 440 / source_rate)).astype(
+        np.float32
+    )
+    refused = []
+    for rate in SAMPLE_RATES:
+        try:
+            check_output_format(fmt, rate)
+        except OutputFormatError as error:
+            assert error.param == "sample_rate" and "sample_rate must be one of" in str(error)
+            refused.append(rate)
+            continue
+        assert encode_audio(tone, source_rate, fmt, output_rate=rate), (fmt, rate)
+        stream = StreamEncoder(fmt, rate, input_rate=source_rate)
+        assert stream.write(tone) + stream.close(), (fmt, rate)
+    assert refused == ([22050, 32000, 44100] if fmt == "opus" else [])
+
+
+def test_the_format_check_names_the_field_at_fault() -> None:
+    with pytest.raises(OutputFormatError, match="sample_rate 11025 is not supported") as refused:
+        check_output_format("wav", 11025)
+    assert refused.value.param == "sample_rate"
+    with pytest.raises(OutputFormatError, match="unsupported audio format") as refused:
+        check_output_format("ogg", 16000, format_param="audio.format")
+    assert refused.value.param == "audio.format"
+    with pytest.raises(OutputFormatError, match="opus cannot be encoded at 44100 Hz") as refused:
+        check_output_format("opus", 44100, rate_param="session.rate")
+    assert refused.value.param == "session.rate"
+
+
+# ---- fail closed against the running gateway: CORS, origins, internals ----------------------
+
+ALLOWED_ORIGIN = "https://app.example"
+EVIL_ORIGIN = "https://evil.example"
+
+
+@pytest.fixture(scope="module")
+def cors_gateway(servers: Servers) -> str:
+    return servers.gateway(
+        BASE, "--api-keys", API_KEY, "--cors-origins", ALLOWED_ORIGIN,
+        "--metrics-require-auth", "true", name="cors",
+    )  # fmt: skip
+
+
+def test_cors_preflight_is_answered_before_auth(cors_gateway: str) -> None:
+    preflight = {
+        "Origin": ALLOWED_ORIGIN,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    for path in ("/v1/chat/completions", "/v1/generate", "/v1/models"):
+        response = httpx.options(cors_gateway + path, headers=preflight, timeout=30)
+        assert response.status_code == 200, (path, response.status_code, response.text)
+        assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+        assert "POST" in response.headers["access-control-allow-methods"]
+        assert "authorization" in response.headers["access-control-allow-headers"].lower()
+    evil = httpx.options(
+        cors_gateway + "/v1/generate", headers={**preflight, "Origin": EVIL_ORIGIN}, timeout=30
+    )
+    assert evil.status_code >= 400 and "access-control-allow-origin" not in evil.headers
+    # Not a preflight (no Access-Control-Request-Method): an OPTIONS request like any other.
+    plain = httpx.options(cors_gateway + "/v1/models", headers={"Origin": ALLOWED_ORIGIN})
+    assert plain.status_code == 401
+
+
+def test_refusals_carry_cors_headers_a_browser_can_read(cors_gateway: str) -> None:
+    refused = httpx.get(cors_gateway + "/v1/models", headers={"Origin": ALLOWED_ORIGIN})
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "x-request-id" in refused.headers["access-control-expose-headers"].lower()
+    accepted = httpx.get(
+        cors_gateway + "/v1/models",
+        headers={"Origin": ALLOWED_ORIGIN, "Authorization": f"Bearer {API_KEY}"},
+    )
+    assert accepted.status_code == 200 and BASE in accepted.text
+    assert accepted.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    other = httpx.get(cors_gateway + "/v1/models", headers={"Origin": EVIL_ORIGIN})
+    assert other.status_code == 401 and "access-control-allow-origin" not in other.headers
+
+
+def test_metrics_can_require_a_key(cors_gateway: str, auth_gateway: str) -> None:
+    assert httpx.get(cors_gateway + "/metrics", timeout=30).status_code == 401
+    keyed = httpx.get(
+        cors_gateway + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30
+    )
+    assert keyed.status_code == 200 and "spiritlm_worker_healthy" in keyed.text
+    assert httpx.get(cors_gateway + "/health", timeout=30).status_code == 200
+    assert httpx.get(cors_gateway + "/ready", timeout=30).status_code == 200
+    # The default: /metrics stays open to Prometheus without a key.
+    assert httpx.get(auth_gateway + "/metrics", timeout=30).status_code == 200
+
+
+def test_worker_urls_only_reach_authenticated_callers(servers: Servers, auth_gateway: str) -> None:
+    internal = (servers.lm(BASE), servers.speech())
+    ready = httpx.get(auth_gateway + "/ready", timeout=30)
+    assert ready.status_code == 200
+    assert ready.json()["lm_workers"] == {"lm-0": True}
+    assert ready.json()["speech_workers"] == {"speech-0": True}
+    metrics = httpx.get(auth_gateway + "/metrics", timeout=30).text
+    assert 'spiritlm_worker_healthy{kind="lm",worker="lm-0"} 1.0' in metrics
+    for text in (ready.text, metrics):
+        assert not any(url in text for url in internal) and "127.0.0.1" not in text
+    keyed = {"Authorization": f"Bearer {API_KEY}"}
+    ready = httpx.get(auth_gateway + "/ready", headers=keyed, timeout=30).json()
+    assert ready["lm_workers"] == {internal[0]: True}
+    assert ready["speech_workers"] == {internal[1]: True}
+
+
+def test_unknown_http_methods_do_not_grow_the_metrics(gateway: str) -> None:
+    host, port = gateway.removeprefix("http://").split(":")
+    for index in range(20):
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            connection.request(f"BREW{index}X", f"/v1/models/probe{index}")
+            status = connection.getresponse().status
+        except (http.client.HTTPException, ConnectionError):
+            status = None  # some HTTP parsers drop the connection on an unknown method
+        finally:
+            connection.close()
+        assert status is None or 400 <= status < 500, status
+    text = httpx.get(gateway + "/metrics", timeout=30).text
+    assert "BREW" not in text and "probe" not in text
+
+
+async def handshake(url: str, **options: Any) -> str:
+    """'session.created', or how the handshake was refused ('http 403', 'closed 1008')."""
+    try:
+        async with connect(url, open_timeout=30, **options) as conn:
+            return (await recv_json(conn))["type"]
+    except InvalidStatus as refused:
+        return f"http {refused.response.status_code}"
+    except ConnectionClosed as closed:
+        return f"closed {closed.rcvd.code if closed.rcvd else 1006}"
+
+
+def test_websocket_origins_are_checked(gateway: str, cors_gateway: str) -> None:
+    url = ws(gateway) + f"/v1/realtime?model={BASE}"
+    keyed_url = ws(cors_gateway) + f"/v1/realtime?model={BASE}"
+    key = {"subprotocols": ["realtime", f"openai-insecure-api-key.{API_KEY}"]}
+
+    async def scenario() -> list[str]:
+        return [
+            # A keyless gateway: no page from another origin may drive it.
+            await handshake(url, origin=EVIL_ORIGIN),
+            await handshake(url, origin="null"),
+            await handshake(url, origin=gateway),  # the gateway's own page at /
+            await handshake(url),  # not a browser: no Origin
+            # Keys and an allowed origin: the origin check comes on top of the key.
+            await handshake(keyed_url, origin=EVIL_ORIGIN, **key),
+            await handshake(keyed_url, origin=ALLOWED_ORIGIN, **key),
+            await handshake(keyed_url, origin=ALLOWED_ORIGIN),
+        ]
+
+    results = asyncio.run(scenario())
+    assert results[:2] == ["http 403", "http 403"], results
+    assert results[2:4] == ["session.created", "session.created"], results
+    assert results[4] == "http 403", results
+    assert results[5] == "session.created", results
+    assert results[6] == "http 403", results
+
+
+class _DroppingWorker(http.server.BaseHTTPRequestHandler):
+    """A worker that passes health checks, then drops every API call without an answer."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.startswith("/v1/models"):
+            cards = [{"id": BASE, "object": "model", "max_model_len": 4096}]
+            self._json({"object": "list", "data": cards})
+        elif self.path in ("/health", "/ready"):
+            self._json({"status": "ok"})
+        else:
+            self.close_connection = True
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.close_connection = True  # no status line: the client sees the connection drop
+
+    def _json(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway_of_failing_workers(servers: Servers) -> Iterator[tuple[str, str]]:
+    """(gateway URL, worker URL): a keyed gateway whose LM and speech worker both fail."""
+    worker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DroppingWorker)
+    threading.Thread(target=worker.serve_forever, daemon=True).start()
+    worker_url = f"http://127.0.0.1:{worker.server_address[1]}"
+    port = free_port()
+    argv = [sys.executable, "-m", "service", "gateway", "--port", str(port), "--model", BASE,
+            "--lm-url", worker_url, "--speech-url", worker_url, "--api-keys", API_KEY]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    child = servers.spawn("gateway-failing-workers", argv, url, "/ready", 120)
+    try:
+        yield url, worker_url
+    finally:
+        child.stop()
+        worker.shutdown()
+
+
+def test_worker_failures_leave_no_internals_in_client_bodies(
+    gateway_of_failing_workers: tuple[str, str],
+) -> None:
+    gateway, worker_url = gateway_of_failing_workers
+    port = worker_url.rsplit(":", 1)[1]
+    keyed = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=gateway, headers=keyed, timeout=60) as client:
+        generated = client.post(
+            "/v1/generate", json={"prompt": "[Text]hi", "output_modality": "text", "max_tokens": 4}
+        )
+        streamed = client.post(
+            "/v1/generate",
+            json={"prompt": "[Text]hi", "output_modality": "text", "max_tokens": 4, "stream": True},
+        )
+        detokenized = client.post("/v1/speech/detokenize", json={"tokens": "[Hu1][Hu2][Hu3]"})
+    assert generated.status_code == 503, generated.text
+    assert generated.json()["error"]["message"] == "LM worker unavailable"
+    assert detokenized.status_code == 503, detokenized.text
+    assert detokenized.json()["error"]["message"] == "speech worker unavailable"
+    ready = httpx.get(gateway + "/ready", timeout=30)
+    for response in (generated, streamed, detokenized, ready):
+        body = response.text
+        assert worker_url not in body and port not in body and "127.0.0.1" not in body, body
+        assert "Error" not in body and "disconnected" not in body.lower(), body

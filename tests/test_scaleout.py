@@ -1,7 +1,8 @@
 """Scale-out routing and graceful shutdown with several real worker processes on loopback.
 
 - speech workers: a dead one is ejected, requests go to the other (encode is retried), and it is
-  re-admitted once it answers its health check again;
+  re-admitted once it answers its health check again; workers and gateway share the internal
+  credential (docs/security.md), so encode and the synthesis stream carry it;
 - LM workers: see tests/test_lm_worker.py (a replica started with `spiritlm-serve lm`);
 - SIGTERM on the gateway: not ready, new requests refused, the in-flight stream completes.
 """
@@ -20,9 +21,17 @@ import pytest
 from service.checkpoints.layout import BASE
 from service.process import free_port
 from tests.support.scaleout import fast_health_env, gateway_argv, wait_for, worker_states
-from tests.support.servers import Servers
+from tests.support.servers import Servers, with_internal_key
 
 pytestmark = pytest.mark.slow
+
+
+SPOKEN = {
+    "inputs": [{"type": "text", "text": "Hello"}],
+    "output_modality": "speech",
+    "max_tokens": 250,
+    "temperature": 0,
+}
 
 
 def speech_request(speech_file: Path) -> dict:
@@ -39,18 +48,23 @@ def test_speech_worker_failover_and_readmission(servers: Servers, speech_file: P
     lm = servers.lm(BASE)
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
+    keyed = with_internal_key(servers.env)
     workers = [
-        servers.spawn(f"speech-{i}", servers.speech_argv(port), urls[i], "/ready", 300)
+        servers.spawn(f"speech-{i}", servers.speech_argv(port), urls[i], "/ready", 300, env=keyed)
         for i, port in enumerate(ports)
     ]
     port = free_port()
     gateway = f"http://127.0.0.1:{port}"
     servers.spawn(
         "gateway-failover", gateway_argv(port, [lm], urls), gateway, "/ready", 120,
-        env=fast_health_env(servers),
+        env=with_internal_key(fast_health_env(servers)),
     )  # fmt: skip
     body = speech_request(speech_file)
     assert httpx.post(f"{gateway}/v1/generate", json=body, timeout=60).status_code == 200
+    spoken = {**SPOKEN, "max_tokens": 30}
+    response = httpx.post(f"{gateway}/v1/generate", json=spoken, timeout=60)
+    assert response.status_code == 200, response.text
+    assert any(segment.get("audio") for segment in response.json()["segments"])
 
     workers[0].popen.send_signal(signal.SIGKILL)
     workers[0].popen.wait(10)
@@ -62,7 +76,7 @@ def test_speech_worker_failover_and_readmission(servers: Servers, speech_file: P
     assert httpx.get(f"{gateway}/ready", timeout=5).status_code == 200
 
     restarted = servers.spawn(
-        "speech-0-again", servers.speech_argv(ports[0]), urls[0], "/ready", 300
+        "speech-0-again", servers.speech_argv(ports[0]), urls[0], "/ready", 300, env=keyed
     )
     wait_for(lambda: worker_states(gateway, "speech") == {urls[0]: True, urls[1]: True})
 
@@ -85,13 +99,7 @@ def test_sigterm_drains_in_flight_stream(servers: Servers) -> None:
         "/ready",
         120,
     )
-    body = {
-        "inputs": [{"type": "text", "text": "Hello"}],
-        "output_modality": "speech",
-        "max_tokens": 250,
-        "temperature": 0,
-        "stream": True,
-    }
+    body = {**SPOKEN, "stream": True}
     events: list[dict] = []
     started = threading.Event()
 

@@ -2,7 +2,9 @@
 
 One worker serves both variants for the whole module (embedded tiny checkpoints generated in a
 session tmp dir). Its answers are compared with the same SpeechStack run in this process, so a
-wrong route, a lost chunk or a mis-placed context cut shows up as different audio.
+wrong route, a lost chunk or a mis-placed context cut shows up as different audio. A second
+worker, started with the internal credential, checks that every route but the probes and
+metrics refuses calls without it (docs/security.md).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from service.audio.decode import load_audio_file
 from service.audio.encode import encode_audio
@@ -44,6 +47,7 @@ from service.speech_worker.client import (
     SpeechWorkerUnavailable,
 )
 from service.units.tokens import Units, string_to_units, units_to_string
+from tests.support.servers import INTERNAL_API_KEY, with_internal_key
 
 SPEECH_FILE = Path("/work/shared/data/7143-88743-0029.flac")
 TOKEN = re.compile(r"\[(?:Hu|Pi|St)[0-9]+\]")
@@ -688,3 +692,90 @@ def test_seeded_style_fallback_is_reproducible(worker: str, stacks: dict[str, Sp
     units: Units = string_to_units(code, rng=random.Random(5))
     want = pcm16(stacks[EXPRESSIVE].decode(units))
     assert_pcm_close(as_samples(run(decode())), want)
+
+
+# ---------------------------------------------------------------------------- internal credential
+
+
+@pytest.fixture(scope="module")
+def keyed_worker(layout: CheckpointLayout, cache_dir: Path, tmp_path_factory) -> Iterator[str]:
+    """A worker started with the internal credential (in its environment, as `up` gives it)."""
+    port = free_port()
+    argv = python_module_argv("service", "speech-worker", "--models", BASE, "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    child = ChildProcess(
+        "keyed speech worker",
+        argv,
+        f"{url}/ready",
+        env=with_internal_key(worker_env(cache_dir)),
+        log_path=str(tmp_path_factory.mktemp("keyed-speech-worker") / "worker.log"),
+    )
+    child.start()
+    try:
+        child.wait_healthy(timeout=300)
+        yield url
+    finally:
+        child.stop()
+
+
+async def guarded_calls(url: str, api_key: str, tokens: str, audio: bytes) -> list[object]:
+    """Encode, decode, silence units and a stream, each an answer or the error it raised."""
+    outcomes: list[object] = []
+    async with SpeechClient(url, api_key=api_key) as client:
+        calls = (
+            client.encode(audio, BASE),
+            client.decode(model=BASE, tokens=tokens, format="pcm"),
+            client.silence_units(BASE),
+        )
+        for call in calls:
+            try:
+                outcomes.append(await call)
+            except Exception as error:
+                outcomes.append(error)
+        try:
+            async with client.stream(BASE) as stream:
+                await stream.send_tokens(TOKEN.findall(tokens))
+                await stream.end()
+                outcomes.append(b"".join([chunk async for chunk in stream]))
+        except Exception as error:
+            outcomes.append(error)
+    return outcomes
+
+
+def test_internal_credential_guards_all_but_probes_and_metrics(
+    keyed_worker: str, token_lists: dict[str, list[str]]
+) -> None:
+    tokens = "".join(token_lists[BASE][:40])
+    audio = SPEECH_FILE.read_bytes()
+    for path in ("/health", "/ready", "/metrics"):
+        assert httpx.get(keyed_worker + path, timeout=10).status_code == 200, path
+
+    refused = httpx.post(f"{keyed_worker}/v1/encode", content=audio, timeout=30)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{keyed_worker}/docs", timeout=10).status_code == 401  # unlisted: guarded
+
+    # Without the credential, or with another one, every call is refused; the gateway's client
+    # reports it as an unavailable worker (the caller's request was fine).
+    for api_key in ("", "another-credential"):
+        outcomes = run(guarded_calls(keyed_worker, api_key, tokens, audio))
+        assert len(outcomes) == 4
+        for outcome in outcomes:
+            assert isinstance(outcome, SpeechWorkerUnavailable), outcome
+            assert "internal credential" in str(outcome)
+
+    async def raw_handshake() -> int:
+        with pytest.raises(InvalidStatus) as refusal:
+            async with connect(keyed_worker.replace("http", "ws") + "/v1/stream"):
+                pass
+        return refusal.value.response.status_code
+
+    assert run(raw_handshake()) == 401
+
+    encoded, audio_out, silence, streamed = run(
+        guarded_calls(keyed_worker, INTERNAL_API_KEY, tokens, audio)
+    )
+    assert isinstance(encoded, EncodeResult) and encoded.units["hubert"]
+    assert isinstance(audio_out, bytes) and len(audio_out) > 0
+    assert isinstance(silence, frozenset) and silence
+    assert isinstance(streamed, bytes) and len(streamed) > 0

@@ -160,10 +160,7 @@ class _PyAVEncoder:
 
     def __init__(self, fmt: str, rate: int, target: io.BytesIO | _Sink, *, streaming: bool) -> None:
         plan = _CODECS[fmt]
-        codec = _find_encoder(fmt, plan)
-        if codec.audio_rates and rate not in codec.audio_rates:
-            supported = ", ".join(str(r) for r in sorted(codec.audio_rates))
-            raise ValueError(f"{fmt} cannot be encoded at {rate} Hz; supported rates: {supported}")
+        codec = _codec_for(fmt, rate)
         options = dict(plan.stream_options) if streaming else {}
         self._container = av.open(target, mode="w", format=plan.container, options=options)
         self._stream = self._container.add_stream(codec.name, rate=rate, layout="mono")
@@ -207,6 +204,55 @@ def _find_encoder(fmt: str, plan: _CodecPlan) -> av.Codec:
             continue
     names = " or ".join(plan.encoders)
     raise RuntimeError(f"{fmt} output needs FFmpeg's {names} encoder, which this PyAV build lacks")
+
+
+class OutputFormatError(ValueError):
+    """A response format and sample rate the encoders cannot produce together; `param` names
+    the request field at fault."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def check_output_format(
+    fmt: str,
+    sample_rate: int,
+    *,
+    format_param: str = "response_format",
+    rate_param: str = "sample_rate",
+) -> None:
+    """Refuse, before any work, audio that could not be encoded: an unknown format, one whose
+    encoder this installation lacks, a rate outside SAMPLE_RATES, or one the format does not
+    take (Opus: 8, 16, 24 and 48 kHz). Every pair it lets through encodes. The params name the
+    request's fields in the error."""
+    try:
+        name = _check_format(fmt)
+    except ValueError as error:
+        raise OutputFormatError(str(error), format_param) from None
+    try:
+        check_sample_rate(sample_rate, rate_param)
+    except ValueError as error:
+        raise OutputFormatError(str(error), rate_param) from None
+    if name in _CODECS:
+        _codec_for(name, sample_rate, format_param, rate_param)
+
+
+def _codec_for(
+    fmt: str, rate: int, format_param: str = "format", rate_param: str = "sample_rate"
+) -> av.Codec:
+    """The FFmpeg encoder of `fmt`, if it takes `rate`; OutputFormatError otherwise."""
+    try:
+        codec = _find_encoder(fmt, _CODECS[fmt])
+    except RuntimeError as error:
+        raise OutputFormatError(str(error), format_param) from None
+    if codec.audio_rates and rate not in codec.audio_rates:
+        takes = ", ".join(str(r) for r in SAMPLE_RATES if r in codec.audio_rates)
+        raise OutputFormatError(
+            f"{fmt} cannot be encoded at {rate} Hz; {rate_param} must be one of {takes} for {fmt}",
+            rate_param,
+        )
+    return codec
 
 
 def available_formats() -> tuple[str, ...]:

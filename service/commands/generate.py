@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from service.commands.common import add_checkpoint_flags, layout_from_args, log
-from service.config import resolve_device
+from service.config import Settings, add_settings_arguments, resolve_device
 from service.errors import SpiritError
 from service.process import free_port, lm_worker_log_path
 
@@ -82,7 +82,8 @@ async def _generate(args, settings, layout, inputs, lm_url: str) -> dict[str, An
     ]
     prompt = build_prompt(parts, args.output_modality)
     tokenizer = SpiritTokenizer.from_dir(layout.lm_dir(settings.model))
-    client = LMClient(lm_url, settings.model)
+    # A running LM worker (--lm-url) may require the internal credential (docs/security.md).
+    client = LMClient(lm_url, settings.model, api_key=settings.internal_api_key.get_secret_value())
     generator = Generator(tokenizer, client, expressive=stack.expressive)
     params = SamplingParams(
         max_tokens=args.max_tokens,
@@ -169,6 +170,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--dtype", default=None, help="vLLM dtype when starting the LM worker")
     generate.add_argument("--speaker", type=int, default=2)
     generate.add_argument("--lm-url", default=None, help="use a running LM worker")
+    add_settings_arguments(generate, Settings, ("internal_api_key",))
     generate.add_argument("--json", action="store_true")
     generate.add_argument("-o", "--output-prefix", default="generated")
     generate.set_defaults(handler=run_generate)

@@ -7,12 +7,16 @@ import signal
 import time
 
 from service.commands.common import add_checkpoint_flags, layout_from_args, log
+from service.config import Settings, add_settings_arguments
+from service.internal_auth import unguarded_warning
 
 
 def run_lm(args: argparse.Namespace) -> int:
     from service.lm.worker import start_lm_worker
 
     settings, layout = layout_from_args(args, lm=True, speech=False)
+    if not settings.internal_api_key.get_secret_value():
+        log(unguarded_warning(args.port))
     stop = {"requested": False}
 
     def request_stop(signum: int, frame: object) -> None:
@@ -27,6 +31,7 @@ def run_lm(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         extra_args=args.extra_args,
+        api_key=settings.internal_api_key.get_secret_value(),
         timeout=args.start_timeout,
         progress=log,
     )
@@ -48,6 +53,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--gpu-memory-utilization 0.9 --enable-prefix-caching) is passed to vLLM unchanged.",
     )
     add_checkpoint_flags(lm)
+    # The gateway's credential; vLLM gets it as VLLM_API_KEY (service/lm/worker.py).
+    add_settings_arguments(lm, Settings, ("internal_api_key",))
     lm.add_argument("--host", default="127.0.0.1", help="Address vLLM listens on.")
     lm.add_argument("--port", type=int, default=8100, help="Port vLLM listens on.")
     lm.add_argument(

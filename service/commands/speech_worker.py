@@ -6,6 +6,7 @@ import argparse
 
 from service.commands.common import log, pin_to_configured_cores
 from service.config import add_settings_arguments, settings_from_args
+from service.internal_auth import unguarded_warning
 from service.speech_worker.settings import SpeechWorkerSettings
 
 
@@ -54,6 +55,8 @@ def run_speech_worker(args: argparse.Namespace) -> int:
     server = uvicorn.Server(config)
     served = ", ".join(settings.served_models())
     log(f"speech worker on http://{args.host}:{args.port} serving {served}")
+    if not settings.internal_api_key.get_secret_value():
+        log(unguarded_warning(args.port))
     server.run()
     if failure:
         log(f"error: {failure[0]}")

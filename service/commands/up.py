@@ -3,6 +3,9 @@
 Each flag goes to the child whose setting it is: the gateway's settings to the gateway, the
 speech worker's own (those the gateway lacks) to the speech worker, and every other flag must be
 one of vLLM's, checked with vLLM's own parser before anything starts, for the LM worker.
+
+The three children share one internal credential (docs/security.md): the one configured, else a
+random one made for this run. It travels in their environment, never on a command line.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.commands.common import log
-from service.config import add_settings_arguments, env_name, flag_names, settings_from_args
+from service.config import (
+    Settings,
+    add_settings_arguments,
+    env_name,
+    flag_names,
+    settings_from_args,
+)
 from service.errors import SpiritError
 from service.gateway.settings import GatewaySettings
+from service.internal_auth import new_key
 from service.speech_worker.settings import SpeechWorkerSettings
 
 # `up` points the gateway at the workers it starts itself.
@@ -30,8 +40,12 @@ GATEWAY_FIELDS = tuple(
 SPEECH_WORKER_FIELDS = tuple(
     name for name in SpeechWorkerSettings.model_fields if name not in GatewaySettings.model_fields
 )
-# Given to the gateway child by `up` itself (as flags, or resolved: the checkpoint root).
-_SET_BY_UP = frozenset({"host", "port", "model", "checkpoints_dir", "cache_dir"})
+# Given to the gateway child by `up` itself (as flags, or resolved: the checkpoint root, the
+# internal credential in `child_env`).
+_SET_BY_UP = frozenset(
+    {"host", "port", "model", "checkpoints_dir", "cache_dir", "internal_api_key"}
+)
+INTERNAL_API_KEY_ENV = env_name(Settings, "internal_api_key")
 
 # Runs in a child process: importing vLLM takes seconds and changes this process's environment
 # (LD_LIBRARY_PATH and more), which the children of `up` inherit. The model is a placeholder:
@@ -125,6 +139,22 @@ def route_flags(args: argparse.Namespace) -> ChildFlags:
     )
 
 
+def child_env(settings: GatewaySettings, checkpoints: Path) -> dict[str, str]:
+    """The environment of the speech worker and the gateway: this process's, the resolved
+    checkpoint root and model, and the internal credential (the configured one, else a new one).
+    """
+    key = settings.internal_api_key.get_secret_value()
+    if not key:
+        key = new_key()
+        log(f"internal credential: generated for this run (none in {INTERNAL_API_KEY_ENV})")
+    return {
+        **os.environ,
+        "SPIRITLM_CHECKPOINTS_DIR": str(checkpoints),
+        "SPIRITLM_MODEL": settings.model,
+        INTERNAL_API_KEY_ENV: key,
+    }
+
+
 def run_up(args: argparse.Namespace) -> int:
     from service.checkpoints.make import check_files, resolve_layout
     from service.cpus import core_list, plan_for
@@ -137,11 +167,7 @@ def run_up(args: argparse.Namespace) -> int:
     check_files(layout, settings.model, lm=True, speech=True)
     logs = Path(args.log_dir)
     logs.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "SPIRITLM_CHECKPOINTS_DIR": str(layout.root),
-        "SPIRITLM_MODEL": settings.model,
-    }
+    env = child_env(settings, layout.root)
     lm_env: dict[str, str] = {}
     split = plan_for(os.environ, is_cpu_vllm())
     if split is not None:
@@ -175,6 +201,7 @@ def run_up(args: argparse.Namespace) -> int:
             port=args.lm_port,
             extra_args=flags.vllm,
             env=lm_env,
+            api_key=env[INTERNAL_API_KEY_ENV],
             log_path=str(logs / "lm-worker.log"),
             progress=log,
         )

@@ -26,6 +26,7 @@ from service.gateway.middleware import (
     ConcurrencyLimitMiddleware,
     DrainingMiddleware,
     RequestIdMiddleware,
+    WebSocketOriginMiddleware,
 )
 from service.gateway.models.api_router import router as models_router
 from service.gateway.ops.api_router import router as ops_router
@@ -55,19 +56,13 @@ def _middleware(
     settings: GatewaySettings, metrics: GatewayMetrics, is_draining: Callable[[], bool]
 ) -> list[Middleware]:
     """The middleware stack, outermost first; the order is the behaviour. Every request gets an
-    id and an access-log line, refusals included; the API key is checked first (401), then
-    draining (503), the declared body size (413) and the concurrency limit (429)."""
+    id and an access-log line, refusals included. CORS comes before every refusal, so that
+    preflights are answered without a key and refusals carry CORS headers a browser can read;
+    then WebSocket origins (403), the API key (401), draining (503), the declared body size
+    (413) and the concurrency limit (429)."""
     stack = [
         Middleware(RequestIdMiddleware),
         Middleware(AccessLogMiddleware, metrics=metrics),
-        Middleware(AuthMiddleware, api_keys=settings.api_keys),
-        Middleware(DrainingMiddleware, is_draining=is_draining),
-        Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
-        Middleware(
-            ConcurrencyLimitMiddleware,
-            max_concurrent=settings.max_concurrent_requests,
-            metrics=metrics,
-        ),
     ]
     if settings.cors_origins:
         stack.append(
@@ -79,6 +74,21 @@ def _middleware(
                 expose_headers=["x-request-id"],
             )
         )
+    stack += [
+        Middleware(WebSocketOriginMiddleware, allowed_origins=settings.cors_origins),
+        Middleware(
+            AuthMiddleware,
+            api_keys=settings.api_keys,
+            metrics_require_auth=settings.metrics_require_auth,
+        ),
+        Middleware(DrainingMiddleware, is_draining=is_draining),
+        Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
+        Middleware(
+            ConcurrencyLimitMiddleware,
+            max_concurrent=settings.max_concurrent_requests,
+            metrics=metrics,
+        ),
+    ]
     return stack
 
 
@@ -89,11 +99,20 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         layout = resolve_layout(settings.checkpoints_dir, settings.cache_dir, progress=log.info)
+        internal_key = settings.internal_api_key.get_secret_value()  # docs/security.md
         lm_pool = WorkerPool(
-            "lm", settings.lm_urls, models_path="/v1/models", interval=settings.health_interval
+            "lm",
+            settings.lm_urls,
+            models_path="/v1/models",
+            interval=settings.health_interval,
+            api_key=internal_key,
         )
         speech_pool = WorkerPool(
-            "speech", settings.speech_urls, health_path="/ready", interval=settings.health_interval
+            "speech",
+            settings.speech_urls,
+            health_path="/ready",
+            interval=settings.health_interval,
+            api_key=internal_key,
         )
         engine = Engine(
             layout,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from service.units.tokens import SPEECH_TOKEN
 OUTPUTS_AHEAD = 16
 
 T = TypeVar("T")
+
+log = logging.getLogger("spiritlm.gateway.engine")
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,16 @@ class Engine:
         self._lm_http = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0))
 
     def speech_client(self, url: str) -> SpeechClient:
-        """One client (one connection pool) per speech worker endpoint."""
+        """One client (one connection pool) per speech worker endpoint, with the pool's
+        internal credential."""
         if url not in self._speech_clients:
-            self._speech_clients[url] = SpeechClient(url)
+            self._speech_clients[url] = SpeechClient(url, api_key=self.speech_pool.api_key)
         return self._speech_clients[url]
+
+    def lm_client(self, endpoint: Endpoint, model: str) -> LMClient:
+        """A client of one LM replica on the shared connection pool, with the pool's internal
+        credential."""
+        return LMClient(endpoint.url, model, api_key=self.lm_pool.api_key, http=self._lm_http)
 
     async def aclose(self) -> None:
         await self._lm_http.aclose()
@@ -266,7 +275,7 @@ class Engine:
         """Each prompt token's log-probability, from one LM replica (retried on another)."""
 
         async def call(endpoint: Endpoint) -> list[float | None]:
-            client = LMClient(endpoint.url, model, http=self._lm_http)
+            client = self.lm_client(endpoint, model)
             return await client.prompt_logprobs(prompt_ids)
 
         return await _on_some_worker(self.lm_pool, call, _lm_failure, model=model)
@@ -327,7 +336,7 @@ class Engine:
     ) -> None:
         """One try on the LM replica at `endpoint`; its LMErrors are mapped by the caller."""
         prepared = finished.prepared
-        client = LMClient(endpoint.url, model, http=self._lm_http)
+        client = self.lm_client(endpoint, model)
         generator = Generator(self.tokenizer(model), client, expressive=model == EXPRESSIVE)
         try:
             async for event in generator.stream(prepared, params, finished.result, ending):
@@ -361,9 +370,11 @@ def _speech_api_error(
     error: SpeechWorkerError | SpeechWorkerUnavailable, *, what: str = "unavailable"
 ) -> APIError:
     """A refusal (bad speaker, unknown model, ...) keeps the worker's status; an unreachable
-    worker or a broken connection is a 503."""
+    worker or a broken connection is a 503. What went wrong (worker URLs, exception text) is
+    logged, never sent to the client."""
     if isinstance(error, SpeechWorkerUnavailable):
-        return APIError(503, f"speech worker {what}: {error}")
+        log.warning("speech worker %s: %s", what, error)
+        return APIError(503, f"speech worker {what}")
     return APIError(error.status, error.message, param=error.param)
 
 
@@ -377,13 +388,16 @@ def _speech_failure(error: Exception) -> tuple[APIError, bool] | None:
 def _lm_failure(error: Exception) -> tuple[APIError, bool] | None:
     """`_on_some_worker`'s classification of LM worker errors.
 
-    A 4xx is the request's fault (vLLM refused it): it keeps its status, the worker is fine.
-    Anything else (a 5xx, an unreachable worker) means the worker failed, and is a 503.
+    A 4xx is the request's fault (vLLM refused it): it keeps its status and vLLM's message,
+    the worker is fine. Anything else (a 5xx, an unreachable worker) means the worker failed,
+    and is a 503 whose details (worker URL, exception text) are logged, not sent.
     """
     if not isinstance(error, LMError):
         return None
-    failed = error.status >= 500
-    return APIError(503 if failed else error.status, str(error)), failed
+    if error.status < 500:
+        return APIError(error.status, str(error)), False
+    log.warning("LM worker failed: %s", error)
+    return APIError(503, "LM worker unavailable"), True
 
 
 async def _on_some_worker(

@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.audio.encode import OutputFormatError
 from service.errors import SpiritError, error_body
 
 ERROR_TYPES = {
@@ -61,6 +62,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, error: APIError) -> JSONResponse:
         return error_response(error.status, error.message, error.param, error.code)
+
+    @app.exception_handler(OutputFormatError)
+    async def _output_format(request: Request, error: OutputFormatError) -> JSONResponse:
+        return error_response(400, str(error), error.param)
 
     @app.exception_handler(SpiritError)
     async def _spirit_error(request: Request, error: SpiritError) -> JSONResponse:

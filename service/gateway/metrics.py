@@ -65,6 +65,6 @@ class GatewayMetrics:
         self.worker_healthy = Gauge(
             "spiritlm_worker_healthy",
             "1 when a worker endpoint passes its health check.",
-            ["kind", "url"],
+            ["kind", "worker"],
             registry=self.registry,
         )

@@ -5,6 +5,9 @@ fails a check or a request is ejected until a later check succeeds. `pick` prefe
 affinity key (a conversation id), the same endpoint every time (rendezvous hashing), so a
 conversation's turns reuse that LM replica's prefix cache; without a key it takes the healthy
 endpoint with the fewest requests in flight.
+
+`api_key` is the internal credential (docs/security.md): every check carries it, and the
+gateway's clients of the pool's workers send it too (`Engine`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+from service.internal_auth import REFUSED_STATUS, bearer_headers
 
 log = logging.getLogger("spiritlm.gateway.pools")
 
@@ -72,6 +77,7 @@ class WorkerPool:
         health_path: str = "/health",
         models_path: str | None = None,
         interval: float = 2.0,
+        api_key: str = "",
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.name = name
@@ -79,6 +85,8 @@ class WorkerPool:
         self.health_path = health_path
         self.models_path = models_path
         self.interval = interval
+        self.api_key = api_key
+        self._headers = bearer_headers(api_key)
         self.endpoints: dict[str, Endpoint] = {}
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(3.0))
         self._task: asyncio.Task[None] | None = None
@@ -98,17 +106,28 @@ class WorkerPool:
 
     async def _check(self, endpoint: Endpoint) -> None:
         try:
-            response = await self._http.get(endpoint.url + self.health_path)
+            response = await self._http.get(endpoint.url + self.health_path, headers=self._headers)
             healthy = response.status_code == 200
             if healthy and self.models_path:
-                listing = await self._http.get(endpoint.url + self.models_path)
-                cards = listing.json().get("data", [])
-                endpoint.models = [card["id"] for card in cards]
-                endpoint.max_model_len = {
-                    card["id"]: card["max_model_len"]
-                    for card in cards
-                    if isinstance(card.get("max_model_len"), int)
-                }
+                listing = await self._http.get(
+                    endpoint.url + self.models_path, headers=self._headers
+                )
+                healthy = listing.status_code == 200
+                if listing.status_code == REFUSED_STATUS and endpoint.failures == 0:
+                    log.warning(
+                        "%s worker %s refuses the internal credential "
+                        "(SPIRITLM_INTERNAL_API_KEY differs)",
+                        self.name,
+                        endpoint.url,
+                    )
+                if healthy:
+                    cards = listing.json().get("data", [])
+                    endpoint.models = [card["id"] for card in cards]
+                    endpoint.max_model_len = {
+                        card["id"]: card["max_model_len"]
+                        for card in cards
+                        if isinstance(card.get("max_model_len"), int)
+                    }
         except (httpx.HTTPError, ValueError, KeyError):
             healthy = False
         if healthy != endpoint.healthy:

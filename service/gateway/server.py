@@ -8,6 +8,7 @@ refuses new requests with 503, lets in-flight requests and sessions finish for u
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 
@@ -58,8 +59,34 @@ def _unwrap(app: object) -> object:
     return app
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the gateway to this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def log_auth_posture(settings: GatewaySettings) -> None:
+    """Running without API keys is allowed (a local `up`), but never silent: a warning on
+    loopback, an error when the gateway listens beyond it (docs/security.md)."""
+    if settings.api_keys:
+        return
+    if is_loopback(settings.host):
+        log.warning("no API keys set (api_keys): every API route is open to anyone on this machine")
+    else:
+        log.error(
+            "no API keys set (api_keys) and the gateway listens on %s, beyond loopback: "
+            "every API route is open to anyone who can reach this port; set SPIRITLM_API_KEYS",
+            settings.host,
+        )
+
+
 def serve_gateway(settings: GatewaySettings) -> None:
     configure_logging()
+    log_auth_posture(settings)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from service.config import Settings
+from service.errors import SpiritError
 
 # Lists come from env vars and flags as comma-separated strings, not JSON.
 CommaList = Annotated[list[str], NoDecode]
@@ -26,9 +27,16 @@ class GatewaySettings(Settings):
     lm_urls: CommaList = Field(default_factory=list, description="LM worker base URLs.")
     speech_urls: CommaList = Field(default_factory=list, description="Speech worker base URLs.")
     api_keys: CommaList = Field(
-        default_factory=list, description="Accepted Bearer API keys; empty = no auth."
+        default_factory=list,
+        description="Accepted Bearer API keys, comma-separated; unset or empty = no auth (logged "
+        "as a warning at start-up, as an error when listening beyond loopback). An empty entry "
+        "(',' or 'key,') is refused.",
     )
-    cors_origins: CommaList = Field(default_factory=list, description="Allowed CORS origins.")
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="Allowed CORS origins ('*' = any); also the only pages besides the gateway's "
+        "own that may open its WebSockets.",
+    )
     max_body_bytes: int = Field(default=25 * 1024 * 1024, gt=0, description="Largest request body.")
     max_tokens_limit: int = Field(default=2048, gt=0, description="Largest max_tokens accepted.")
     max_concurrent_requests: int = Field(
@@ -87,6 +95,29 @@ class GatewaySettings(Settings):
         "workers report (the checkpoint's max_position_embeddings before any did).",
     )
 
-    _split_lists = field_validator(
-        "lm_urls", "speech_urls", "api_keys", "cors_origins", mode="before"
-    )(_split)
+    metrics_require_auth: bool = Field(
+        default=False,
+        description="With api_keys set, /metrics needs a key too (Prometheus then sends one).",
+    )
+
+    _split_lists = field_validator("lm_urls", "speech_urls", "cors_origins", mode="before")(_split)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_without_empty_entries(cls, value: object) -> object:
+        # An empty entry would otherwise vanish and could leave a service open by accident
+        # (SPIRITLM_API_KEYS="," gives no keys at all); only a wholly empty value means no auth.
+        # A SpiritError, not a ValueError: pydantic would quote the input, i.e. the keys.
+        if isinstance(value, str):
+            if not value.strip():
+                return []
+            value = value.split(",")
+        if isinstance(value, list):
+            keys = [item.strip() if isinstance(item, str) else item for item in value]
+            if any(key == "" for key in keys):
+                raise SpiritError(
+                    "api_keys has an empty entry (check for stray commas): give comma-separated "
+                    "keys, or leave it empty for no auth"
+                )
+            return keys
+        return value

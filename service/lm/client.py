@@ -1,7 +1,9 @@
 """Client of the LM worker: vLLM's OpenAI /v1/completions with token-id prompts, streamed.
 
 Closing the stream early (breaking out of `stream()` or cancelling its task) closes the HTTP
-connection, which makes vLLM abort the request and free its KV cache.
+connection, which makes vLLM abort the request and free its KV cache. With `api_key` (the internal
+credential, docs/security.md) every call carries it as a Bearer token, which vLLM's `--api-key`
+checks; a worker that refuses it fails like an unreachable one (503), not like a bad request.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from service.internal_auth import REFUSED_STATUS, bearer_headers
 
 
 class LMError(Exception):
@@ -63,11 +67,20 @@ class Delta:
 
 
 class LMClient:
-    """Talks to one vLLM server. `model` is the served model name."""
+    """Talks to one vLLM server. `model` is the served model name; `api_key` the credential its
+    `--api-key` wants (empty: none is sent)."""
 
-    def __init__(self, base_url: str, model: str, *, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str = "",
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
+        self._headers = bearer_headers(api_key)
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0))
         self._owns_http = http is None
 
@@ -103,10 +116,10 @@ class LMClient:
         body = self._body(prompt_ids, params, allowed_token_ids)
         url = f"{self.base_url}/v1/completions"
         try:
-            async with self._http.stream("POST", url, json=body) as response:
+            async with self._http.stream("POST", url, json=body, headers=self._headers) as response:
                 if response.status_code != 200:
                     await response.aread()
-                    raise LMError(response.status_code, _error_message(response))
+                    raise _response_error(response)
                 async for line in response.aiter_lines():
                     delta = self._parse_event(line)
                     if delta is not None:
@@ -145,11 +158,13 @@ class LMClient:
             "prompt_logprobs": 0,
         }
         try:
-            response = await self._http.post(f"{self.base_url}/v1/completions", json=body)
+            response = await self._http.post(
+                f"{self.base_url}/v1/completions", json=body, headers=self._headers
+            )
         except httpx.HTTPError as error:
             raise LMError(503, f"LM worker at {self.base_url} is unavailable: {error}") from error
         if response.status_code != 200:
-            raise LMError(response.status_code, _error_message(response))
+            raise _response_error(response)
         entries = response.json()["choices"][0]["prompt_logprobs"]
         return [
             None if entry is None else float(entry[str(token_id)]["logprob"])
@@ -163,6 +178,12 @@ def _stream_error(error: Any) -> LMError:
     code = error.get("code")
     status = code if isinstance(code, int) and 400 <= code < 600 else 500
     return LMError(status, f"LM worker error: {error.get('message', error)}")
+
+
+def _response_error(response: httpx.Response) -> LMError:
+    if response.status_code == REFUSED_STATUS:
+        return LMError(503, "LM worker refused the internal credential (SPIRITLM_INTERNAL_API_KEY)")
+    return LMError(response.status_code, _error_message(response))
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -3,7 +3,9 @@
 We only choose its command line. `--skip-tokenizer-init` is deliberate: prompts arrive as token
 ids built by our tokenizer (docs/format.md#language-model) and outputs are read back as ids, so
 vLLM never needs to convert the SentencePiece tokenizer. Every other vLLM flag is passed through
-untouched.
+untouched. The internal credential (docs/security.md) reaches vLLM as VLLM_API_KEY, which vLLM
+reads like `--api-key` but which, unlike a flag, `ps` does not show; vLLM's own check covers
+/v1/* only, so `--middleware` adds ours (service/internal_auth.py) for its other routes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from service.errors import CheckpointError
+from service.internal_auth import VLLM_API_KEY_ENV, VLLM_MIDDLEWARE
 from service.process import ChildProcess, Progress, python_module_argv
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -87,8 +90,11 @@ def vllm_argv(
     port: int,
     extra_args: Sequence[str] = (),
     cpu: bool | None = None,
+    internal_auth: bool = False,
 ) -> list[str]:
-    """Command line of the vLLM server for one Spirit LM directory."""
+    """Command line of the vLLM server for one Spirit LM directory; with `internal_auth`, one
+    that refuses every route but /health and /metrics without the VLLM_API_KEY of its
+    environment."""
     cpu = is_cpu_vllm() if cpu is None else cpu
     argv = python_module_argv(
         VLLM_SERVER_MODULE,
@@ -98,6 +104,8 @@ def vllm_argv(
         "--host", host,
         "--port", str(port),
     )  # fmt: skip
+    if internal_auth:
+        argv += ["--middleware", VLLM_MIDDLEWARE]
     if not _has_flag(extra_args, "--dtype") and checkpoint_dtype(lm_dir) == "float32":
         # vLLM's "auto" downcasts float32 checkpoints to bfloat16, which changes greedy outputs
         # (measured on the tiny checkpoints); we serve the weights at the precision they have.
@@ -135,19 +143,32 @@ def start_lm_worker(
     port: int = 8100,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    api_key: str = "",
     log_path: str | None = None,
     timeout: float = 900.0,
     progress: Progress | None = None,
 ) -> ChildProcess:
-    """Start vLLM and return once it answers /health; `env` adds to this process's own."""
+    """Start vLLM and return once it answers /health; `env` adds to this process's own.
+
+    With `api_key` (in vLLM's environment only), vLLM refuses every route but /health and
+    /metrics without it.
+    """
     if is_cpu_vllm():
         check_cpu_support(lm_dir)
-    argv = vllm_argv(lm_dir, served_model_name, host=host, port=port, extra_args=extra_args)
+    argv = vllm_argv(
+        lm_dir,
+        served_model_name,
+        host=host,
+        port=port,
+        extra_args=extra_args,
+        internal_auth=bool(api_key),
+    )
+    added = {**(env or {}), **({VLLM_API_KEY_ENV: api_key} if api_key else {})}
     child = ChildProcess(
         f"LM worker (vLLM, {served_model_name})",
         argv,
         f"http://{host}:{port}/health",
-        env={**os.environ, **env} if env else None,
+        env={**os.environ, **added} if added else None,
         log_path=log_path,
     )
     if progress:

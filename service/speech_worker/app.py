@@ -1,7 +1,8 @@
 """The speech worker's FastAPI app: encode audio to units, decode units to audio, stream synthesis.
 
 Routes: GET /health, /ready, /metrics, /v1/models/{model}/silence; POST /v1/encode, /v1/decode;
-WS /v1/stream (see `stream_route`). Models load in a background thread at start-up (learning each
+WS /v1/stream (see `stream_route`). With `internal_api_key` set, all but the first three need it
+(service/internal_auth.py). Models load in a background thread at start-up (learning each
 model's silence units there too), so /health answers at once and /ready turns 200 when they are
 loaded. Model work runs in worker threads bounded by `inference_threads`, keeping the event loop
 free for other requests and streams.
@@ -33,6 +34,7 @@ from service.audio.encode import (
 )
 from service.config import Settings
 from service.errors import AudioError, UnitFormatError, error_body
+from service.internal_auth import SPEECH_WORKER_OPEN_PATHS, InternalAuthMiddleware
 from service.speech.pipeline import SpeechStack
 from service.speech_worker.metrics import METRICS_MEDIA_TYPE, RequestMetrics
 from service.speech_worker.models import SpeechModels
@@ -69,6 +71,12 @@ def create_app(
 
     app = FastAPI(title="spiritlm-serve speech worker", lifespan=lifespan)
     app.state.worker = state
+    api_key = worker_settings.internal_api_key.get_secret_value()
+    if api_key:
+        app.add_middleware(
+            InternalAuthMiddleware, api_key=api_key, open_paths=SPEECH_WORKER_OPEN_PATHS
+        )
+    # Outermost: refusals for want of the credential are counted too.
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     _add_error_handlers(app)
     _add_status_routes(app, state)

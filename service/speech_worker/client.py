@@ -1,8 +1,9 @@
 """Async client of the speech worker, used by the gateway.
 
 Errors the worker reports (bad input, unknown model, too many streams, not ready) raise
-`SpeechWorkerError` with the HTTP status; failing to reach the worker, or losing the connection,
-raises `SpeechWorkerUnavailable`.
+`SpeechWorkerError` with the HTTP status; failing to reach the worker, losing the connection, or
+a worker that refuses the internal credential (`api_key`, docs/security.md) raises
+`SpeechWorkerUnavailable`: none of these is the caller's fault.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from service.internal_auth import REFUSED_STATUS, bearer_headers
 from service.speech_worker.protocol import (
     CLOSE_INTERNAL,
     CLOSE_POLICY,
@@ -43,21 +45,27 @@ class SpeechWorkerUnavailable(Exception):
 
 # Close codes of the stream protocol -> the HTTP status the same problem has.
 _CLOSE_STATUS = {CLOSE_POLICY: 400, CLOSE_INTERNAL: 500, CLOSE_TRY_AGAIN: 503}
+CREDENTIAL_REFUSED = "speech worker refused the internal credential (SPIRITLM_INTERNAL_API_KEY)"
 
 
 class SpeechClient:
-    """HTTP + WebSocket client of one speech worker at `base_url` (e.g. http://host:8200)."""
+    """HTTP + WebSocket client of one speech worker at `base_url` (e.g. http://host:8200).
+
+    `api_key` is the internal credential the worker checks (empty: none is sent).
+    """
 
     def __init__(
         self,
         base_url: str,
         *,
+        api_key: str = "",
         timeout: float = 600.0,
         connect_timeout: float = 5.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
+        self._headers = bearer_headers(api_key)
         self._http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout)
         )
@@ -164,15 +172,22 @@ class SpeechClient:
         parts = urlsplit(self.base_url)
         scheme = "wss" if parts.scheme == "https" else "ws"
         url = urlunsplit((scheme, parts.netloc, parts.path + "/v1/stream", urlencode(query), ""))
-        return SpeechStream(url, open_timeout=self.connect_timeout)
+        return SpeechStream(url, open_timeout=self.connect_timeout, headers=self._headers)
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
         try:
-            return await self._http.request(method, self.base_url + path, **kwargs)
+            response = await self._http.request(
+                method, self.base_url + path, headers={**self._headers, **(headers or {})}, **kwargs
+            )
         except httpx.TransportError as error:
             raise SpeechWorkerUnavailable(
                 f"speech worker at {self.base_url} unreachable: {error!r}"
             ) from error
+        if response.status_code == REFUSED_STATUS:
+            raise SpeechWorkerUnavailable(CREDENTIAL_REFUSED)
+        return response
 
 
 class SpeechStream:
@@ -183,9 +198,12 @@ class SpeechStream:
     with`` block closes the connection, which also stops the worker's work on the stream.
     """
 
-    def __init__(self, url: str, *, open_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, open_timeout: float = 5.0, headers: dict[str, str] | None = None
+    ) -> None:
         self.url = url
         self.open_timeout = open_timeout
+        self._headers = headers or {}
         self.samples: int | None = None
         self._connection: ClientConnection | None = None
         self._cancelled = False
@@ -194,7 +212,11 @@ class SpeechStream:
         try:
             # Audio frames come from our own worker: no size limit; pcm does not compress.
             self._connection = await connect(
-                self.url, open_timeout=self.open_timeout, max_size=None, compression=None
+                self.url,
+                additional_headers=self._headers,
+                open_timeout=self.open_timeout,
+                max_size=None,
+                compression=None,
             )
         except InvalidStatus as error:
             raise _handshake_error(error) from None
@@ -272,8 +294,10 @@ def _raise_for_error(response: httpx.Response) -> None:
     raise SpeechWorkerError(response.status_code, message, param=param)
 
 
-def _handshake_error(error: InvalidStatus) -> SpeechWorkerError:
+def _handshake_error(error: InvalidStatus) -> SpeechWorkerError | SpeechWorkerUnavailable:
     response = error.response
+    if response.status_code == REFUSED_STATUS:
+        return SpeechWorkerUnavailable(CREDENTIAL_REFUSED)
     message, param = _error_details(response.body or b"", response.status_code)
     return SpeechWorkerError(response.status_code, message, param=param)
 

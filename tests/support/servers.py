@@ -1,7 +1,8 @@
 """The real processes of a test session (vLLM's OpenAI server, speech workers, gateways).
 
 Each runs on a loopback port, is started on first use and stopped at the end of the session
-(the `servers` fixture in tests/conftest.py).
+(the `servers` fixture in tests/conftest.py). They run without the internal credential; a test
+that starts its own processes with one uses `with_internal_key`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ from pathlib import Path
 
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.process import ChildProcess, free_port
+
+# The internal credential of the processes a test starts with one (docs/security.md); the
+# shared processes (`Servers`) run without, as the README's local use does.
+INTERNAL_API_KEY = "test-internal-credential"
+INTERNAL_API_KEY_ENV = "SPIRITLM_INTERNAL_API_KEY"
+
+
+def with_internal_key(env: dict[str, str], key: str = INTERNAL_API_KEY) -> dict[str, str]:
+    """`env` plus the internal credential: a worker then checks it, a gateway sends it."""
+    return {**env, INTERNAL_API_KEY_ENV: key}
 
 
 class Servers:

@@ -16,7 +16,7 @@ from contextlib import aclosing
 
 from fastapi.responses import StreamingResponse
 
-from service.audio.encode import StreamEncoder, available_formats, check_sample_rate
+from service.audio.encode import StreamEncoder, check_output_format
 from service.audio.pcm import pcm16_to_float
 from service.checkpoints.layout import EXPRESSIVE
 from service.errors import error_body
@@ -46,7 +46,7 @@ async def speak(request: SpeechRequest, state: GatewayState) -> StreamingRespons
     voice = request.voice.id if isinstance(request.voice, VoiceRef) else request.voice
     speaker = resolve_voice(model_voices(engine.layout, model), voice, model)
     style = _style_token(engine, model, request.style)
-    encoder = _encoder(request)
+    encoder = StreamEncoder(request.response_format, request.sample_rate)
     max_tokens = engine.max_tokens_or(request.max_tokens, tts_budget(text, model))
     prepared = await state.tasks.tts_prompt(model, text, request.style)
     result = GenerationResult()
@@ -86,17 +86,7 @@ def _check_options(request: SpeechRequest) -> None:
         raise APIError(
             400, "instructions are not supported by Spirit LM voices", param="instructions"
         )
-    if request.response_format not in available_formats():
-        raise APIError(
-            400,
-            f"response_format {request.response_format} is not available: this installation's "
-            "FFmpeg lacks its encoder",
-            param="response_format",
-        )
-    try:
-        check_sample_rate(request.sample_rate)
-    except ValueError as error:
-        raise APIError(400, str(error), param="sample_rate") from None
+    check_output_format(request.response_format, request.sample_rate)
 
 
 def _style_token(engine: Engine, model: str, style: int | None) -> tuple[str, ...]:
@@ -110,13 +100,6 @@ def _style_token(engine: Engine, model: str, style: int | None) -> tuple[str, ..
             400, f"style {style} is out of range: valid styles are 0..{count - 1}", param="style"
         )
     return (f"[St{style}]",)
-
-
-def _encoder(request: SpeechRequest) -> StreamEncoder:
-    try:
-        return StreamEncoder(request.response_format, request.sample_rate)
-    except ValueError as error:  # e.g. Opus only takes 8/12/16/24/48 kHz
-        raise APIError(400, str(error), param="sample_rate") from None
 
 
 async def _encoded_chunks(

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from fastapi.responses import StreamingResponse
 
-from service.audio.encode import StreamEncoder, encode_audio
+from service.audio.encode import StreamEncoder, check_output_format, encode_audio
 from service.audio.pcm import pcm16_to_float
 from service.errors import error_body
 from service.gateway.chat.conversation import conversation_inputs
@@ -135,6 +135,9 @@ async def plan_chat(
     max_tokens = _max_tokens(request, engine.max_tokens_limit)
     stops = parse_stops(request.stop)
     audio = request.audio
+    if speech and audio:
+        fmt = _ENCODER_FORMAT.get(audio.format, audio.format)
+        check_output_format(fmt, OUTPUT_SAMPLE_RATE, format_param="audio.format")
     voice = audio.voice if audio else None
     speaker = resolve_voice(model_voices(engine.layout, model), voice, model, "audio.voice")
     inputs = await conversation_inputs(request.messages, engine, model, memory)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from fastapi.responses import StreamingResponse
 
+from service.audio.encode import check_output_format
 from service.gateway.engine import (
     AudioOut,
     Finished,
@@ -83,6 +84,11 @@ async def generate(
     engine = state.engine
     model = engine.resolve_model(request.model)
     max_tokens = engine.check_max_tokens(request.max_tokens)
+    if request.audio:
+        # Streamed audio goes out as pcm16 deltas; response_format shapes the collected files.
+        check_output_format(
+            "pcm" if request.stream else request.response_format, request.sample_rate
+        )
     stops = parse_stops(request.stop)
     prompt = await prompt_for(request, state, model)
     prepared = engine.prepare(prompt, request.output_modality, model)

@@ -1,8 +1,9 @@
 """The gateway's ASGI middleware, one concern per module.
 
 Plain ASGI (not BaseHTTPMiddleware), so streamed responses and WebSockets pass through
-untouched. `service.gateway.app` stacks them, outermost first: request id, access log, auth,
-draining, body limit, concurrency limit.
+untouched. `service.gateway.app` stacks them, outermost first: request id, access log, CORS
+(Starlette's, when origins are set), WebSocket origin, auth, draining, body limit, concurrency
+limit.
 """
 
 from service.gateway.middleware.access_log import AccessLogMiddleware
@@ -10,6 +11,7 @@ from service.gateway.middleware.auth import AuthMiddleware
 from service.gateway.middleware.body_limit import BodyLimitMiddleware
 from service.gateway.middleware.concurrency import ConcurrencyLimitMiddleware
 from service.gateway.middleware.draining import DrainingMiddleware
+from service.gateway.middleware.origin import WebSocketOriginMiddleware
 from service.gateway.middleware.request_id import RequestIdMiddleware
 
 __all__ = [
@@ -19,4 +21,5 @@ __all__ = [
     "ConcurrencyLimitMiddleware",
     "DrainingMiddleware",
     "RequestIdMiddleware",
+    "WebSocketOriginMiddleware",
 ]

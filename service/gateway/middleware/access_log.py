@@ -3,6 +3,10 @@
 It sits outside the layers that refuse requests, so refusals (401, 503, 413, 429) are counted
 and logged too, under the route ``unmatched``. WebSockets are not logged here (a realtime
 session logs its end, `service.gateway.realtime.connection`).
+
+Metric labels take bounded values only, whatever a client sends: the route template (never the
+raw path) and the method if it is a standard one, else ``other``; /metrics is unauthenticated
+by default, and the HTTP parser accepts any token as a method.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("spiritlm.gateway.access")
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class AccessLogMiddleware:
@@ -40,7 +46,7 @@ class AccessLogMiddleware:
         await self.app(scope, receive, send_with_status)
         route = _route_name(scope)
         elapsed = time.perf_counter() - started
-        self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+        self.metrics.requests.labels(route, _method_label(scope["method"]), str(status)).inc()
         self.metrics.latency.labels(route).observe(elapsed)
         log.info(
             "%s %s -> %s",
@@ -55,3 +61,7 @@ def _route_name(scope: Scope) -> str:
     # The router stores the matched route in the scope; a refused request never reaches it.
     route = scope.get("route")
     return getattr(route, "path", None) or "unmatched"
+
+
+def _method_label(method: str) -> str:
+    return method if method in METHODS else "other"

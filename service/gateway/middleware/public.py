@@ -6,12 +6,13 @@ the web page load without a key.
 
 from __future__ import annotations
 
+METRICS_PATH = "/metrics"  # public unless `metrics_require_auth` (auth.py)
 PUBLIC_PATHS = frozenset(
     {
         "/",
         "/health",
         "/ready",
-        "/metrics",
+        METRICS_PATH,
         "/docs",
         "/openapi.json",
         "/docs/oauth2-redirect",

@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from service.audio.encode import MEDIA_TYPES
+from service.audio.encode import MEDIA_TYPES, check_output_format
 from service.gateway.errors import APIError
 from service.gateway.speech_units.protocol import DetokenizeRequest, TokenizeResponse
 from service.gateway.state import GatewayState
@@ -60,6 +60,7 @@ async def _audio_and_model(
 
 async def detokenize(body: DetokenizeRequest, state: GatewayState) -> Response:
     engine = state.engine
+    check_output_format(body.response_format, body.sample_rate)
     model = engine.resolve_model(body.model)
     speaker = resolve_voice(model_voices(engine.layout, model), body.speaker, model, "speaker")
     units = body.units.model_dump(exclude_none=True) if body.units is not None else None
