@@ -105,11 +105,17 @@ def worker(layout: CheckpointLayout, cache_dir: Path, tmp_path_factory) -> Itera
         "--chunk-units",
         str(CHUNK_UNITS),
     )
-    log_path = tmp_path_factory.mktemp("speech-worker") / "worker.log"
+    log_dir = tmp_path_factory.mktemp("speech-worker")
+    yield from running_worker("speech worker", argv, port, worker_env(cache_dir), log_dir)
+
+
+def running_worker(
+    name: str, argv: list[str], port: int, env: dict[str, str], log_dir: Path
+) -> Iterator[str]:
+    """Start a speech worker, give its URL once it is ready, stop it afterwards."""
     url = f"http://127.0.0.1:{port}"
-    child = ChildProcess(
-        "speech worker", argv, f"{url}/ready", env=worker_env(cache_dir), log_path=str(log_path)
-    )
+    log_path = str(log_dir / "worker.log")
+    child = ChildProcess(name, argv, f"{url}/ready", env=env, log_path=log_path)
     child.start()
     try:
         child.wait_healthy(timeout=300)
@@ -702,20 +708,9 @@ def keyed_worker(layout: CheckpointLayout, cache_dir: Path, tmp_path_factory) ->
     """A worker started with the internal credential (in its environment, as `up` gives it)."""
     port = free_port()
     argv = python_module_argv("service", "speech-worker", "--models", BASE, "--port", str(port))
-    url = f"http://127.0.0.1:{port}"
-    child = ChildProcess(
-        "keyed speech worker",
-        argv,
-        f"{url}/ready",
-        env=with_internal_key(worker_env(cache_dir)),
-        log_path=str(tmp_path_factory.mktemp("keyed-speech-worker") / "worker.log"),
-    )
-    child.start()
-    try:
-        child.wait_healthy(timeout=300)
-        yield url
-    finally:
-        child.stop()
+    env = with_internal_key(worker_env(cache_dir))
+    log_dir = tmp_path_factory.mktemp("keyed-speech-worker")
+    yield from running_worker("keyed speech worker", argv, port, env, log_dir)
 
 
 async def guarded_calls(url: str, api_key: str, tokens: str, audio: bytes) -> list[object]:
