@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -337,6 +338,54 @@ def test_format_and_rate_are_refused_before_generation(
                  {**speech_out, "sample_rate": 44100, "audio": False}):  # fmt: skip
         response = http.post("/v1/generate", json={"prompt": "[Speech]", **body, "max_tokens": 4})
         assert response.status_code == 200, response.text
+
+
+def test_prompt_text_is_bounded_before_the_lm(servers, http: httpx.Client) -> None:  # noqa: ANN001
+    lm = servers.lm(BASE)
+    deadline = time.monotonic() + 60
+    while vllm_counters(lm)[0] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    prompt_tokens = vllm_counters(lm)[1]
+    too_long = "a " * 100_001  # over the default max_prompt_chars of 200000
+    for body, field in (
+        ({"prompt": "[Text]" + too_long}, "prompt"),
+        ({"inputs": [{"type": "text", "text": too_long}]}, "inputs"),
+    ):
+        response = http.post("/v1/generate", json={**body, "max_tokens": 4})
+        assert response.status_code == 400, response.text[:500]
+        error = response.json()["error"]
+        assert error["param"] == field and "max_prompt_chars" in error["message"], error
+        assert "200000" in error["message"], error
+    chat = {"messages": [{"role": "user", "content": too_long}], "max_tokens": 4}
+    response = http.post("/v1/chat/completions", json=chat)
+    assert response.status_code == 400, response.text[:500]
+    assert response.json()["error"]["param"] == "messages"
+    assert vllm_counters(lm)[1] == prompt_tokens, "a refused request reached the LM worker"
+
+
+def test_health_answers_while_a_long_prompt_is_tokenized(gateway: str) -> None:
+    """Tokenizing runs off the event loop: /health stays quick meanwhile."""
+    done = threading.Event()
+
+    def post_long_prompt() -> None:
+        try:
+            with httpx.Client(base_url=gateway, timeout=120.0) as client:
+                body = {"prompt": "[Text]" + "hello world, " * 11_500, "max_tokens": 4}
+                client.post("/v1/generate", json=body)  # any answer: the context is too small
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=post_long_prompt)
+    worker.start()
+    latencies: list[float] = []
+    with httpx.Client(base_url=gateway, timeout=30.0) as client:
+        while not done.is_set():
+            start = time.monotonic()
+            assert client.get("/health").status_code == 200
+            latencies.append(time.monotonic() - start)
+            time.sleep(0.05)
+    worker.join()
+    assert latencies and max(latencies) < 1.0, latencies
 
 
 def test_audio_that_is_not_audio_is_refused(http: httpx.Client) -> None:

@@ -136,6 +136,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         holder["state"] = state
         await lm_pool.check_all()
         await speech_pool.check_all()
+        await engine.load_tokenizers()
         lm_pool.start()
         speech_pool.start()
         try:

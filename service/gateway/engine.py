@@ -101,6 +101,7 @@ class Engine:
         self.max_tokens_limit = max_tokens_limit
         self._tokenizers: dict[str, SpiritTokenizer] = {}
         self._speech_clients: dict[str, SpeechClient] = {}
+        speech_pool.on_removed = self._forget_speech_client
         self._silence_units: dict[str, frozenset[int]] = {}
         # One connection pool for all LM requests; generations can run for minutes.
         self._lm_http = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0))
@@ -111,6 +112,12 @@ class Engine:
         if url not in self._speech_clients:
             self._speech_clients[url] = SpeechClient(url, api_key=self.speech_pool.api_key)
         return self._speech_clients[url]
+
+    async def _forget_speech_client(self, url: str) -> None:
+        """The speech endpoint at `url` left its pool (a scaled-down pod): close its client."""
+        client = self._speech_clients.pop(url, None)
+        if client is not None:
+            await client.aclose()
 
     def lm_client(self, endpoint: Endpoint, model: str) -> LMClient:
         """A client of one LM replica on the shared connection pool, with the pool's internal
@@ -160,6 +167,16 @@ class Engine:
         if model not in self._tokenizers:
             self._tokenizers[model] = SpiritTokenizer.from_dir(self.layout.lm_dir(model))
         return self._tokenizers[model]
+
+    async def load_tokenizers(self) -> None:
+        """Loads the served models' tokenizers in a thread at start-up, so that no request loads
+        one on the event loop; a tokenizer that fails to load fails its first request instead."""
+        for model in self.served_models():
+            if model in self.known_models:
+                try:
+                    await asyncio.to_thread(self.tokenizer, model)
+                except Exception as error:  # noqa: BLE001
+                    log.warning("tokenizer of %s not loaded at start-up: %s", model, error)
 
     def served_model(self, name: str | None) -> str:
         """The model a request names, which an LM worker must serve (404 otherwise)."""
@@ -214,9 +231,14 @@ class Engine:
 
     # ---- generation -------------------------------------------------------------------------
 
-    def prepare(self, prompt: str, modality: OutputModality | str, model: str) -> PreparedPrompt:
+    async def prepare(
+        self, prompt: str, modality: OutputModality | str, model: str
+    ) -> PreparedPrompt:
+        """Tokenizes the prompt in a thread: request-sized CPU work stays off the event loop."""
         tokenizer = self.tokenizer(model)
-        return prepare_prompt(tokenizer, prompt, modality, expressive=model == EXPRESSIVE)
+        return await asyncio.to_thread(
+            prepare_prompt, tokenizer, prompt, modality, expressive=model == EXPRESSIVE
+        )
 
     async def run(
         self,

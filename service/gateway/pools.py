@@ -8,6 +8,12 @@ endpoint with the fewest requests in flight.
 
 `api_key` is the internal credential (docs/security.md): every check carries it, and the
 gateway's clients of the pool's workers send it too (`Engine`).
+
+The health loop outlives any answer a worker gives: a check that fails in any way (an error
+status, a body that is not a model listing, a timeout, a bug) marks that endpoint unhealthy and
+the loop goes on, so an ejected worker is re-admitted once it answers properly again. `dns+`
+names are resolved off the event loop; an address that leaves the resolution (a scaled-down
+pod) leaves the pool, and `on_removed` hears of it so per-endpoint state can go with it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import asyncio
 import hashlib
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -49,8 +55,33 @@ def _score(key: str, url: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{key}|{url}".encode()).digest()[:8], "big")
 
 
+def parse_model_listing(body: object) -> tuple[list[str], dict[str, int]]:
+    """Model ids and context lengths (`max_model_len`) of an OpenAI `/v1/models` body.
+
+    Raises ValueError when `body` is not one: a dict whose `data` is a list of dicts, each with
+    a string `id` and, if present, a positive integer `max_model_len`.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise ValueError("not a model listing (no 'data' list)")
+    models: list[str] = []
+    lengths: dict[str, int] = {}
+    for card in body["data"]:
+        if not isinstance(card, dict) or not isinstance(card.get("id"), str):
+            raise ValueError("a model card has no string 'id'")
+        length = card.get("max_model_len")
+        if length is not None:
+            if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+                raise ValueError(f"model {card['id']!r} has max_model_len {length!r}")
+            lengths[card["id"]] = length
+        models.append(card["id"])
+    return models, lengths
+
+
 def expand_dns(url: str) -> list[str]:
-    """`dns+http://host:port` -> one URL per address the name resolves to (headless services)."""
+    """`dns+http://host:port` -> one URL per address the name resolves to (headless services).
+
+    Blocks while resolving: the pool calls it in a worker thread.
+    """
     if not url.startswith("dns+"):
         return [url]
     parts = urlsplit(url[len("dns+") :])
@@ -90,21 +121,41 @@ class WorkerPool:
         self.endpoints: dict[str, Endpoint] = {}
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(3.0))
         self._task: asyncio.Task[None] | None = None
-        self._refresh_urls()
+        # Awaited with the URL of each endpoint that leaves the pool (`Engine` closes its client).
+        self.on_removed: Callable[[str], Awaitable[None]] | None = None
+        # Plain URLs are endpoints from the start; `dns+` ones once the first check resolves them.
+        for url in self.sources:
+            if not url.startswith("dns+"):
+                self.endpoints[url] = Endpoint(url)
 
-    def _refresh_urls(self) -> None:
-        wanted = [url for source in self.sources for url in expand_dns(source)]
-        for url in wanted:
+    async def _resolve(self, source: str) -> list[str]:
+        if not source.startswith("dns+"):
+            return [source]
+        return await asyncio.to_thread(expand_dns, source)
+
+    async def _refresh_urls(self) -> None:
+        resolved = await asyncio.gather(*(self._resolve(source) for source in self.sources))
+        wanted = {url for urls in resolved for url in urls}
+        for url in sorted(wanted):
             self.endpoints.setdefault(url, Endpoint(url))
-        for url in list(self.endpoints):
-            if url not in wanted and self.endpoints[url].in_flight == 0:
-                del self.endpoints[url]
+        # An endpoint with requests in flight stays until they end (a later refresh drops it).
+        gone = [u for u, e in self.endpoints.items() if u not in wanted and e.in_flight == 0]
+        for url in gone:
+            del self.endpoints[url]
+            log.info("%s worker %s left the pool", self.name, url)
+            if self.on_removed is not None:
+                try:
+                    await self.on_removed(url)
+                except Exception:
+                    log.exception("%s pool: cleaning up after %s failed", self.name, url)
 
     async def check_all(self) -> None:
-        self._refresh_urls()
+        await self._refresh_urls()
         await asyncio.gather(*(self._check(endpoint) for endpoint in list(self.endpoints.values())))
 
     async def _check(self, endpoint: Endpoint) -> None:
+        """One health check; never raises (but lets cancellation through)."""
+        reason = ""
         try:
             response = await self._http.get(endpoint.url + self.health_path, headers=self._headers)
             healthy = response.status_code == 200
@@ -121,28 +172,37 @@ class WorkerPool:
                         endpoint.url,
                     )
                 if healthy:
-                    cards = listing.json().get("data", [])
-                    endpoint.models = [card["id"] for card in cards]
-                    endpoint.max_model_len = {
-                        card["id"]: card["max_model_len"]
-                        for card in cards
-                        if isinstance(card.get("max_model_len"), int)
-                    }
-        except (httpx.HTTPError, ValueError, KeyError):
+                    endpoint.models, endpoint.max_model_len = parse_model_listing(listing.json())
+                else:
+                    reason = f"{self.models_path} answered {listing.status_code}"
+            else:
+                reason = f"{self.health_path} answered {response.status_code}"
+        except (httpx.HTTPError, ValueError) as exc:
             healthy = False
-        if healthy != endpoint.healthy:
+            reason = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            if endpoint.failures == 0:  # once per streak: the loop retries every few seconds
+                log.exception("%s worker %s: health check failed", self.name, endpoint.url)
+            healthy = False
+            reason = f"{type(exc).__name__}: {exc}"
+        if healthy != endpoint.healthy or (not healthy and endpoint.failures == 0):
             log.info(
-                "%s worker %s is now %s",
+                "%s worker %s is now %s%s",
                 self.name,
                 endpoint.url,
                 "healthy" if healthy else "unhealthy",
+                f" ({reason})" if reason else "",
             )
         endpoint.healthy = healthy
         endpoint.failures = 0 if healthy else endpoint.failures + 1
 
     async def _loop(self) -> None:
         while True:
-            await self.check_all()
+            try:
+                await self.check_all()
+            except Exception:
+                # `_check` never raises; this is DNS or a bug. The next round tries again.
+                log.exception("%s pool: health round failed", self.name)
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:

@@ -47,6 +47,12 @@ class GatewaySettings(Settings):
     max_input_chars: int = Field(
         default=4096, gt=0, description="Longest text input (speech `input`, transcription prompt)."
     )
+    max_prompt_chars: int = Field(
+        default=200_000,
+        gt=0,
+        description="Most text characters in one LM prompt (/v1/generate `prompt` or `inputs`, "
+        "chat messages), checked before tokenizing.",
+    )
     fewshot_dir: Path | None = Field(
         default=None,
         description="Exemplar bank for few-shot ASR/TTS prompts (manifest.jsonl + audio); "

@@ -56,7 +56,7 @@ class Tasks:
         shots = await self.shots(model)
         lead = f"{TEXT_PREFIX}{context}\n" if context else ""
         prompt = lead + asr_prompt([(shot.tokens, shot.text) for shot in shots], query_tokens)
-        return self.engine.prepare(prompt, OutputModality.TEXT, model)
+        return await self.engine.prepare(prompt, OutputModality.TEXT, model)
 
     async def transcript(
         self, model: str, tokens: str, *, affinity: str | None = None
@@ -83,7 +83,7 @@ class Tasks:
         shots = await self.shots(model)
         prompt = tts_prompt([(shot.text, shot.tokens) for shot in shots], text)
         prompt += f"[St{style}]" if style is not None else ""
-        return self.engine.prepare(prompt, OutputModality.SPEECH, model)
+        return await self.engine.prepare(prompt, OutputModality.SPEECH, model)
 
     # ---- spoken turns
 
@@ -100,6 +100,18 @@ class Tasks:
             silence_units=await self.engine.silence_units(model),
             silence_tokens=silence_tokens,
             min_speech_tokens=self.settings.end_of_speech_min_speech_tokens,
+        )
+
+
+def check_prompt_chars(chars: int, param: str, limit: int) -> None:
+    """A prompt's text is bounded in characters before it is tokenized (docs/configuration.md,
+    max_prompt_chars)."""
+    if chars > limit:
+        raise APIError(
+            400,
+            f"{param}: {chars} characters exceed the limit of {limit} (max_prompt_chars)",
+            param=param,
+            code="string_above_max_length",
         )
 
 

@@ -36,9 +36,10 @@ async def classify(form: ClassificationForm, state: GatewayState) -> Classificat
     shots = await bank.shots_for(model, engine.encode)
     encoded = await engine.encode(data, model)
     prompt = classification_prompt([(shot.tokens, shot.text) for shot in shots], encoded.tokens)
-    tokenizer = engine.tokenizer(model)
-    prompt_ids = tokenizer.encode(prompt)
-    answers = [answer_ids(tokenizer, prompt, prompt_ids, label) for label in labels]
+    # One thread for all the encoding: request-sized CPU work stays off the event loop.
+    prompt_ids, answers = await asyncio.to_thread(
+        prompt_and_answers, engine.tokenizer(model), prompt, labels
+    )
     per_token = await asyncio.gather(
         *(engine.prompt_logprobs(prompt_ids + answer, model) for answer in answers)
     )
@@ -74,6 +75,14 @@ def candidate_labels(given: list[str]) -> list[str]:
             param="labels",
         )  # fmt: skip
     return labels
+
+
+def prompt_and_answers(
+    tokenizer: SpiritTokenizer, prompt: str, labels: list[str]
+) -> tuple[list[int], list[list[int]]]:
+    """The prompt's ids, and the ids each label's answer adds after it."""
+    prompt_ids = tokenizer.encode(prompt)
+    return prompt_ids, [answer_ids(tokenizer, prompt, prompt_ids, label) for label in labels]
 
 
 def answer_ids(

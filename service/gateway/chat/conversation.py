@@ -70,6 +70,18 @@ async def conversation_inputs(
     return parts.items
 
 
+def text_chars(messages: Sequence[ChatMessage]) -> int:
+    """Characters of text across the messages (bounded by max_prompt_chars before tokenizing)."""
+    total = 0
+    for message in messages:
+        if isinstance(message.content, str):
+            total += len(message.content)
+        elif message.content is not None:
+            texts = (part.get("text") for part in message.content if isinstance(part, dict))
+            total += sum(len(text) for text in texts if isinstance(text, str))
+    return total
+
+
 def _content(message: ChatMessage, where: str) -> list[dict[str, Any]]:
     if isinstance(message.content, str):
         return [{"type": "text", "text": message.content}]

@@ -33,7 +33,7 @@ from fastapi.responses import StreamingResponse
 from service.audio.encode import StreamEncoder, check_output_format, encode_audio
 from service.audio.pcm import pcm16_to_float
 from service.errors import error_body
-from service.gateway.chat.conversation import conversation_inputs
+from service.gateway.chat.conversation import conversation_inputs, text_chars
 from service.gateway.chat.memory import ChatMemory
 from service.gateway.chat.protocol import (
     AssistantMessage,
@@ -48,7 +48,7 @@ from service.gateway.errors import APIError, error_type
 from service.gateway.sampling import parse_stops
 from service.gateway.sse import SSE_DONE, SSE_HEADERS, sse
 from service.gateway.state import GatewayState
-from service.gateway.tasks import Tasks
+from service.gateway.tasks import Tasks, check_prompt_chars
 from service.gateway.timings import Timings
 from service.gateway.voices import model_voices, resolve_voice
 from service.lm.client import SamplingParams
@@ -140,9 +140,10 @@ async def plan_chat(
         check_output_format(fmt, OUTPUT_SAMPLE_RATE, format_param="audio.format")
     voice = audio.voice if audio else None
     speaker = resolve_voice(model_voices(engine.layout, model), voice, model, "audio.voice")
+    check_prompt_chars(text_chars(request.messages), "messages", state.settings.max_prompt_chars)
     inputs = await conversation_inputs(request.messages, engine, model, memory)
     modality = OutputModality.SPEECH if speech else OutputModality.TEXT
-    prepared = engine.prepare(build_prompt(inputs, modality), modality, model)
+    prepared = await engine.prepare(build_prompt(inputs, modality), modality, model)
     if speech:
         ending = await state.tasks.spoken_turn_end(model, stops)
     else:

@@ -59,6 +59,13 @@ class GenerateRequest(SamplingFields):
         "end_of_speech_* settings). finish_reason 'stop', `end` says which.",
     )
 
+    def text_chars(self) -> int:
+        """Characters of prompt text: the explicit prompt, else the text and token strings of
+        the inputs (bounded by max_prompt_chars before tokenizing)."""
+        if self.prompt is not None:
+            return len(self.prompt)
+        return sum(len(item.text or "") + len(item.tokens or "") for item in self.inputs)
+
     @model_validator(mode="after")
     def _has_prompt(self) -> GenerateRequest:
         if not self.inputs and self.prompt is None:

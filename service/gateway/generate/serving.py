@@ -30,6 +30,7 @@ from service.gateway.generate.protocol import (
 from service.gateway.sampling import parse_stops
 from service.gateway.sse import SSE_DONE, SSE_HEADERS, sse
 from service.gateway.state import GatewayState
+from service.gateway.tasks import check_prompt_chars
 from service.gateway.timings import Timings
 from service.gateway.uploads import b64decode_field
 from service.lm.ending import Ending
@@ -90,8 +91,13 @@ async def generate(
             "pcm" if request.stream else request.response_format, request.sample_rate
         )
     stops = parse_stops(request.stop)
+    check_prompt_chars(
+        request.text_chars(),
+        "prompt" if request.prompt is not None else "inputs",
+        state.settings.max_prompt_chars,
+    )
     prompt = await prompt_for(request, state, model)
-    prepared = engine.prepare(prompt, request.output_modality, model)
+    prepared = await engine.prepare(prompt, request.output_modality, model)
     if request.end_of_turn:
         ending = await state.tasks.spoken_turn_end(model, stops)
     else:

@@ -7,6 +7,7 @@ has reported, the checkpoint's `max_position_embeddings` (vLLM's default max_mod
 
 from __future__ import annotations
 
+import asyncio
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -50,7 +51,7 @@ class PromptBuilder:
             return reported
         return checkpoint_context(self.engine.layout.lm_dir(self.model))
 
-    def prepare(
+    async def prepare(
         self,
         instructions: str,
         turns: list[list[PromptInput]],
@@ -67,6 +68,17 @@ class PromptBuilder:
                 param="max_output_tokens",
             )
         lead: list[PromptInput] = [TextInput(instructions), TurnEnd()] if instructions else []
+        # Fitting counts tokens again and again: it and the tokenizing run in one thread, off
+        # the event loop.
+        return await asyncio.to_thread(self._fit_and_prepare, lead, turns, modality, budget)
+
+    def _fit_and_prepare(
+        self,
+        lead: list[PromptInput],
+        turns: list[list[PromptInput]],
+        modality: OutputModality,
+        budget: int,
+    ) -> PreparedPrompt:
         prompt = fit_prompt(lead, turns, modality.value, budget, self.count)
         return prepare_prompt(self.tokenizer, prompt, modality, expressive=self.expressive)
 

@@ -181,7 +181,7 @@ class Response:
         ctx, request = self.ctx, self.request
         items = list(ctx.conversation.items)
         turns = await history_inputs(items)
-        prepared = ctx.prompts.prepare(
+        prepared = await ctx.prompts.prepare(
             request.instructions, turns, request.modality, request.max_tokens
         )
         self._prompt_tokens = len(prepared.prompt_ids)
