@@ -27,7 +27,6 @@ from typing import Any
 from service.gateway.engine import (
     AudioOut,
     Engine,
-    Finished,
     SegmentStart,
     SpeechTokensOut,
     TextOut,
@@ -224,8 +223,6 @@ class Response:
                     self._open.tokens += out.tokens
                 elif isinstance(out, AudioOut) and self._open is not None:
                     await self._audio(self._open, out.pcm16)
-                elif isinstance(out, Finished):
-                    self._result = out.result
         await self._close_part()
 
     def _open_part(self, kind: str) -> None:
