@@ -126,3 +126,28 @@ def pinned(cores: Sequence[int] | None) -> Iterator[None]:
         yield
     finally:
         _move_to(affinity, threads)
+
+
+# Instructions with which oneDNN (torch's CPU convolutions) runs bfloat16 at native speed; without
+# them bfloat16 is emulated and slower than float32. Named as in /proc/cpuinfo.
+BF16_INSTRUCTIONS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The instruction-set flags of this machine's CPU (empty where /proc/cpuinfo is absent)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+                cpuinfo = file.read()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def native_bfloat16(flags: frozenset[str]) -> list[str]:
+    """The bfloat16 instructions among `flags`; empty = bfloat16 would be emulated."""
+    return [name for name in BF16_INSTRUCTIONS if name in flags]

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.checkpoints.layout import CheckpointLayout
@@ -65,6 +66,18 @@ def servers(
     running = Servers(layout, child_env, log_dir)
     yield running
     running.stop_all()
+
+
+@pytest.fixture
+def processes_stay_healthy(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the test: every process the session started still runs and answers /health."""
+    yield
+    if "servers" not in request.fixturenames:
+        return
+    servers: Servers = request.getfixturevalue("servers")
+    for name, (child, url) in servers.started.items():
+        assert child.running(), f"{name} died"
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200, f"{name} unhealthy"
 
 
 @pytest.fixture(scope="session")

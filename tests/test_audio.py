@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from service.audio.decode import (
     AudioLimits,
+    AudioTooLong,
+    audio_seconds,
     decode_audio,
     decode_pcm16,
     load_audio_file,
@@ -206,6 +208,134 @@ def test_stream_resampler_matches_one_shot(pair: tuple[int, int], cuts: list[int
     pieces.append(streamer.write(signal[start:]))
     pieces.append(streamer.close())
     np.testing.assert_allclose(np.concatenate(pieces), resample(signal, orig, new), atol=1e-6)
+
+
+# Rates of uploads (the high ones included: decoding holds them only as a bounded window).
+UPLOAD_RATES = [8000, 11025, 22050, 32000, 44100, 48000, 88200, 96000, 176400, 192000]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rate=st.sampled_from(UPLOAD_RATES),
+    length=st.integers(min_value=0, max_value=1_500_000),
+    pieces=st.lists(st.integers(min_value=1, max_value=200_000), min_size=1, max_size=6),
+    seed=st.integers(min_value=0, max_value=1000),
+)
+def test_batched_stream_resampler_is_bit_identical(
+    rate: int, length: int, pieces: list[int], seed: int
+) -> None:
+    """Batched streaming gives exactly the samples of `resample` on the whole signal."""
+    signal = (0.3 * np.random.default_rng(seed).standard_normal(length)).astype(np.float32)
+    streamer = StreamResampler(rate, RATE, batched=True)
+    out, start, turn = [], 0, 0
+    while start < length:
+        size = pieces[turn % len(pieces)]
+        out.append(streamer.write(signal[start : start + size]))
+        start, turn = start + size, turn + 1
+    out.append(streamer.close())
+    expected = resample(signal, rate, RATE)
+    streamed = np.concatenate(out)
+    assert streamed.shape == expected.shape
+    np.testing.assert_array_equal(streamed, expected)
+
+
+def _full_rate_decode_then_resample(samples: np.ndarray, rate: int) -> np.ndarray:
+    """What decoding did before it streamed: downmix the whole signal, then `resample` it."""
+    mono = samples if samples.ndim == 1 else samples.mean(axis=1, dtype=np.float64)
+    mono = mono.astype(np.float32)
+    return mono if rate == RATE else resample(mono, rate, RATE)
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 22050, 192000, 16000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_decode_equals_whole_signal_resample(rate: int, channels: int) -> None:
+    """Block-by-block downmix + resampling changes no sample (random audio, several batches)."""
+    rng = np.random.default_rng(rate + channels)
+    samples = (0.4 * rng.standard_normal((rate * 9 + 1234, channels))).astype(np.float32)
+    samples = samples[:, 0] if channels == 1 else samples
+    for subtype in ("FLOAT", "PCM_16"):
+        data = _soundfile_bytes(samples, rate, "WAV", subtype)
+        reread, _ = soundfile.read(io.BytesIO(data), dtype="float32")
+        decoded = decode_audio(data)
+        np.testing.assert_array_equal(decoded, _full_rate_decode_then_resample(reread, rate))
+        assert audio_seconds(data) == decoded.size / RATE
+
+
+def test_decode_equals_whole_signal_resample_through_pyav() -> None:
+    """PyAV's small frames are gathered before resampling; the samples are still identical."""
+    rate = 48000
+    tone = np.stack([_chirp(rate, 7.0), _tone(rate, 7.0, freq=300.0)], axis=1)
+    data = _pyav_bytes(tone, rate, "matroska", "flac")
+    frames = []
+    with av.open(io.BytesIO(data), format="matroska") as source:
+        for frame in source.decode(audio=0):
+            assert frame.format.name in ("s16", "s16p")
+            array = frame.to_ndarray()
+            frames.append(array if frame.format.is_planar else array.reshape(-1, 2).T)
+    reread = (np.concatenate(frames, axis=1).T / 32768.0).astype(np.float32)
+    decoded = decode_audio(data)
+    np.testing.assert_array_equal(decoded, _full_rate_decode_then_resample(reread, rate))
+
+
+def test_audio_seconds_refuses_what_decoding_refuses() -> None:
+    cases = [
+        (b"", {}),
+        (_soundfile_bytes(_tone(RATE, 1000 / RATE), RATE, "WAV", "PCM_16"), {}),
+        (_soundfile_bytes(_tone(RATE, 1.5), RATE, "WAV", "PCM_16"), {"max_seconds": 1.0}),
+        (b"fLaC" + bytes(200), {}),
+    ]
+    nan = _tone(RATE, 0.5)
+    nan[10] = np.nan
+    cases.append((_soundfile_bytes(np.stack([_tone(RATE, 0.5), nan], 1), RATE, "WAV", "FLOAT"), {}))
+    for data, limits in cases:
+        with pytest.raises(AudioError) as decoding:
+            decode_audio(data, limits=AudioLimits(**limits))
+        with pytest.raises(AudioError) as probing:
+            audio_seconds(data, limits=AudioLimits(**limits))
+        assert str(probing.value) == str(decoding.value)
+        assert type(probing.value) is type(decoding.value)
+    with pytest.raises(AudioTooLong) as caught:
+        audio_seconds(cases[2][0], limits=AudioLimits(max_seconds=1.0), filename="a.wav")
+    assert caught.value.limit == 1.0 and str(caught.value).startswith("a.wav: audio is too long")
+
+
+_PEAK_RSS_SCRIPT = """
+import resource, sys
+from service.audio.decode import AudioLimits, audio_seconds, decode_audio
+data = open(sys.argv[1], "rb").read()
+decode = {"decode": decode_audio, "seconds": audio_seconds}[sys.argv[2]]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = decode(data, limits=AudioLimits(max_seconds=600))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize("how,limit_mb", [("decode", 150), ("seconds", 30)])
+def test_high_rate_audio_is_decoded_in_bounded_memory(
+    tmp_path: Path, how: str, limit_mb: int
+) -> None:
+    """599 s of 192 kHz silence (360 KB of FLAC): the full-rate signal alone is 460 MB, and
+    decoding it whole once peaked at +2 GB. Now only the 16 kHz result (38 MB) is held."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "silence.flac"
+    rate = 192_000
+    with soundfile.SoundFile(path, "w", rate, 1, format="FLAC", subtype="PCM_16") as out:
+        for _ in range(599 // 10):
+            out.write(np.zeros(rate * 10, dtype=np.int16))
+        out.write(np.zeros(rate * 9, dtype=np.int16))
+    assert path.stat().st_size < 1024 * 1024
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_SCRIPT, str(path), how],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    growth_mb = int(done.stdout.split()[-1])
+    assert growth_mb < limit_mb, done.stdout
 
 
 # ---------------------------------------------------------------- decoding: lossless formats

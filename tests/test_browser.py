@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import soundfile
@@ -86,3 +87,75 @@ def test_voice_page_hears_the_microphone_and_plays_a_reply(
     assert "user" in stats["bubbles"] and "assistant" in stats["bubbles"]
     assert not stats["errors"], stats["errors"]
     assert screenshot.stat().st_size > 0
+
+
+def test_api_reference_renders_without_internet(browser_ready: None, servers) -> None:  # noqa: ANN001
+    """/docs loads Swagger UI from the gateway itself (service/gateway/docs.py): with every other
+    origin unreachable, it renders the operations, and it never asked anywhere else."""
+    gateway = servers.gateway(BASE)
+    run = subprocess.run(
+        [
+            str(BROWSER_PYTHON),
+            str(REPO / "tests" / "support" / "docs_driver.py"),
+            f"{gateway}/docs",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    page = json.loads(run.stdout.strip().splitlines()[-1])
+    assert page["outside"] == [] and page["failed"] == [], page
+    assert "spiritlm-serve" in page["title"], page
+    paths = set(page["operations"])
+    assert {
+        "/v1/chat/completions",
+        "/v1/audio/transcriptions",
+        "/v1/realtime/client_secrets",
+    } <= paths, page
+    assert not page["errors"], page
+
+
+def test_voice_page_on_a_keyed_gateway_uses_a_client_secret(
+    browser_ready: None,
+    servers,
+    speech_file: Path,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    """With API keys set, the page holds no key: it opens its session with a client secret made
+    by the page's backend (here the test, with the key) and given in the URL's fragment."""
+    key = "replica-api-key"  # the same keyed gateway as tests/test_client_secrets.py's
+    keyed = ("--api-keys", key, "--signing-key", "replicas-share-this-key")
+    gateway = servers.gateway(BASE, *keyed, name="keyed-a")
+    made = httpx.post(
+        f"{gateway}/v1/realtime/client_secrets",
+        json={"session": {"type": "realtime", "model": BASE, "instructions": "Be brief."}},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    made.raise_for_status()
+    secret = made.json()["value"]
+    microphone = microphone_file(speech_file, tmp_path / "microphone.wav")
+    url = f"{gateway}/?silence_ms=2000&max_tokens=60#secret={secret}"
+    run = subprocess.run(
+        [str(BROWSER_PYTHON), str(DRIVER), url, str(microphone), str(tmp_path / "page.png")]
+        + [str(REPLY_TIMEOUT)],
+        capture_output=True,
+        text=True,
+        timeout=REPLY_TIMEOUT + 120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    stats = json.loads(run.stdout.strip().splitlines()[-1])
+    assert stats["sessionId"].startswith("sess_"), stats.get("closeReason")
+    assert stats["inputLevel"] > 0.2  # the meter moved with the speech
+    assert {"completed", "incomplete"} & set(stats["responsesDone"])
+    assert "user" in stats["bubbles"] and "assistant" in stats["bubbles"]
+    roles = [t["role"] for t in stats["transcripts"]]
+    assert "user" in roles and "assistant" in roles
+    assert not stats["errors"], stats["errors"]
+    # The secret is a WebSocket credential only: REST routes refuse it.
+    refused = httpx.get(
+        f"{gateway}/v1/models", headers={"Authorization": f"Bearer {secret}"}, timeout=30
+    )
+    assert refused.status_code == 401

@@ -77,6 +77,13 @@ def test_up_routes_each_flag_to_its_child() -> None:
     assert flags.speech_worker == ["--max-streams", "4"]
 
 
+def test_up_gives_settings_both_processes_have_to_both() -> None:
+    args = parse_args(["up", "--max-audio-seconds", "30", "--device", "cpu", "--cpu-cores", "1"])
+    flags = route_flags(args)
+    assert flags.gateway_env["SPIRITLM_MAX_AUDIO_SECONDS"] == "30"
+    assert flags.speech_worker == ["--device", "cpu", "--max-audio-seconds", "30"]
+
+
 def test_up_refuses_a_flag_of_no_child(capsys: pytest.CaptureFixture[str]) -> None:
     """Before anything starts: exit status 2 and one line that names the flag."""
     assert main(["up", "--max-model-len", "64", "--bogus-flag", "1"]) == 2

@@ -4,6 +4,7 @@ the client where an OpenAI endpoint exists."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -24,6 +25,7 @@ from service.checkpoints.embedded_bank import EMBEDDED_BANK_DIR
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.errors import CheckpointError
 from service.gateway.fewshot import ExemplarBank
+from service.lm.client import LMClient
 from service.lm.prompt import asr_prompt, classification_prompt, tts_prompt
 from service.lm.tokenizer import SpiritTokenizer
 from service.process import free_port
@@ -241,7 +243,7 @@ def test_transcription_formats_carry_the_same_text(client: openai.OpenAI, clip: 
     verbose = create("verbose_json")
     assert verbose.text == text
     assert verbose.duration == pytest.approx(CLIP_SECONDS)
-    assert verbose.language == "en"
+    assert verbose.language == "english"  # what was transcribed, not an echo of the request
     [segment] = verbose.segments
     assert (segment.start, segment.end, segment.text) == (0.0, verbose.duration, text)
     assert 0 < len(segment.tokens) <= ASR_TOKENS
@@ -956,3 +958,50 @@ def test_up_runs_its_gateway_with_the_flags_it_was_given(servers, tmp_path: Path
         assert httpx.get(url + "/v1/models", headers=authorized, timeout=10).status_code == 200
     finally:
         stack.stop()
+
+
+# ---- transcription logprobs -----------------------------------------------------------------
+
+
+def test_transcription_logprobs_are_the_lm_workers(
+    servers,  # noqa: ANN001
+    client: openai.OpenAI,
+    clip: Path,
+    layout: CheckpointLayout,
+    tokenizers: dict[str, SpiritTokenizer],
+    encode: Callable[[bytes, str], str],
+) -> None:
+    """`include[]=logprobs` and verbose_json's `avg_logprob` are vLLM's logprobs of the
+    transcript's tokens: the same values vLLM gives those tokens scored after the prompt."""
+    asr = {"file": clip.open("rb"), "temperature": 0, "extra_body": {"max_tokens": ASR_TOKENS}}
+    result = client.audio.transcriptions.create(model="whisper-1", include=["logprobs"], **asr)
+    asr["file"] = clip.open("rb")
+    verbose = client.audio.transcriptions.create(
+        model="whisper-1", response_format="verbose_json", **asr
+    )
+    [segment] = verbose.segments
+    logprobs = result.logprobs
+    assert logprobs and len(logprobs) == len(segment.tokens)
+    values = [entry.logprob for entry in logprobs]
+    assert segment.avg_logprob == pytest.approx(sum(values) / len(values), abs=1e-9)
+    assert "no_speech_prob" not in segment.model_dump(exclude_unset=True)
+    # The bytes of the tokens are the transcript; each token's text is its bytes (the SDK
+    # types this response's bytes as floats).
+    data = [bytes(int(value) for value in entry.bytes) for entry in logprobs]
+    assert b"".join(data).decode().strip() == result.text
+    for entry, token_bytes in zip(logprobs, data, strict=True):
+        assert entry.token == token_bytes.decode(errors="replace")
+    # Scored again by vLLM after the same prompt (prompt_logprobs, one prefill): same values.
+    shots = bank_shots(embedded_bank(layout), 3, BASE, encode)
+    prompt = asr_prompt([(tokens, text) for text, tokens in shots], encode(clip.read_bytes(), BASE))
+    prompt_ids = tokenizers[BASE].encode(prompt)
+
+    async def score() -> list[float | None]:
+        lm = LMClient(servers.lm(BASE), BASE)
+        try:
+            return await lm.prompt_logprobs([*prompt_ids, *segment.tokens])
+        finally:
+            await lm.aclose()
+
+    scored = asyncio.run(score())[len(prompt_ids) :]
+    assert values == pytest.approx(scored, abs=1e-5)  # a shift by one token is ~1e-2 off

@@ -81,15 +81,8 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 # ---- every process survives every test -----------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def processes_stay_healthy(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "servers" not in request.fixturenames:
-        return
-    servers: Servers = request.getfixturevalue("servers")
-    for name, (child, url) in servers.started.items():
-        assert child.running(), f"{name} died"
-        assert httpx.get(f"{url}/health", timeout=10).status_code == 200, f"{name} unhealthy"
+# Every process of the session must survive every test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("processes_stay_healthy")
 
 
 # ---- audio decoding: lying headers, hostile file names ---------------------------------------

@@ -656,7 +656,7 @@ def test_reply_cut_to_the_audio_sent() -> None:
 
 
 def test_benchmark_stall_is_the_playback_pause() -> None:
-    from service.bench.realtime import stall_of
+    from service.bench.report import stall_of
 
     # 1 s of audio at t=0, the next second arrives at 1.5 s: the player waits 0.5 s.
     assert stall_of([(0.0, 1.0), (1.5, 1.0)]) == pytest.approx(0.5)
@@ -730,3 +730,196 @@ def test_sdk_event_names_mirror_the_service_table() -> None:
     from service.gateway.realtime.protocol import BETA_EVENT_NAMES
 
     assert {beta: ga for ga, beta in BETA_EVENT_NAMES.items()} == _GA_NAMES
+
+
+# ---- fields refused by name, item retrieval, output audio clear, idle timeout --------------
+
+REFUSED_SESSION_FIELDS = [
+    ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "session.tools"),
+    ({"tool_choice": "required"}, "session.tool_choice"),
+    ({"tool_choice": {"type": "function", "name": "f"}}, "session.tool_choice"),
+    ({"audio": {"output": {"speed": 1.5}}}, "session.audio.output.speed"),
+    ({"speed": 0.8}, "session.speed"),
+    (
+        {"audio": {"input": {"noise_reduction": {"type": "near_field"}}}},
+        "session.audio.input.noise_reduction",
+    ),
+    ({"input_audio_noise_reduction": {"type": "far_field"}}, "session.input_audio_noise_reduction"),
+    ({"include": ["item.input_audio_transcription.logprobs"]}, "session.include"),
+    ({"truncation": "disabled"}, "session.truncation"),
+    ({"truncation": {"type": "retention_ratio", "retention_ratio": 0.5}}, "session.truncation"),
+    ({"tracing": "auto"}, "session.tracing"),
+    ({"prompt": {"id": "pmpt_123"}}, "session.prompt"),
+]
+
+
+def test_unhonoured_session_fields_are_refused_by_name(gateway: str) -> None:
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        client = await open_client(gateway)
+        errors = []
+        for session, _ in REFUSED_SESSION_FIELDS:
+            # The rest of a refused update is not applied either.
+            await client.send(type="session.update", session={**session, "instructions": "no"})
+            event = await client.until("error", "session.updated")
+            errors.append(event)
+        # Their defaults say what the session does anyway: accepted.
+        accepted = await client.update(
+            tools=[],
+            tool_choice="auto",
+            truncation="auto",
+            include=[],
+            audio={"output": {"speed": 1.0}, "input": {"noise_reduction": None}},
+            instructions="yes",
+        )
+        await client.ws.close()
+        return errors, accepted
+
+    errors, accepted = run(scenario())
+    for event, (_, param) in zip(errors, REFUSED_SESSION_FIELDS, strict=True):
+        assert event["type"] == "error", (param, event)
+        assert event["error"]["type"] == "invalid_request_error"
+        assert event["error"]["code"] == "unsupported_parameter"
+        assert event["error"]["param"] == param
+        assert param in event["error"]["message"]
+    tool_errors = [e["error"]["message"] for e in errors[:3]]
+    assert all("does not call tools" in message for message in tool_errors)
+    assert accepted["session"]["instructions"] == "yes"
+    assert accepted["session"]["tools"] == []
+
+
+def test_unhonoured_response_fields_are_refused_by_name(gateway: str) -> None:
+    refused = [
+        ({"tools": [{"type": "function", "name": "f"}]}, "response.tools"),
+        ({"tool_choice": "required"}, "response.tool_choice"),
+        ({"prompt": {"id": "pmpt_123"}}, "response.prompt"),
+        ({"audio": {"output": {"voice": "7"}}}, "response.audio.output.voice"),
+        (
+            {"audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+            "response.audio.output.format",
+        ),
+        ({"audio": {"output": {"speed": 2.0}}}, "response.audio.output.speed"),
+        ({"voice": "7"}, "response.voice"),
+    ]
+
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        client = await open_client(gateway)
+        content = [{"type": "input_text", "text": "Hi"}]
+        hello = {"type": "message", "role": "user", "content": content}
+        await client.send(type="conversation.item.create", item=hello)
+        await client.until("conversation.item.added")
+        errors = []
+        for fields, _ in refused:
+            await client.send(type="response.create", response={**fields, "max_output_tokens": 4})
+            errors.append(await client.until("error", "response.created"))
+        # The session's own voice and format may be repeated.
+        same = {"output": {"voice": "alloy", "format": {"type": "audio/pcm", "rate": RATE}}}
+        await client.send(
+            type="response.create",
+            response={"audio": same, "tool_choice": "none", "max_output_tokens": 4},
+        )
+        done = await client.until("response.done", "error")
+        await client.ws.close()
+        return errors, done
+
+    errors, done = run(scenario())
+    for event, (_, param) in zip(errors, refused, strict=True):
+        assert event["type"] == "error", (param, event)
+        assert event["error"]["code"] == "unsupported_parameter"
+        assert event["error"]["param"] == param
+    assert done["type"] == "response.done", done
+
+
+def test_item_retrieve_returns_the_item_as_held(gateway: str) -> None:
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        client = await open_client(gateway)
+        await client.send(
+            type="conversation.item.create",
+            item={
+                "id": "item_mine",
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "remember me"}],
+            },
+        )
+        await client.until("conversation.item.added")
+        await client.send(type="conversation.item.retrieve", item_id="item_mine", event_id="e1")
+        retrieved = await client.until("conversation.item.retrieved", "error")
+        await client.send(type="conversation.item.retrieve", item_id="item_gone", event_id="e2")
+        missing = await client.until("conversation.item.retrieved", "error")
+        await client.ws.close()
+        return retrieved, missing
+
+    retrieved, missing = run(scenario())
+    assert retrieved["type"] == "conversation.item.retrieved", retrieved
+    item = retrieved["item"]
+    assert item["id"] == "item_mine" and item["role"] == "user"
+    assert item["content"] == [{"type": "input_text", "text": "remember me"}]
+    assert missing["type"] == "error"
+    assert missing["error"]["code"] == "item_not_found"
+    assert missing["error"]["param"] == "item_id" and missing["error"]["event_id"] == "e2"
+
+
+def test_output_audio_buffer_clear_stops_the_reply(gateway: str, lm_url: str) -> None:
+    async def scenario() -> tuple[dict[str, Any], Client]:
+        client = await open_client(gateway)
+        await client.send(type="output_audio_buffer.clear")  # nothing played yet
+        idle = await client.until("output_audio_buffer.cleared", "error")
+        await client.update(max_output_tokens=2048, audio={"input": {"turn_detection": None}})
+        talk = [{"type": "input_text", "text": "Talk."}]
+        await client.send(
+            type="conversation.item.create",
+            item={"type": "message", "role": "user", "content": talk},
+        )
+        await client.send(type="response.create")
+        # The first generated token has arrived: 2048 take the LM seconds, so it is mid-way.
+        await client.until("response.content_part.added")
+        await client.send(type="output_audio_buffer.clear")
+        await client.until("output_audio_buffer.cleared")
+        if not client.of("response.done"):
+            await client.until("response.done")
+        await client.ws.close()
+        return idle, client
+
+    idle, client = run(scenario())
+    assert idle["type"] == "output_audio_buffer.cleared" and idle["response_id"] is None
+    done = client.of("response.done")[0]["response"]
+    cleared = client.of("output_audio_buffer.cleared")[-1]
+    assert cleared["response_id"] == done["id"]
+    assert done["status"] == "cancelled"
+    assert done["status_details"]["reason"] == "client_cancelled"
+    assert done["usage"]["output_tokens"] < 2048
+    done_at = client.seen.index(client.of("response.done")[0])
+    late = client.of("response.output_audio.delta", done["id"])
+    assert all(client.seen.index(delta) < done_at for delta in late)
+    assert wait_idle(lm_url) == 0
+
+
+def test_idle_timeout_triggers_a_turn_and_a_reply(gateway: str) -> None:
+    detection = {"type": "server_vad", "idle_timeout_ms": 5000}
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], Client]:
+        client = await open_client(gateway)
+        await client.send(
+            type="session.update",
+            session={"turn_detection": {**detection, "idle_timeout_ms": 100}},
+        )
+        too_short = await client.until("error", "session.updated")
+        updated = await client.update(turn_detection=detection, max_output_tokens=8)
+        # Time is the input audio's: 6 s of silence, sent at once, is 6 s of idling.
+        await client.append(silence(6.0))
+        triggered = await client.until("input_audio_buffer.timeout_triggered")
+        committed = await client.until("input_audio_buffer.committed")
+        done = await client.until("response.done")
+        await client.ws.close()
+        return too_short, updated, [triggered, committed, done], client
+
+    too_short, updated, (triggered, committed, done), client = run(scenario())
+    assert too_short["type"] == "error"
+    assert too_short["error"]["param"] == "session.turn_detection.idle_timeout_ms"
+    assert updated["session"]["audio"]["input"]["turn_detection"]["idle_timeout_ms"] == 5000
+    assert 5000 <= triggered["audio_end_ms"] - triggered["audio_start_ms"] < 5500
+    assert triggered["audio_end_ms"] <= 6000
+    assert committed["item_id"] == triggered["item_id"]
+    assert done["response"]["status"] in ("completed", "incomplete")
+    assert len(client.of("input_audio_buffer.timeout_triggered")) == 1
+    assert not client.of("input_audio_buffer.speech_started")

@@ -104,6 +104,10 @@ def worker(layout: CheckpointLayout, cache_dir: Path, tmp_path_factory) -> Itera
         str(FIRST_CHUNK_UNITS),
         "--chunk-units",
         str(CHUNK_UNITS),
+        # Batched rendering across streams (1 by default on a CPU), so the streaming tests
+        # check the scheduler's batched path against one-shot synthesis too.
+        "--vocoder-batch-size",
+        "4",
     )
     log_dir = tmp_path_factory.mktemp("speech-worker")
     yield from running_worker("speech worker", argv, port, worker_env(cache_dir), log_dir)
@@ -396,6 +400,57 @@ def test_stream_equals_one_shot_and_starts_early(
     assert samples == len(audio) // 2
     want = pcm16(stacks[model].decode("".join(tokens)))
     assert_pcm_close(as_samples(audio), want)
+
+
+def test_a_burst_of_tokens_gives_a_small_first_chunk_then_large_ones(
+    worker: str, stacks: dict[str, SpeechStack], token_lists: dict[str, list[str]]
+) -> None:
+    # All tokens in one message, as when a stream fell behind: the first audio is the first
+    # chunk alone, the rest comes in chunks of up to max_chunk_units (default 100), not
+    # CHUNK_UNITS; the audio is the same as one-shot.
+    tokens = token_lists[BASE]
+    stack = stacks[BASE]
+
+    async def frames() -> list[bytes]:
+        async with SpeechClient(worker) as client, client.stream(BASE, 2, 16000) as stream:
+            await stream.send_tokens(tokens)
+            await stream.end()
+            return [chunk async for chunk in stream]
+
+    received = run(frames())
+    units = stack.decode_units("".join(tokens)).hubert
+    durations = stack.vocoder.durations(units)
+    assert len(received[0]) // 2 == sum(durations[:FIRST_CHUNK_UNITS]) * 640
+    assert len(received) < (len(units) - FIRST_CHUNK_UNITS) // CHUNK_UNITS
+    want = pcm16(stack.decode("".join(tokens)))
+    assert_pcm_close(as_samples(b"".join(received)), want)
+
+
+def test_concurrent_streams_share_forward_passes_and_keep_their_audio(
+    worker: str, stacks: dict[str, SpeechStack], token_lists: dict[str, list[str]]
+) -> None:
+    # Two streams with different speakers at once: the scheduler renders their chunks in shared
+    # forward passes (batch size 4 here), and each stream still gets its own one-shot audio.
+    tokens = token_lists[BASE]
+    stack = stacks[BASE]
+
+    async def one(speaker: int) -> bytes:
+        async with SpeechClient(worker) as client, client.stream(BASE, speaker, 16000) as stream:
+            for piece, _ in in_pieces(tokens, 9):
+                await stream.send_tokens(piece)
+            await stream.end()
+            return b"".join([chunk async for chunk in stream])
+
+    async def both() -> tuple[list[bytes], float]:
+        before = await metric(worker, "spiritlm_speech_vocoder_batch_size_count")
+        audio = await asyncio.gather(one(0), one(3))
+        after = await metric(worker, "spiritlm_speech_vocoder_batch_size_count")
+        return list(audio), after - before
+
+    audio, passes = run(both())
+    for speaker, data in zip((0, 3), audio, strict=True):
+        assert_pcm_close(as_samples(data), pcm16(stack.decode("".join(tokens), speaker=speaker)))
+    assert passes > 0  # the streams' chunks went through the scheduler
 
 
 def test_stream_resamples_like_one_shot(

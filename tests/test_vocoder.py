@@ -17,7 +17,14 @@ from service.checkpoints.tiny_vocoder import write_vocoders
 from service.errors import CheckpointError
 from service.speech.streaming import StreamingVocoder
 from service.speech.torch_files import fold_weight_norm
-from service.speech.vocoder import FrameCodes, UnitVocoder, load_vocoder, upsample_codes
+from service.speech.vocoder import (
+    SHAPE_BUCKET_FRAMES,
+    FrameCodes,
+    UnitVocoder,
+    load_vocoder,
+    shape_bucket,
+    upsample_codes,
+)
 
 HOP = 640
 
@@ -625,3 +632,77 @@ def test_streaming_empty_and_closed(base):
     assert stream.finish() == []
     with pytest.raises(RuntimeError):
         stream.push([1])
+
+
+@pytest.mark.parametrize("pattern", ["one", "random", "all"])
+def test_coalesced_chunks_equal_one_shot(base, pattern):
+    units = random_codes(26, 120, 500)
+    want = base.synthesize(units, speaker=0, global_style=5)
+    stream = StreamingVocoder(
+        base, speaker=0, global_style=5, first_chunk_units=6, chunk_units=9, max_chunk_units=40
+    )
+    chunks = stream_aligned(stream, units, None, None, push_sizes(pattern, 120, 27))
+    assert_same_audio(chunks, want)
+
+
+def test_a_stream_that_fell_behind_catches_up_in_larger_chunks(base):
+    units = random_codes(28, 150, 500)
+    ends = np.cumsum(base.durations(units))
+    stream = StreamingVocoder(base, first_chunk_units=5, chunk_units=5, max_chunk_units=30)
+    count, first = push_until_audio(stream, units)
+    assert [len(c) for c in first] == [ends[4] * HOP]  # the first chunk stays small
+    # 100 units arrive at once: the chunks take up to 30 units each, not 5.
+    later = stream.push(units[count : count + 100])
+    sizes = [len(c) // HOP for c in later]
+    assert len(later) < 100 // 5
+    assert max(sizes) > ends[34] - ends[4] - 1
+    rest = stream.push(units[count + 100 :]) + stream.finish()
+    assert sum(len(c) for c in first + later + rest) == ends[-1] * HOP
+
+
+def test_coalescing_needs_a_cap_of_at_least_chunk_units(base):
+    with pytest.raises(ValueError, match="max_chunk_units"):
+        StreamingVocoder(base, chunk_units=10, max_chunk_units=9)
+
+
+def test_bfloat16_vocoder_stays_close_to_float32(layout):
+    units = random_codes(29, 80, 500)
+    exact = load_vocoder(layout.vocoder_dir(BASE))
+    fast = load_vocoder(layout.vocoder_dir(BASE), dtype="bfloat16")
+    assert fast.compute_dtype == torch.bfloat16
+    assert fast.model.dict.weight.dtype == torch.float32  # embeddings and durations stay exact
+    assert fast.durations(units) == exact.durations(units)
+    want = exact.synthesize(units)
+    got = fast.synthesize(units)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    # bfloat16 keeps 8 bits of mantissa: an error floor around -40 dB of the signal (measured
+    # at official size in docs/benchmarks.md), never exact.
+    assert 1e-4 < rms(got - want) < 0.03 * rms(want)
+    # The streaming path runs the same bfloat16 windows.
+    stream = StreamingVocoder(fast, first_chunk_units=6, chunk_units=9)
+    streamed = np.concatenate(stream_aligned(stream, units, None, None, push_sizes("one", 80, 0)))
+    assert rms(streamed - want) < 0.03 * rms(want)
+
+
+def rms(signal: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(signal, dtype=np.float64))))
+
+
+def test_padding_leaves_the_samples_past_the_receptive_field(base):
+    left, right = base.frame_context
+    codes = random_codes(30, 60, 500)
+    frames = FrameCodes(codes, None, None)
+    conditioning = base.conditioning(0, None)
+    alone = base.render(frames, conditioning)
+    shifted = base.render(frames, conditioning, pad_left=13)
+    assert shifted.shape == alone.shape
+    assert np.abs(shifted[left * HOP :] - alone[left * HOP :]).max() < 1e-4
+    [padded] = base.render_batch([(frames, conditioning)], 64 + 32)
+    assert len(padded) == 60 * HOP
+    assert np.abs(padded[: (60 - right) * HOP] - alone[: (60 - right) * HOP]).max() < 1e-4
+
+
+def test_warm_up_runs_every_bucketed_length(base):
+    assert shape_bucket(1) == shape_bucket(SHAPE_BUCKET_FRAMES) == SHAPE_BUCKET_FRAMES
+    assert shape_bucket(SHAPE_BUCKET_FRAMES + 1) == 2 * SHAPE_BUCKET_FRAMES
+    assert base.warm_up(2 * SHAPE_BUCKET_FRAMES + 5) == 3

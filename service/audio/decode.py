@@ -10,9 +10,15 @@ demuxer, never FFmpeg's probing, so playlist or concat demuxers cannot be reache
 
 Integer PCM becomes float the way the reference loads files (int16 / 32768, int24 / 2**23,
 int32 / 2**31, 8-bit unsigned (x - 128) / 128). Any number of channels is averaged to mono.
-Other rates are resampled with ``resample`` (torchaudio's default sinc resampler). Every failure
-caused by the bytes raises AudioError; decoding stops as soon as the decoded duration passes the
-limit, so a small file that expands to hours is rejected after decoding only the allowed part.
+Other rates are resampled as ``resample`` (torchaudio's default sinc resampler) does on the
+whole signal. Every failure caused by the bytes raises AudioError; decoding stops as soon as the
+decoded duration passes the limit, so a small file that expands to hours is rejected after
+decoding only the allowed part.
+
+Memory is bounded by the 16 kHz result, not by the file's own rate and channels: each decoded
+block is downmixed and fed to a batched ``StreamResampler`` (bit-identical to ``resample`` of
+the whole signal) as it arrives, so 600 s at 192 kHz costs the 38 MB of its 16 kHz samples plus
+a window of a few MB, never the 460 MB of the full-rate signal (docs/security.md#limits).
 """
 
 from __future__ import annotations
@@ -27,18 +33,30 @@ import numpy as np
 import soundfile
 
 from service.audio.pcm import pcm16_to_float
-from service.audio.resample import kernel_elements, resample
+from service.audio.resample import StreamResampler, kernel_elements, resample
 from service.errors import AudioError
 
 TARGET_RATE = 16000
 # Filter banks above this size mean exotic rates (e.g. 44101 Hz) that would take seconds per
 # second of audio to convert; they are refused rather than tying up a worker.
 MAX_RESAMPLE_KERNEL = 4_000_000
-# Decoded audio is held at the file's own rate before resampling; this bounds its memory.
+# Highest accepted input rate; decoding holds only a bounded window at this rate.
 MAX_RATE = 192_000
 # Headers can claim any channel count; each block allocates block * channels floats.
 MAX_CHANNELS = 64
 _SOUNDFILE_BLOCK = 65536
+# Mono samples gathered from small decoded frames (PyAV) before they go to the resampler.
+_RESAMPLE_BLOCK = 65536
+
+
+class AudioTooLong(AudioError):
+    """Audio past ``AudioLimits.max_seconds`` (callers tell a per-input from a total limit)."""
+
+    def __init__(self, seconds: float, limit: float, filename: str | None = None) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        where = f"{filename}: " if filename else ""
+        super().__init__(f"{where}audio is too long: {seconds:.2f} s > limit {limit:g} s")
 
 
 @dataclass(frozen=True)
@@ -71,9 +89,32 @@ def decode_audio(
     data: bytes, *, limits: AudioLimits | None = None, filename: str | None = None
 ) -> np.ndarray:
     """Decode an uploaded audio file to 1-D float32 mono 16 kHz samples."""
-    limits = limits or AudioLimits()
+    samples, _ = _decode_named(data, limits or AudioLimits(), filename, keep=True)
+    assert samples is not None
+    return samples
+
+
+def audio_seconds(
+    data: bytes, *, limits: AudioLimits | None = None, filename: str | None = None
+) -> float:
+    """Seconds of 16 kHz audio ``decode_audio`` would return, with the same checks and errors.
+
+    The file is decoded block by block but nothing is kept or resampled: memory is one block,
+    whatever the length (the gateway's check of uploads before a speech worker sees them).
+    """
+    _, length = _decode_named(data, limits or AudioLimits(), filename, keep=False)
+    return length / TARGET_RATE
+
+
+def _decode_named(
+    data: bytes, limits: AudioLimits, filename: str | None, *, keep: bool
+) -> tuple[np.ndarray | None, int]:
     try:
-        return _decode(bytes(data), limits)
+        return _decode(bytes(data), limits, keep)
+    except AudioTooLong as error:
+        if filename:
+            raise AudioTooLong(error.seconds, error.limit, filename) from None
+        raise
     except AudioError as error:
         if filename:
             raise AudioError(f"{filename}: {error}") from None
@@ -145,7 +186,8 @@ def _sniff_mpeg_audio(data: bytes) -> str | None:
     return "aac" if layer == 0 else "mp3"
 
 
-def _decode(data: bytes, limits: AudioLimits) -> np.ndarray:
+def _decode(data: bytes, limits: AudioLimits, keep: bool) -> tuple[np.ndarray | None, int]:
+    """The 16 kHz samples (when ``keep``) and their count."""
     if not data:
         raise AudioError("audio is empty")
     if len(data) > limits.max_bytes:
@@ -155,29 +197,22 @@ def _decode(data: bytes, limits: AudioLimits) -> np.ndarray:
         raise AudioError(
             f"could not decode audio: unrecognised format (supported: {SUPPORTED_INPUTS})"
         )
-    mono, rate = _decode_container(data, container, limits)
-    if mono.size == 0:
-        raise AudioError("audio is empty")
-    if not np.isfinite(mono).all():
-        raise AudioError("audio contains NaN or infinite samples")
-    if rate != TARGET_RATE:
-        mono = resample(mono, rate, TARGET_RATE)
-    _check_length(mono, limits)
-    return mono
+    samples, length = _decode_container(data, container, _Sink(limits, keep))
+    _check_length(length, limits)
+    return samples, length
 
 
-def _decode_container(data: bytes, container: str, limits: AudioLimits) -> tuple[np.ndarray, int]:
-    """Decoded mono float32 samples at the file's own rate, and that rate."""
+def _decode_container(data: bytes, container: str, sink: _Sink) -> tuple[np.ndarray | None, int]:
     reasons: list[str] = []
     if container in _SOUNDFILE_CONTAINERS:
         try:
-            return _decode_soundfile(data, limits)
+            return _decode_soundfile(data, sink)
         except AudioError:
             raise
         except Exception as error:  # libsndfile/cffi report bad bytes with assorted types
             reasons.append(f"libsndfile: {_describe(error)}")
     try:
-        return _decode_pyav(data, _DEMUXERS[container], limits)
+        return _decode_pyav(data, _DEMUXERS[container], sink)
     except AudioError:
         raise
     except Exception as error:  # FFmpeg errors, and PyAV's own ValueError/TypeError on odd input
@@ -195,12 +230,12 @@ def _describe(error: Exception) -> str:
     return text
 
 
-def _decode_soundfile(data: bytes, limits: AudioLimits) -> tuple[np.ndarray, int]:
+def _decode_soundfile(data: bytes, sink: _Sink) -> tuple[np.ndarray | None, int]:
     with soundfile.SoundFile(io.BytesIO(data)) as source:
         rate = int(source.samplerate)
         _check_rate(rate)
         _check_channels(source.channels)
-        return _collect(_soundfile_blocks(source), rate, limits), rate
+        return sink.collect(_soundfile_blocks(source), rate)
 
 
 def _soundfile_blocks(source: soundfile.SoundFile) -> Iterator[np.ndarray]:
@@ -213,7 +248,7 @@ def _soundfile_blocks(source: soundfile.SoundFile) -> Iterator[np.ndarray]:
         yield block.T
 
 
-def _decode_pyav(data: bytes, demuxer: str, limits: AudioLimits) -> tuple[np.ndarray, int]:
+def _decode_pyav(data: bytes, demuxer: str, sink: _Sink) -> tuple[np.ndarray | None, int]:
     with av.open(io.BytesIO(data), mode="r", format=demuxer) as source:
         if not source.streams.audio:
             raise AudioError("could not decode audio: the file has no audio stream")
@@ -225,8 +260,7 @@ def _decode_pyav(data: bytes, demuxer: str, limits: AudioLimits) -> tuple[np.nda
         rate, channels = int(first.sample_rate), int(first.layout.nb_channels)
         _check_rate(rate)
         _check_channels(channels)
-        blocks = _pyav_blocks(first, frames, rate, channels)
-        return _collect(blocks, rate, limits), rate
+        return sink.collect(_pyav_blocks(first, frames, rate, channels), rate)
 
 
 def _pyav_blocks(
@@ -258,17 +292,57 @@ def _frame_to_float(frame: av.AudioFrame) -> np.ndarray:
     raise AudioError(f"could not decode audio: unsupported sample format {frame.format.name}")
 
 
-def _collect(blocks: Iterator[np.ndarray], rate: int, limits: AudioLimits) -> np.ndarray:
-    """Downmix (channels, n) blocks as they arrive, stopping once the duration limit is passed."""
-    parts: list[np.ndarray] = []
-    total = 0
-    for block in blocks:
-        total += block.shape[1]
-        _check_duration(total, rate, limits)
-        parts.append(_downmix(block))
-    if not parts:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(parts)
+@dataclass(frozen=True)
+class _Sink:
+    """What happens to decoded blocks: kept as 16 kHz mono (decode_audio) or only counted."""
+
+    limits: AudioLimits
+    keep: bool
+
+    def collect(self, blocks: Iterator[np.ndarray], rate: int) -> tuple[np.ndarray | None, int]:
+        """16 kHz mono of (channels, n) blocks, downmixed and resampled as they arrive.
+
+        Stops once the duration limit is passed. Only the 16 kHz output and one resampling
+        window are held; the result equals ``resample`` of the whole downmixed signal, bit for
+        bit. Not keeping, only the count ``ceil(n * 16000 / rate)`` of those samples is made.
+        """
+        resample_now = self.keep and rate != TARGET_RATE
+        resampler = StreamResampler(rate, TARGET_RATE, batched=True) if resample_now else None
+        parts: list[np.ndarray] = []
+        waiting: list[np.ndarray] = []
+        waiting_size = total = 0
+        finite = True
+        for block in blocks:
+            total += block.shape[1]
+            _check_duration(total, rate, self.limits)
+            if not self.keep:
+                # A mean is finite exactly when every channel's sample is.
+                finite = finite and bool(np.isfinite(block).all())
+                continue
+            mono = _downmix(block)
+            finite = finite and bool(np.isfinite(mono).all())
+            if resampler is None:
+                parts.append(mono)
+                continue
+            waiting.append(mono)
+            waiting_size += mono.size
+            if waiting_size >= _RESAMPLE_BLOCK:
+                parts.append(resampler.write(np.concatenate(waiting)))
+                waiting, waiting_size = [], 0
+        if total == 0:
+            raise AudioError("audio is empty")
+        if not finite:
+            raise AudioError("audio contains NaN or infinite samples")
+        length = -(-total * TARGET_RATE // rate)
+        if not self.keep:
+            return None, length
+        if resampler is not None:
+            if waiting:
+                parts.append(resampler.write(np.concatenate(waiting)))
+            parts.append(resampler.close())
+        samples = np.concatenate(parts)
+        assert samples.size == length
+        return samples, length
 
 
 def _downmix(channels: np.ndarray) -> np.ndarray:
@@ -296,16 +370,14 @@ def _check_channels(channels: int) -> None:
 
 def _check_duration(samples: int, rate: int, limits: AudioLimits) -> None:
     if samples > limits.max_seconds * rate:
-        raise AudioError(
-            f"audio is too long: {samples / rate:.2f} s > limit {limits.max_seconds:g} s"
-        )
+        raise AudioTooLong(samples / rate, limits.max_seconds)
 
 
-def _check_length(mono: np.ndarray, limits: AudioLimits) -> None:
-    if mono.size == 0:
+def _check_length(length: int, limits: AudioLimits) -> None:
+    if length == 0:
         raise AudioError("audio is empty")
-    if mono.size < limits.min_samples:
-        got_ms = 1000.0 * mono.size / TARGET_RATE
+    if length < limits.min_samples:
+        got_ms = 1000.0 * length / TARGET_RATE
         min_ms = 1000.0 * limits.min_samples / TARGET_RATE
         raise AudioError(f"audio is too short: {got_ms:g} ms < {min_ms:g} ms")
-    _check_duration(mono.size, TARGET_RATE, limits)
+    _check_duration(length, TARGET_RATE, limits)

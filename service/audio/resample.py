@@ -9,7 +9,8 @@ zero-padded by ``width`` on the left and ``width + orig`` on the right, a stride
 ``ceil(n * new / orig)`` samples.
 
 ``StreamResampler`` produces the same samples as ``resample`` on the concatenated input while the
-input arrives in pieces (used to re-rate audio that is encoded while it is produced).
+input arrives in pieces (used to re-rate audio that is encoded while it is produced, and to decode
+long uploads without holding them at their own rate, service/audio/decode.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ import torch
 
 LOWPASS_FILTER_WIDTH = 6
 ROLLOFF = 0.99
+# Batched streaming (``StreamResampler(..., batched=True)``): each conv1d call covers a multiple of
+# BATCH_FRAMES output frames and at least BATCH_SAMPLES input samples, and the final call gets
+# at least BATCH_SAMPLES too. torch's CPU conv1d picks its kernel by input size (small inputs take
+# another path) and computes a call's last partial vector separately, so only large calls aligned
+# like the whole-signal call give bit-identical samples (tests/test_audio.py checks it).
+BATCH_FRAMES = 1024
+BATCH_SAMPLES = 1 << 17
 
 
 def _reduced(orig_freq: int, new_freq: int) -> tuple[int, int]:
@@ -117,14 +125,26 @@ class StreamResampler:
     Each output phase frame k needs input samples [k*orig - width, k*orig + orig + width), so a
     frame is emitted as soon as its last input sample has arrived; ``close`` supplies the
     reference's right-hand zero padding and trims the total to ``ceil(n * new / orig)``.
+    Samples agree with ``resample`` to float rounding (about 1e-7).
+
+    ``batched=True`` trades latency for bit-identical output: input is held until large, aligned
+    conv calls can be made (BATCH_FRAMES, BATCH_SAMPLES), so up to a few hundred thousand input
+    samples wait; memory stays bounded by that, whatever the length of the signal.
     """
 
-    def __init__(self, orig_freq: int, new_freq: int) -> None:
+    def __init__(self, orig_freq: int, new_freq: int, *, batched: bool = False) -> None:
         self._orig, self._new = _reduced(orig_freq, new_freq)
         self._width = _filter_width(self._orig, self._new)
         self._span = 2 * self._width + self._orig
+        self._batched = batched
+        # Input needed before a batched call: one call's worth plus what the final call keeps.
+        self._batch_ready = 2 * BATCH_SAMPLES + (BATCH_FRAMES + 1) * self._orig + self._span
         # The pending input starts with the reference's left zero padding.
         self._pending = np.zeros(self._width, dtype=np.float32)
+        # Batched mode queues chunks and joins them only when a call can be made (no quadratic
+        # copying when the input comes in small pieces).
+        self._queued: list[np.ndarray] = []
+        self._queued_size = 0
         self._received = 0
         self._emitted = 0
         self._closed = False
@@ -137,8 +157,20 @@ class StreamResampler:
         self._received += chunk.size
         if self._orig == self._new:
             return chunk.copy()
+        if self._batched:
+            self._queued.append(chunk.copy())
+            self._queued_size += chunk.size
+            if self._pending.size + self._queued_size < self._batch_ready:
+                return np.zeros(0, dtype=np.float32)
+            self._join_queued()
+            return self._drain(final=False)
         self._pending = np.concatenate([self._pending, chunk])
         return self._drain()
+
+    def _join_queued(self) -> None:
+        if self._queued:
+            self._pending = np.concatenate([self._pending, *self._queued])
+            self._queued, self._queued_size = [], 0
 
     def close(self) -> np.ndarray:
         """Flush the remaining output (the tail that needs the right-hand padding)."""
@@ -148,6 +180,7 @@ class StreamResampler:
         if self._orig == self._new:
             return np.zeros(0, dtype=np.float32)
         already = self._emitted
+        self._join_queued()
         tail = np.zeros(self._width + self._orig, dtype=np.float32)
         self._pending = np.concatenate([self._pending, tail])
         out = self._drain()
@@ -155,11 +188,18 @@ class StreamResampler:
         self._emitted = target
         return out[: max(0, target - already)]
 
-    def _drain(self) -> np.ndarray:
+    def _drain(self, *, final: bool = True) -> np.ndarray:
+        """Convolve the frames that can be made; batched, only a large aligned call (not final)."""
         available = self._pending.size - self._span
         if available < 0:
             return np.zeros(0, dtype=np.float32)
         frames = available // self._orig + 1
+        if not final:
+            # Keep BATCH_SAMPLES for the final call, and call on whole BATCH_FRAMES only.
+            frames = min(frames, (self._pending.size - BATCH_SAMPLES) // self._orig)
+            frames -= frames % BATCH_FRAMES
+            if frames <= 0 or frames * self._orig < BATCH_SAMPLES:
+                return np.zeros(0, dtype=np.float32)
         used = (frames - 1) * self._orig + self._span
         rows = torch.from_numpy(self._pending[:used])[None]
         with torch.inference_mode():

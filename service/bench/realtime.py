@@ -40,7 +40,7 @@ from websockets.exceptions import WebSocketException
 
 from service.audio.pcm import float_to_pcm16
 from service.audio.resample import resample
-from service.bench.report import load_average, machine_description, percentile
+from service.bench.report import load_average, machine_description, percentile, stall_of
 from service.gateway.realtime.config import DEFAULT_TEMPERATURE, TOP_P
 from service.lm.prompt import SpeechInput, TurnEnd, build_prompt
 
@@ -99,6 +99,7 @@ class Report:
     levels: list[LevelResult] = field(default_factory=list)
     load_before: float | None = None
     load_after: float | None = None
+    label: str = ""  # the stack configuration, when several are compared in one run
 
     def largest_real_time(self) -> int | None:
         kept = [level.sessions for level in self.levels if level.streaming and level.keeps_up]
@@ -111,20 +112,6 @@ def speech_pcm(path: Path) -> tuple[bytes, float]:
     if rate != RATE:
         mono = resample(mono, rate, RATE)
     return float_to_pcm16(mono), len(mono) / RATE
-
-
-def stall_of(arrivals: list[tuple[float, float]]) -> float:
-    """Longest wait of a player that starts at the first delta; arrivals = (time, seconds)."""
-    if not arrivals:
-        return 0.0
-    start = arrivals[0][0]
-    queued = 0.0  # audio seconds scheduled before each delta
-    paused = 0.0
-    for arrival, seconds in arrivals:
-        wait = arrival - (start + queued + paused)
-        paused += max(0.0, wait)
-        queued += seconds
-    return paused
 
 
 @dataclass(frozen=True)
@@ -295,10 +282,14 @@ async def run_benchmark(
     time_budget: float,
     progress: Progress,
     target: str = "",
+    label: str = "",
+    baseline: bool = True,
 ) -> Report:
+    """Levels of concurrent sessions on one gateway; `baseline` adds the whole-reply runs."""
     pcm, seconds = speech_pcm(audio)
     caller = Caller(pcm, await _tokens(url, audio), max_tokens)
     report = Report(url, target, audio, seconds, max_tokens, load_before=load_average())
+    report.label = label
     # The first turn of a fresh stack pays one-time costs (first vocoder stream, first prompt
     # shapes in vLLM); it would be counted against the first level only.
     progress("warm-up session (not counted)")
@@ -308,11 +299,11 @@ async def run_benchmark(
         if time.perf_counter() - started > time_budget:
             progress(f"time budget of {time_budget:.0f} s spent; stopping before {sessions}")
             break
-        for streaming in (True, False):
+        for streaming in (True, False) if baseline else (True,):
             level = await run_level(url, caller, sessions, streaming=streaming)
             report.levels.append(level)
-            progress(describe(level))
-        streamed = report.levels[-2]
+            progress(f"{label}: {describe(level)}" if label else describe(level))
+        streamed = next(level for level in reversed(report.levels) if level.streaming)
         if not streamed.keeps_up:
             break
     report.load_after = load_average()
@@ -343,17 +334,22 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None or value == float("inf") else f"{value:.2f}"
 
 
-def markdown_table(report: Report) -> str:
+def markdown_table(*reports: Report) -> str:
+    """One table; a first column names each report's stack configuration when they have one."""
+    labelled = any(report.label for report in reports)
     lines = [
-        "| Sessions | Audio out | Replies | First audio p50 (s) | p95 (s) | Reply audio (s) "
+        ("| Stack " if labelled else "")
+        + "| Sessions | Audio out | Replies | First audio p50 (s) | p95 (s) | Reply audio (s) "
         "| Worst stall (s) | Keeps up with real time |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        ("|---" if labelled else "") + "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
-    for level in report.levels:
+    rows = [(report.label, level) for report in reports for level in report.levels]
+    for label, level in rows:
         latencies = level.latencies
         audio = [r.audio_seconds for r in level.completed]
         lines.append(
-            "| {n} | {mode} | {ok}/{n} | {p50} | {p95} | {audio} | {stall} | {keeps} |".format(
+            (f"| {label} " if labelled else "")
+            + "| {n} | {mode} | {ok}/{n} | {p50} | {p95} | {audio} | {stall} | {keeps} |".format(
                 n=level.sessions,
                 mode="streamed" if level.streaming else "whole reply, then sent",
                 ok=len(level.completed),
@@ -367,15 +363,21 @@ def markdown_table(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_section(report: Report, command: str) -> str:
+def _verdict(report: Report) -> str:
     largest = report.largest_real_time()
-    verdict = (
-        f"**{largest} concurrent session(s)** is the largest level whose streamed replies kept up "
-        "with real time on this machine."
-        if largest
-        else "No level kept up with real time on this machine."
+    stack = f" ({report.label})" if report.label else ""
+    if not largest:
+        return f"No level kept up with real time on this machine{stack}."
+    return (
+        f"**{largest} concurrent session(s)**{stack} is the largest level whose streamed replies "
+        "kept up with real time on this machine."
     )
-    loads = f"{_seconds(report.load_before)} at the start, {_seconds(report.load_after)} at the end"
+
+
+def markdown_section(command: str, *reports: Report) -> str:
+    report, last = reports[0], reports[-1]
+    loads = f"{_seconds(report.load_before)} at the start, {_seconds(last.load_after)} at the end"
+    targets = [f"{r.label}: {r.target}" if r.label else r.target for r in reports]
     return "\n".join(
         [
             "## Realtime voice sessions (`bench realtime`)",
@@ -384,7 +386,7 @@ def markdown_section(report: Report, command: str) -> str:
             "",
             f"- Machine: {machine_description()}",
             f"- Load average (1 min): {loads} (other jobs on the machine inflate every figure)",
-            f"- Gateway: {report.target}",
+            f"- Gateway: {'; '.join(targets)}",
             f"- Each session streams `{report.audio.name}` ({report.audio_seconds:.1f} s) in real "
             f"time as 100 ms appends, then silence; server VAD ends the turn "
             f"(silence_duration_ms {SILENCE_MS}); the reply is speech, "
@@ -397,8 +399,8 @@ def markdown_section(report: Report, command: str) -> str:
             "session detects the turn, then the reply is generated whole (`/v1/generate`, same "
             "prompt and sampling, tokens only) and vocoded whole (`/v1/speech/detokenize`).",
             "",
-            markdown_table(report).rstrip(),
+            markdown_table(*reports).rstrip(),
             "",
-            verdict,
+            *[_verdict(r) for r in reports],
         ]
     )

@@ -51,6 +51,20 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
+def stall_of(arrivals: list[tuple[float, float]]) -> float:
+    """Longest wait of a player that starts at the first delta; arrivals = (time, seconds)."""
+    if not arrivals:
+        return 0.0
+    start = arrivals[0][0]
+    queued = 0.0  # audio seconds scheduled before each delta
+    paused = 0.0
+    for arrival, seconds in arrivals:
+        wait = arrival - (start + queued + paused)
+        paused += max(0.0, wait)
+        queued += seconds
+    return paused
+
+
 def summarize(timings: list[RequestTiming], wall: float) -> Summary:
     """Throughput over the wall time of a whole run, latency percentiles over its requests."""
     if not timings or wall <= 0:

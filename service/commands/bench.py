@@ -4,17 +4,34 @@ from __future__ import annotations
 
 import argparse
 
-from service.commands import bench_lm, bench_load, bench_realtime, bench_report, bench_speech
+from service.commands import (
+    bench_hostile,
+    bench_lm,
+    bench_load,
+    bench_realtime,
+    bench_report,
+    bench_speech,
+    bench_streams,
+)
 
-KINDS = (bench_speech, bench_lm, bench_realtime, bench_load, bench_report)
+KINDS = (
+    bench_speech,
+    bench_streams,
+    bench_lm,
+    bench_realtime,
+    bench_load,
+    bench_hostile,
+    bench_report,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "bench",
-        help="benchmarks: speech, lm, realtime, load, report",
-        description="Measure the speech stack, LM generation, realtime sessions or a mixed load, "
-        "or write docs/performance.md. docs/benchmarks.md and docs/performance.md hold results.",
+        help="benchmarks: speech, streams, lm, realtime, load, hostile, report",
+        description="Measure the speech stack, concurrent vocoder streams, LM generation, "
+        "realtime sessions or a mixed load, probe it with hostile clients, or write "
+        "docs/performance.md. docs/benchmarks.md and docs/performance.md hold results.",
     )
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     for module in KINDS:

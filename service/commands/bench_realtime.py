@@ -25,27 +25,55 @@ def parse_levels(text: str) -> list[int]:
     return sorted(set(levels))
 
 
+def parse_stacks(text: str | None) -> list[tuple[str, list[str]]]:
+    """`label: flags; label: flags` -> [(label, up flags)]; none = one stack, default flags."""
+    if not text:
+        return [("", [])]
+    stacks = []
+    for part in text.split(";"):
+        label, colon, flags = part.partition(":")
+        if not colon or not label.strip():
+            raise SpiritError(
+                f"--stacks {text!r}: expected 'label: flags; label: flags', e.g. "
+                "'per-chunk: --max-chunk-units 25; coalesced: --max-chunk-units 100'"
+            )
+        stacks.append((label.strip(), shlex.split(flags)))
+    return stacks
+
+
 def command_line(args: argparse.Namespace) -> str:
     argv = ["bench", "realtime", "--levels", args.levels, "--max-tokens", str(args.max_tokens)]
     argv += ["--time-budget", str(args.time_budget)]
-    for flag, value in (("--url", args.url), ("--audio", args.audio), ("--output", args.output)):
+    options = (
+        ("--url", args.url),
+        ("--audio", args.audio),
+        ("--checkpoints", args.checkpoints),
+        ("--stacks", args.stacks),
+        ("--output", args.output),
+    )
+    for flag, value in options:
         if value is not None:
             argv += [flag, str(value)]
+    if args.no_baseline:
+        argv.append("--no-baseline")
     return "spiritlm-serve " + shlex.join(argv)
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.bench.realtime import SECTION, markdown_table, run_benchmark
+    from service.bench.realtime import SECTION, Report, markdown_table, run_benchmark
     from service.bench.sections import write_section
 
     levels = parse_levels(args.levels)
+    stacks = parse_stacks(args.stacks)
     audio = Path(args.audio or DEFAULT_AUDIO)
     if not audio.is_file():
         raise SpiritError(f"{audio}: audio file not found (give one with --audio)")
     if args.max_tokens < 1:
         raise SpiritError("--max-tokens must be at least 1")
+    if args.url and (args.stacks or args.checkpoints):
+        raise SpiritError("--stacks and --checkpoints configure a local stack: not with --url")
 
-    def measure(url: str, target: str):  # noqa: ANN202
+    def measure(url: str, target: str, label: str = "") -> Report:
         return asyncio.run(
             run_benchmark(
                 url,
@@ -55,29 +83,40 @@ def run(args: argparse.Namespace) -> int:
                 time_budget=args.time_budget,
                 progress=log,
                 target=target,
+                label=label,
+                baseline=not args.no_baseline,
             )
         )
 
+    reports = []
     if args.url:
         url = args.url.rstrip("/")
-        report = measure(url, f"the running gateway at {url}")
+        reports.append(measure(url, f"the running gateway at {url}"))
     else:
         from service.bench.stack import LocalStack
 
-        logs = Path(tempfile.mkdtemp(prefix="bench-realtime-"))
-        with LocalStack(logs) as stack:
-            stack.start(progress=log)
-            report = measure(
-                stack.url,
-                "a local stack started by the command (`spiritlm-serve up`: one "
-                "vLLM worker, one speech worker, the gateway; embedded tiny checkpoints)",
-            )
-        log(f"stack logs: {logs}")
+        checkpoints = (
+            f"the checkpoints in {args.checkpoints}"
+            if args.checkpoints
+            else "embedded tiny checkpoints"
+        )
+        # One stack after the other, never two at once: they would share the cores.
+        for label, flags in stacks:
+            logs = Path(tempfile.mkdtemp(prefix="bench-realtime-"))
+            with LocalStack(logs, checkpoints=args.checkpoints, gateway_flags=flags) as stack:
+                stack.start(progress=log)
+                described = "`spiritlm-serve up`" + (f" `{shlex.join(flags)}`" if flags else "")
+                target = (
+                    f"a local stack started by the command ({described}: one vLLM worker, one "
+                    f"speech worker, the gateway; {checkpoints})"
+                )
+                reports.append(measure(stack.url, target, label))
+            log(f"stack logs: {logs}")
     from service.bench.realtime import markdown_section
 
-    print(markdown_table(report), end="", flush=True)
+    print(markdown_table(*reports), end="", flush=True)
     if args.output is not None:
-        write_section(args.output, SECTION, markdown_section(report, command_line(args)))
+        write_section(args.output, SECTION, markdown_section(command_line(args), *reports))
         log(f"updated the {SECTION} section of {args.output}")
     return 0
 
@@ -91,6 +130,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--url", default=None, help="a running gateway (default: start a local stack)"
     )
     parser.add_argument("--audio", type=Path, default=None, help="speech file (default: 9.1 s)")
+    parser.add_argument(
+        "--checkpoints",
+        default=None,
+        help="checkpoint directory of the local stack, e.g. one written by "
+        "`make-checkpoints --size official` (default: the embedded tiny checkpoints)",
+    )
+    parser.add_argument(
+        "--stacks",
+        default=None,
+        help="compare local stacks in one run, one after the other: 'label: up flags; label: "
+        "up flags' (e.g. 'float32: ; bfloat16: --vocoder-dtype bfloat16')",
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the whole-reply (non-streaming) runs of each level",
+    )
     parser.add_argument(
         "--levels", default="1,2,4,8", help="concurrent sessions to try, in order (default 1,2,4,8)"
     )

@@ -45,6 +45,13 @@ SPEECH_WORKER_FIELDS = tuple(
 _SET_BY_UP = frozenset(
     {"host", "port", "model", "checkpoints_dir", "cache_dir", "internal_api_key"}
 )
+# Settings both processes have (the device, the audio limits, the chunk sizes): a flag given to
+# `up` reaches both. `cpu_cores` is `up`'s own split between the processes (service/cpus.py).
+SHARED_WITH_SPEECH_WORKER = tuple(
+    name
+    for name in SpeechWorkerSettings.model_fields
+    if name in GatewaySettings.model_fields and name not in _SET_BY_UP | {"cpu_cores"}
+)
 INTERNAL_API_KEY_ENV = env_name(Settings, "internal_api_key")
 
 # Runs in a child process: importing vLLM takes seconds and changes this process's environment
@@ -94,7 +101,7 @@ def given_gateway_env(args: argparse.Namespace) -> dict[str, str]:
 
 def given_speech_worker_flags(args: argparse.Namespace) -> list[str]:
     flags = []
-    for name in SPEECH_WORKER_FIELDS:
+    for name in SPEECH_WORKER_FIELDS + SHARED_WITH_SPEECH_WORKER:
         value = getattr(args, name, None)
         if value is not None:
             flags += [flag_names(name)[0], str(value)]

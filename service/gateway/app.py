@@ -14,6 +14,7 @@ from service import __version__
 from service.checkpoints.make import resolve_layout
 from service.gateway.audio.api_router import router as audio_router
 from service.gateway.chat.api_router import router as chat_router
+from service.gateway.docs import install_docs
 from service.gateway.engine import Engine
 from service.gateway.errors import install_error_handlers
 from service.gateway.fewshot import load_bank, load_classification_bank
@@ -23,15 +24,20 @@ from service.gateway.middleware import (
     AccessLogMiddleware,
     AuthMiddleware,
     BodyLimitMiddleware,
+    BodyReaderMiddleware,
     ConcurrencyLimitMiddleware,
+    DisconnectMiddleware,
     DrainingMiddleware,
+    JSONValuesLimitMiddleware,
     RequestIdMiddleware,
     WebSocketOriginMiddleware,
 )
+from service.gateway.models.aliases import parse_aliases
 from service.gateway.models.api_router import router as models_router
 from service.gateway.ops.api_router import router as ops_router
 from service.gateway.pools import WorkerPool
 from service.gateway.realtime.api_router import router as realtime_router
+from service.gateway.realtime.client_secrets import ClientSecrets
 from service.gateway.settings import GatewaySettings
 from service.gateway.speech_units.api_router import router as speech_units_router
 from service.gateway.state import GatewayState
@@ -58,8 +64,10 @@ def _middleware(
     """The middleware stack, outermost first; the order is the behaviour. Every request gets an
     id and an access-log line, refusals included. CORS comes before every refusal, so that
     preflights are answered without a key and refusals carry CORS headers a browser can read;
-    then WebSocket origins (403), the API key (401), draining (503), the declared body size
-    (413) and the concurrency limit (429)."""
+    then WebSocket origins (403), the API key (401), draining (503), the body size (413), the
+    whole body read under its timeouts (408) and its JSON values counted (413) before the
+    concurrency limit (429), so a slow body holds no slot; innermost, a client disconnect
+    cancels the handler."""
     stack = [
         Middleware(RequestIdMiddleware),
         Middleware(AccessLogMiddleware, metrics=metrics),
@@ -79,15 +87,24 @@ def _middleware(
         Middleware(
             AuthMiddleware,
             api_keys=settings.api_keys,
+            client_secrets=ClientSecrets.from_settings(settings),
             metrics_require_auth=settings.metrics_require_auth,
         ),
         Middleware(DrainingMiddleware, is_draining=is_draining),
         Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
         Middleware(
+            BodyReaderMiddleware,
+            timeout=settings.body_read_timeout_seconds,
+            idle_timeout=settings.body_idle_timeout_seconds,
+            max_reading_bytes=settings.max_reading_body_bytes,
+        ),
+        Middleware(JSONValuesLimitMiddleware, max_values=settings.max_json_values),
+        Middleware(
             ConcurrencyLimitMiddleware,
             max_concurrent=settings.max_concurrent_requests,
             metrics=metrics,
         ),
+        Middleware(DisconnectMiddleware),
     ]
     return stack
 
@@ -120,6 +137,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             speech_pool,
             default_model=settings.model,
             max_tokens_limit=settings.max_tokens_limit,
+            model_aliases=parse_aliases(settings.model_aliases),
         )
         fewshot = load_bank(layout, settings.fewshot_dir, settings.fewshot_shots)
         classification = load_classification_bank(settings.classification_dir)
@@ -155,8 +173,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="OpenAI-compatible API for Spirit LM (speech and text in one model).",
         lifespan=lifespan,
         middleware=_middleware(settings, metrics, is_draining),
+        docs_url=None,  # docs.py serves /docs from local assets
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TypeVar
@@ -22,8 +22,9 @@ import httpx
 
 from service.checkpoints.layout import EXPRESSIVE, CheckpointLayout
 from service.gateway.errors import APIError
+from service.gateway.models.aliases import target as alias_target
 from service.gateway.pools import Endpoint, NoHealthyWorker, WorkerPool
-from service.lm.client import LMClient, LMError, SamplingParams, Usage
+from service.lm.client import LMClient, LMError, LMMalformedAnswer, SamplingParams, Usage
 from service.lm.ending import Ending
 from service.lm.generation import GenerationResult, Generator, PreparedPrompt, prepare_prompt
 from service.lm.parsing import Done, ModalitySwitch, SpeechTokens, TextDelta
@@ -33,6 +34,7 @@ from service.speech_worker.client import (
     EncodeResult,
     SpeechClient,
     SpeechWorkerError,
+    SpeechWorkerMalformedAnswer,
     SpeechWorkerUnavailable,
 )
 from service.units.tokens import SPEECH_TOKEN
@@ -57,6 +59,9 @@ class SegmentStart:
 class TextOut:
     text: str
     index: int
+    # Output tokens generated when this text was released: the text of a stream's deltas is
+    # that of its output ids in consecutive ranges (a delta's logprobs, audio/transcription.py).
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,10 @@ class Engine:
         *,
         default_model: str,
         max_tokens_limit: int,
+        model_aliases: Mapping[str, str] | None = None,
     ) -> None:
         self.layout = layout
+        self.model_aliases = dict(model_aliases or {})
         self.lm_pool = lm_pool
         self.speech_pool = speech_pool
         self.default_model = default_model
@@ -146,22 +153,22 @@ class Engine:
         return [m for m in self.known_models if m in reported] or [self.default_model]
 
     def resolve_model(self, name: str | None) -> str:
-        """Our model names, plus any other name (e.g. OpenAI's 'whisper-1') meaning the default."""
-        if (
-            name is None
-            or name == ""
-            or name not in self.known_models
-            and not name.startswith("spirit-lm")
-        ):
+        """The variant a request's `model` names: a variant, an alias of one (the
+        `model_aliases` setting, service/gateway/models/aliases.py) or, unset, the default.
+        Any other name is a 404: no request silently gets a model it did not ask for."""
+        if not name:
             return self.default_model
-        if name not in self.known_models:
-            raise APIError(
-                404,
-                f"model '{name}' does not exist; available: {', '.join(self.known_models)}",
-                param="model",
-                code="model_not_found",
-            )
-        return name
+        model = alias_target(name, self.model_aliases, self.default_model)
+        if model in self.known_models:
+            return model
+        names = ", ".join([*self.known_models, *self.model_aliases])
+        what = f"is an alias of '{model}', which " if name in self.model_aliases else ""
+        raise APIError(
+            404,
+            f"model '{name}' {what}does not exist here; available: {names}",
+            param="model",
+            code="model_not_found",
+        )
 
     def tokenizer(self, model: str) -> SpiritTokenizer:
         if model not in self._tokenizers:
@@ -371,7 +378,8 @@ class Engine:
                     if event.to == "speech" and synthesize:
                         await segment.open_speech(self, queue, model, voice)
                 elif isinstance(event, TextDelta):
-                    await queue.put(TextOut(event.text, segment.index))
+                    produced = len(finished.result.output_ids)
+                    await queue.put(TextOut(event.text, segment.index, produced))
                 elif isinstance(event, SpeechTokens):
                     if not event.context:
                         await queue.put(SpeechTokensOut("".join(event.tokens), segment.index))
@@ -394,6 +402,9 @@ def _speech_api_error(
     """A refusal (bad speaker, unknown model, ...) keeps the worker's status; an unreachable
     worker or a broken connection is a 503. What went wrong (worker URLs, exception text) is
     logged, never sent to the client."""
+    if isinstance(error, SpeechWorkerMalformedAnswer):
+        log.warning("speech worker sent a malformed answer: %s", error)
+        return APIError(502, "speech worker sent a malformed answer")
     if isinstance(error, SpeechWorkerUnavailable):
         log.warning("speech worker %s: %s", what, error)
         return APIError(503, f"speech worker {what}")
@@ -403,7 +414,10 @@ def _speech_api_error(
 def _speech_failure(error: Exception) -> tuple[APIError, bool] | None:
     """`_on_some_worker`'s classification of speech worker errors: only unreachable ones retry."""
     if isinstance(error, (SpeechWorkerError, SpeechWorkerUnavailable)):
-        return _speech_api_error(error), isinstance(error, SpeechWorkerUnavailable)
+        unreachable = isinstance(error, SpeechWorkerUnavailable) and not isinstance(
+            error, SpeechWorkerMalformedAnswer
+        )
+        return _speech_api_error(error), unreachable
     return None
 
 
@@ -418,6 +432,10 @@ def _lm_failure(error: Exception) -> tuple[APIError, bool] | None:
         return None
     if error.status < 500:
         return APIError(error.status, str(error)), False
+    if isinstance(error, LMMalformedAnswer):
+        # Not a failure to reach it: no retry elsewhere; a 502 that names the role.
+        log.warning("LM worker sent a malformed answer: %s", error)
+        return APIError(502, "LM worker sent a malformed answer"), False
     log.warning("LM worker failed: %s", error)
     return APIError(503, "LM worker unavailable"), True
 

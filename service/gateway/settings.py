@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from service.config import Settings
 from service.errors import SpiritError
+from service.gateway.models.aliases import DEFAULT_ALIASES, AliasTable
 
 # Lists come from env vars and flags as comma-separated strings, not JSON.
 CommaList = Annotated[list[str], NoDecode]
@@ -101,6 +102,110 @@ class GatewaySettings(Settings):
         "workers report (the checkpoint's max_position_embeddings before any did).",
     )
 
+    # A SecretStr, so it is never in a repr or a log line (docs/deployment.md, "Signing key").
+    signing_key: SecretStr = Field(
+        default="",
+        validate_default=True,
+        description="HMAC-SHA256 key that signs the self-contained chat audio ids and realtime "
+        "client secrets; every gateway replica must have the same one. Empty = a random key per "
+        "process (ids and secrets then work only on the gateway process that made them; a "
+        "warning at start-up).",
+    )
+    client_secret_default_seconds: int = Field(
+        default=600,
+        ge=10,
+        le=7200,
+        description="Lifetime in seconds of a realtime client secret created without "
+        "expires_after.seconds (at most client_secret_max_seconds).",
+    )
+    client_secret_max_seconds: int = Field(
+        default=7200,
+        ge=10,
+        le=7200,
+        description="Longest lifetime in seconds a realtime client secret may ask for "
+        "(expires_after.seconds); OpenAI allows 10..7200.",
+    )
+    body_read_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds a client has to send a whole request body once its headers are in; "
+        "slower is 408. No concurrency slot is taken before the body is read.",
+    )
+    body_idle_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="Longest pause in seconds between two parts of a request body before 408.",
+    )
+    max_reading_body_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        gt=0,
+        description="Bytes of request bodies being received at once, all requests together; a "
+        "request that would go over is refused with 429 (bounds the memory of bodies read before "
+        "a concurrency slot is taken).",
+    )
+    write_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest time in seconds a client may leave a response unread once the "
+        "server's send buffers are full; its connection is then closed and its work cancelled.",
+    )
+    max_json_values: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="Most values (array items and object members, counted by their commas) in a "
+        "JSON request body, checked before it is parsed; more is 413.",
+    )
+    header_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection has to send a request's headers, from when it opens or "
+        "its last response ended; slower connections are closed.",
+    )
+    max_connections: int = Field(
+        default=1024,
+        gt=0,
+        description="Open HTTP and WebSocket connections before new ones get 503 (uvicorn's "
+        "limit_concurrency); bounds what header-phase and idle connections can hold.",
+    )
+    model_aliases: AliasTable = Field(
+        default=DEFAULT_ALIASES,
+        description="Other model names requests may use, comma-separated name=target pairs; "
+        "target 'default' = the configured --model, or a Spirit LM variant. Defaults to OpenAI's "
+        "audio model names (whisper-1, tts-1, gpt-realtime, ...); listed in /v1/models. Any "
+        "other unknown name is a 404. See service/gateway/models/aliases.py.",
+    )
+    realtime_max_items: int = Field(
+        default=2048,
+        gt=0,
+        description="Most conversation items one realtime session holds (created, committed "
+        "turns and replies); more are refused with an error event until items are deleted.",
+    )
+    realtime_max_history_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="Most bytes of conversation history one realtime session holds (text, "
+        "speech tokens, and user audio waiting to be encoded); items past it are refused.",
+    )
+    realtime_max_outbox_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description="Bytes of server events queued for a realtime client before the session "
+        "stops reading its events (a client that does not read holds no more than this).",
+    )
+    max_request_audio_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Most seconds of audio in all audio inputs of one request together "
+        "(/v1/generate `inputs`, chat `input_audio` parts); each input is also bounded by "
+        "max_audio_seconds. Checked before any input is encoded; more is refused with 400.",
+    )
+    max_detokenize_units: int = Field(
+        default=2500,
+        gt=0,
+        description="Most HuBERT units ([Hu] tokens or units.hubert entries) in one "
+        "/v1/speech/detokenize request (2500 = 100 s of units at 25 Hz); more are refused with "
+        "400 before any work. Vocoder memory and time grow with it (docs/security.md).",
+    )
     metrics_require_auth: bool = Field(
         default=False,
         description="With api_keys set, /metrics needs a key too (Prometheus then sends one).",

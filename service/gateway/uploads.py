@@ -2,9 +2,14 @@
 
 The gateway decodes an upload once before a speech worker sees it: that rejects corrupt, empty
 and over-long audio with a 400 naming the problem before any model work is queued, and gives the
-duration (verbose transcriptions need it). Decoding stops at the gateway's `max_audio_seconds`,
-so a long file costs only the allowed part. The worker receives the original bytes, so its units
-are exactly those of the same file given to `spiritlm-serve tokenize`.
+duration (verbose transcriptions need it). The check keeps nothing of the decoded audio (memory is
+one block, service/audio/decode.py `audio_seconds`) and stops at the gateway's
+`max_audio_seconds`, so a long file costs only the allowed part. The worker receives the original
+bytes, so its units are exactly those of the same file given to `spiritlm-serve tokenize`.
+
+A request with several audio inputs (/v1/generate `inputs`, chat `input_audio` parts) has an
+`AudioBudget`: every input is checked against `max_audio_seconds` and all of them together against
+`max_request_audio_seconds`, before the first one is encoded (docs/security.md#limits).
 """
 
 from __future__ import annotations
@@ -16,12 +21,11 @@ from functools import partial
 import anyio.to_thread
 from fastapi import Request, UploadFile
 
-from service.audio.decode import AudioLimits, decode_audio
+from service.audio.decode import AudioLimits, AudioTooLong, audio_seconds
 from service.errors import AudioError
 from service.gateway.errors import APIError
 from service.gateway.settings import GatewaySettings
 
-TARGET_RATE = 16000
 RAW_AUDIO_TYPES = ("audio/", "application/octet-stream")
 
 
@@ -76,11 +80,59 @@ async def read_upload(upload: UploadFile) -> bytes:
 
 async def check_audio(data: bytes, settings: GatewaySettings, filename: str | None = None) -> float:
     """Seconds of audio in an upload; 400 naming the problem when it cannot be used."""
-    limits = AudioLimits(max_seconds=settings.max_audio_seconds, max_bytes=settings.max_body_bytes)
-    decode = partial(decode_audio, data, limits=limits, filename=filename or None)
     try:
-        wav = await anyio.to_thread.run_sync(decode)
+        return await _seconds(data, settings.max_audio_seconds, settings, filename or None)
     except AudioError as error:
         message = str(error) if filename else f"file: {error}"
         raise APIError(400, message, param="file", code="invalid_audio") from None
-    return len(wav) / TARGET_RATE
+
+
+async def _seconds(
+    data: bytes, max_seconds: float, settings: GatewaySettings, filename: str | None = None
+) -> float:
+    # Decoding is request-sized CPU work: off the event loop.
+    limits = AudioLimits(max_seconds=max_seconds, max_bytes=settings.max_body_bytes)
+    probe = partial(audio_seconds, data, limits=limits, filename=filename)
+    return await anyio.to_thread.run_sync(probe)
+
+
+class AudioBudget:
+    """The audio inputs of one request: each within `max_audio_seconds`, all together within
+    `max_request_audio_seconds`. Check every input before encoding any."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.seconds = 0.0
+
+    async def check(self, data: bytes, param: str) -> float:
+        """Seconds of one input, counted against the request's total; 400 naming `param`."""
+        settings = self.settings
+        left = settings.max_request_audio_seconds - self.seconds
+        # Decoding stops at whichever limit comes first, so the work of all checks together is
+        # bounded by max_request_audio_seconds too.
+        limit = min(settings.max_audio_seconds, left)
+        try:
+            seconds = await _seconds(data, limit, settings)
+        except AudioTooLong as error:
+            if limit < settings.max_audio_seconds:
+                raise self._over_total(param) from None
+            raise APIError(
+                400,
+                f"{param}: audio is too long: more than {error.limit:g} s (max_audio_seconds)",
+                param=param,
+                code="audio_too_long",
+            ) from None
+        except AudioError as error:
+            raise APIError(400, f"{param}: {error}", param=param, code="invalid_audio") from None
+        self.seconds += seconds
+        return seconds
+
+    def _over_total(self, param: str) -> APIError:
+        limit = self.settings.max_request_audio_seconds
+        return APIError(
+            400,
+            f"{param}: the audio inputs of this request together are longer than {limit:g} s "
+            f"(max_request_audio_seconds)",
+            param=param,
+            code="audio_too_long",
+        )

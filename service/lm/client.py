@@ -26,6 +26,13 @@ class LMError(Exception):
         super().__init__(message)
 
 
+class LMMalformedAnswer(LMError):
+    """The LM worker answered with something that is not a vLLM completion (502)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, message)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 200
@@ -35,6 +42,9 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    # Each generated token's log-probability (vLLM's `logprobs`, the raw model output before
+    # the output-modality mask and sampling parameters), in `Delta.logprobs`.
+    logprobs: bool = False
 
     def to_request(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -48,6 +58,11 @@ class SamplingParams:
             body["seed"] = self.seed
         if self.stop_token_ids:
             body["stop_token_ids"] = list(self.stop_token_ids)
+        if self.logprobs:
+            # 0 = the sampled token's only; the worker has no tokenizer (--skip-tokenizer-init),
+            # so it must name tokens by id rather than decode them.
+            body["logprobs"] = 0
+            body["return_tokens_as_token_ids"] = True
         return body
 
 
@@ -64,6 +79,7 @@ class Delta:
     token_ids: list[int]
     finish_reason: str | None = None
     usage: Usage | None = None
+    logprobs: list[float] | None = None  # one per token id, when SamplingParams.logprobs
 
 
 class LMClient:
@@ -120,10 +136,20 @@ class LMClient:
                 if response.status_code != 200:
                     await response.aread()
                     raise _response_error(response)
+                done = False
                 async for line in response.aiter_lines():
-                    delta = self._parse_event(line)
+                    done = done or line == "data: [DONE]"
+                    try:
+                        delta = self._parse_event(line)
+                    except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+                        raise LMMalformedAnswer(f"not a completion event: {line[:200]!r}") from None
+                    if delta is not None and not all(type(t) is int for t in delta.token_ids):
+                        raise LMMalformedAnswer(f"token ids that are not integers: {line[:200]!r}")
                     if delta is not None:
                         yield delta
+                if not done:
+                    # Not vLLM's event stream (plain JSON, or an end without its marker).
+                    raise LMMalformedAnswer("the completion stream ended without [DONE]")
         except httpx.HTTPError as error:
             raise LMError(503, f"LM worker at {self.base_url} is unavailable: {error}") from error
 
@@ -145,7 +171,12 @@ class LMClient:
                 [], None, Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
             )
         choice = choices[0]
-        return Delta(list(choice.get("token_ids") or []), choice.get("finish_reason"))
+        logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
+        return Delta(
+            list(choice.get("token_ids") or []),
+            choice.get("finish_reason"),
+            logprobs=None if logprobs is None else [float(value) for value in logprobs],
+        )
 
     async def prompt_logprobs(self, prompt_ids: Sequence[int]) -> list[float | None]:
         """The log-probability of each prompt token given the ones before it (None for the

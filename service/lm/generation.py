@@ -34,6 +34,8 @@ class GenerationResult:
     """What a finished generation produced, besides the events."""
 
     output_ids: list[int] = field(default_factory=list)
+    # Each output id's log-probability from vLLM, when the request asked (SamplingParams.logprobs).
+    logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length", OpenAI's words
     end: EndReason | None = None  # which condition ended it (service/lm/ending.py)
     usage: Usage = field(default_factory=Usage)
@@ -100,8 +102,10 @@ class Generator:
                 # One id at a time: vLLM may send several ids in one event (under load), the
                 # parser wants each speech token as its own piece, and the generation may end
                 # at any of them.
-                for token_id in delta.token_ids:
+                for position, token_id in enumerate(delta.token_ids):
                     result.output_ids.append(token_id)
+                    if delta.logprobs is not None:
+                        result.logprobs.append(delta.logprobs[position])
                     watcher.token(token_id)
                     for event in parser.feed(decoder.push([token_id])):
                         for out in _cut(event, watcher):

@@ -186,6 +186,12 @@ class CodeHiFiGAN(nn.Module):
         c_last = c0 // (2 ** len(config.upsample_rates))
         self.conv_post = nn.Conv1d(c_last, 1, 7, padding=3)
 
+    def cast_conv_stack(self, dtype: torch.dtype) -> None:
+        """Run the conv stack (conv_pre .. conv_post) in `dtype`; the embedding tables and the
+        duration predictor stay float32, so frame counts never depend on the precision."""
+        for module in (self.conv_pre, self.ups, self.resblocks, self.conv_post):
+            module.to(dtype)
+
     @property
     def hop_length(self) -> int:
         hop = 1

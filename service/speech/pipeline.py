@@ -65,10 +65,10 @@ def _style(path: str, device: str):  # noqa: ANN202
 
 
 @cache
-def _vocoder(path: str, device: str, default_style: int | None):  # noqa: ANN202
+def _vocoder(path: str, device: str, default_style: int | None, dtype: str):  # noqa: ANN202
     from service.speech.vocoder import load_vocoder
 
-    return load_vocoder(Path(path), device=device, default_style=default_style)
+    return load_vocoder(Path(path), device=device, default_style=default_style, dtype=dtype)
 
 
 def split_chunks(wav: np.ndarray) -> list[np.ndarray]:
@@ -85,10 +85,18 @@ def split_chunks(wav: np.ndarray) -> list[np.ndarray]:
 class SpeechStack:
     """Speech tokenizer and vocoder of one variant, loaded lazily from a checkpoint layout."""
 
-    def __init__(self, layout: CheckpointLayout, variant: str, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        layout: CheckpointLayout,
+        variant: str,
+        device: str = "cpu",
+        *,
+        vocoder_dtype: str = "float32",
+    ) -> None:
         self.layout = layout
         self.variant = check_variant(variant)
         self.device = device
+        self.vocoder_dtype = vocoder_dtype
         self._silence_units: frozenset[int] | None = None
 
     @property
@@ -114,7 +122,8 @@ class SpeechStack:
     @cached_property
     def vocoder(self):  # noqa: ANN201
         default_style = BASE_DEFAULT_STYLE if self.variant == BASE else None
-        return _vocoder(str(self.layout.vocoder_dir(self.variant)), self.device, default_style)
+        directory = str(self.layout.vocoder_dir(self.variant))
+        return _vocoder(directory, self.device, default_style, self.vocoder_dtype)
 
     def load(self) -> None:
         """Load every component now (workers do this at start-up, not on the first request)."""
@@ -209,6 +218,7 @@ class SpeechStack:
         dur_pred: bool = True,
         first_chunk_units: int = 10,
         chunk_units: int = 25,
+        max_chunk_units: int | None = None,
     ) -> StreamingVocoder:
         """A vocoder that synthesises aligned units as they arrive (LM output is always aligned)."""
         return StreamingVocoder(
@@ -217,6 +227,7 @@ class SpeechStack:
             dur_pred=dur_pred,
             first_chunk_units=first_chunk_units,
             chunk_units=chunk_units,
+            max_chunk_units=max_chunk_units,
         )
 
     @property

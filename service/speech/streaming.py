@@ -2,10 +2,11 @@
 
 Units (and, for the expressive vocoder, pitch/style codes) arrive a few at a time. Audio is
 released in chunks of whole units: the first after ``first_chunk_units`` units, then every
-``chunk_units`` units. Each chunk is synthesized from a window of frames that adds the
-generator's exact left/right receptive field (derived from the loaded kernel sizes, dilations
-and up-sampling, see `CodeHiFiGAN.frame_context`) and only the chunk's own samples are kept,
-so the concatenated chunks equal ``vocoder.synthesize`` of all units (up to float rounding).
+``chunk_units`` units (more at once, up to ``max_chunk_units``, for a stream that fell behind).
+Each chunk is synthesized from a window of frames that adds the generator's exact left/right
+receptive field (derived from the loaded kernel sizes, dilations and up-sampling, see
+`CodeHiFiGAN.frame_context`) and only the chunk's own samples are kept, so the concatenated
+chunks equal ``vocoder.synthesize`` of all units (up to float rounding).
 Durations are predicted the same way, with the duration predictor's receptive field in units.
 Work per step is bounded by the chunk plus its context; the history is never re-synthesized.
 
@@ -28,18 +29,41 @@ the tiny test geometry has R = 7. `latency_units` reports the worst case for the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from service.speech.vocoder import (
     DEFAULT_SPEAKER,
+    Conditioning,
     FrameCodes,
     UnitVocoder,
     as_codes,
     check_aligned,
     check_upsampling,
 )
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """One chunk to synthesize: a window of frames, and where the chunk's samples lie in it.
+
+    `batchable` windows carry the full right receptive field, so rendering them padded on the
+    right next to other windows (`UnitVocoder.render_batch`) leaves the chunk's samples as they
+    are. A window cut short by the end of the stream is rendered alone; when it carries the full
+    left receptive field (`left_padding_ok`) it may be padded on the left instead.
+    """
+
+    frames: FrameCodes
+    conditioning: Conditioning
+    start: int  # first sample of the chunk in the window's audio
+    stop: int | None  # end of the chunk; None = to the end of the window's audio
+    batchable: bool
+    left_padding_ok: bool = False
+
+    def cut(self, wav: np.ndarray) -> np.ndarray:
+        return wav[self.start : self.stop]
 
 
 class StreamingVocoder:
@@ -62,15 +86,19 @@ class StreamingVocoder:
         deduplicated: bool = True,
         first_chunk_units: int = 10,
         chunk_units: int = 25,
+        max_chunk_units: int | None = None,
     ) -> None:
         if first_chunk_units < 1 or chunk_units < 1:
             raise ValueError("first_chunk_units and chunk_units must be at least 1")
+        if max_chunk_units is not None and max_chunk_units < chunk_units:
+            raise ValueError("max_chunk_units must be at least chunk_units")
         if dur_pred:
             vocoder.require_duration()
         self.vocoder = vocoder
         self.dur_pred = dur_pred
         self.first_chunk_units = first_chunk_units
         self.chunk_units = chunk_units
+        self.max_chunk_units = max_chunk_units or chunk_units
         self._conditioning = vocoder.conditioning(speaker, global_style)
         self._collapse = dur_pred and not deduplicated
         self.left_frames, self.right_frames = vocoder.frame_context
@@ -95,6 +123,19 @@ class StreamingVocoder:
         """Worst-case units pushed before the first chunk comes out (see the module docstring)."""
         return self.first_chunk_units + self.right_frames + self.right_units
 
+    @property
+    def started(self) -> bool:
+        """Whether the first chunk has come out."""
+        return self._emitted_units > 0
+
+    def slice_units(self) -> int:
+        """Most units to push at once so that audio goes out between pushes.
+
+        Until the first chunk is out, the vocoder's latency in units: the push that releases
+        the first chunk then releases nothing bigger with it. Afterwards `max_chunk_units`.
+        """
+        return self.max_chunk_units if self.started else self.latency_units
+
     def unit_end_sample(self, count: int) -> int | None:
         """Sample index where the first `count` units end, once their frames are final."""
         if count == 0:
@@ -112,6 +153,23 @@ class StreamingVocoder:
         style: Sequence[int] | None = None,
     ) -> list[np.ndarray]:
         """Add codes; return the audio chunks that became final (possibly none)."""
+        return self.render(self.push_jobs(units, pitch, style))
+
+    def finish(self) -> list[np.ndarray]:
+        """End of input: return every remaining chunk (the stream cannot be used afterwards)."""
+        return self.render(self.finish_jobs())
+
+    def render(self, jobs: Sequence[RenderJob]) -> list[np.ndarray]:
+        """The chunks of `jobs`, one window at a time (a scheduler may batch them instead)."""
+        return [job.cut(self.vocoder.render(job.frames, job.conditioning)) for job in jobs]
+
+    def push_jobs(
+        self,
+        units: Sequence[int],
+        pitch: Sequence[int] | None = None,
+        style: Sequence[int] | None = None,
+    ) -> list[RenderJob]:
+        """Add codes; return the chunks that became final, still to be rendered, in order."""
         if self._finished:
             raise RuntimeError("push() after finish(): start a new StreamingVocoder")
         kept = self._keep(as_codes(units, "units"))
@@ -124,8 +182,8 @@ class StreamingVocoder:
         self._advance()
         return self._emit()
 
-    def finish(self) -> list[np.ndarray]:
-        """End of input: return every remaining chunk (the stream cannot be used afterwards)."""
+    def finish_jobs(self) -> list[RenderJob]:
+        """End of input: every remaining chunk, still to be rendered."""
         if self._finished:
             return []
         self._finished = True
@@ -231,31 +289,54 @@ class StreamingVocoder:
 
     # ---- audio
 
-    def _emit(self) -> list[np.ndarray]:
+    def _emit(self) -> list[RenderJob]:
         chunks = []
         while True:
             framed = len(self._unit_ends)
             if framed == self._emitted_units:
                 return chunks
-            size = self.first_chunk_units if self._emitted_units == 0 else self.chunk_units
-            end_unit = self._emitted_units + size
-            if end_unit > framed:
-                if not self._finished:
-                    return chunks
-                end_unit = framed
-            end_frame = self._unit_ends[end_unit - 1]
-            if not self._finished and len(self._frames) < end_frame + self.right_frames:
+            end_unit = self._chunk_end(framed)
+            if end_unit is None:
                 return chunks
+            end_frame = self._unit_ends[end_unit - 1]
             last = self._finished and end_unit == framed
-            chunks.append(self._render(self._emitted_frames, end_frame, last))
+            chunks.append(self._job(self._emitted_frames, end_frame, last))
             self._emitted_units, self._emitted_frames = end_unit, end_frame
 
-    def _render(self, first: int, end: int, last: bool) -> np.ndarray:
+    def _chunk_end(self, framed: int) -> int | None:
+        """Unit index where the next chunk ends, or None when it cannot be rendered yet.
+
+        A chunk holds `first_chunk_units` units at first, then `chunk_units`. When more units
+        wait (the stream fell behind: its vocoding shares the worker with other streams), the
+        chunk takes them too, up to `max_chunk_units`: one window then pays the receptive field
+        once for all of them, and the samples are the same whatever the chunking.
+        """
+        start = self._emitted_units
+        if start == 0:
+            smallest = largest = self.first_chunk_units
+        else:
+            smallest, largest = self.chunk_units, self.max_chunk_units
+        if self._finished:
+            return min(framed, start + largest)
+        end_unit = min(framed, start + largest)
+        while end_unit >= start + smallest:
+            if len(self._frames) >= self._unit_ends[end_unit - 1] + self.right_frames:
+                return end_unit
+            end_unit -= 1
+        return None
+
+    def _job(self, first: int, end: int, last: bool) -> RenderJob:
         """Samples of frames [first, end) from a window that holds their whole receptive field."""
         start = max(0, first - self.left_frames)
         stop = min(len(self._frames), end + self.right_frames)
-        wav = self.vocoder.render(self._frames.window(start, stop), self._conditioning)
         hop = self.vocoder.hop_length
-        # The last chunk keeps everything to the true end (a transposed conv may add a sample).
-        keep_until = None if last else (end - start) * hop
-        return wav[(first - start) * hop : keep_until]
+        return RenderJob(
+            self._frames.window(start, stop),
+            self._conditioning,
+            (first - start) * hop,
+            # The last chunk keeps everything to the true end (a transposed conv may add a
+            # sample).
+            None if last else (end - start) * hop,
+            batchable=not last and stop == end + self.right_frames,
+            left_padding_ok=start == first - self.left_frames,
+        )

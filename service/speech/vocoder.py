@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from service.errors import CheckpointError, UnitFormatError
 from service.speech.hifigan import CodeHiFiGAN, DurationParams, HiFiGANConfig
@@ -356,7 +357,12 @@ class Conditioning:
 
 
 class UnitVocoder:
-    """A loaded HiFi-GAN unit vocoder (float32, eval mode)."""
+    """A loaded HiFi-GAN unit vocoder (eval mode).
+
+    Parameters are float32 unless ``compute_dtype`` says otherwise: then the conv stack runs in
+    that precision (``bfloat16`` is opt-in, docs/benchmarks.md has its measured error) while
+    embeddings and duration prediction stay float32.
+    """
 
     sample_rate = SAMPLE_RATE
 
@@ -367,9 +373,11 @@ class UnitVocoder:
         styles: list[str],
         device: torch.device,
         default_style: int | None,
+        compute_dtype: torch.dtype = torch.float32,
     ) -> None:
         config = model.config
         self.model = model
+        self.compute_dtype = compute_dtype
         self.config = config
         self.device = device
         self.speakers = speakers
@@ -439,22 +447,66 @@ class UnitVocoder:
             frames = torch.clamp(torch.round(torch.exp(log_d) - 1).long(), min=1)
         return frames.view(-1).cpu().tolist()
 
-    def render(self, frames: FrameCodes, conditioning: Conditioning) -> np.ndarray:
-        """Frame-level codes -> waveform (the generator without any input preparation)."""
+    def render(
+        self, frames: FrameCodes, conditioning: Conditioning, *, pad_left: int = 0
+    ) -> np.ndarray:
+        """Frame-level codes -> waveform (the generator without any input preparation).
+
+        ``pad_left`` zero frames go in front of the window (`shape_bucket`) and their samples
+        are dropped again; the samples of the window's first `frame_context` left frames then
+        differ from an unpadded render, every later sample is the same up to float rounding.
+        """
         if len(frames) == 0:
             return np.zeros(0, dtype=np.float32)
+        with torch.inference_mode():
+            x = self._embed(frames, conditioning)
+            if pad_left:
+                x = F.pad(x, (pad_left, 0))
+            wav = self.model.decode(x.to(self.compute_dtype))
+        return wav.view(-1)[pad_left * self.hop_length :].float().cpu().numpy()
+
+    def render_batch(
+        self, windows: Sequence[tuple[FrameCodes, Conditioning]], frames: int = 0
+    ) -> list[np.ndarray]:
+        """Windows in one forward pass, padded on the right with zero frames to one length (at
+        least ``frames``); window i gives its ``len(frames_i) * hop`` samples.
+
+        Because of the padding, samples within the generator's right receptive field
+        (`frame_context`) of a window's end are not what `render` gives for that window alone
+        (nor are any extra samples a transposed convolution adds at the very end); every other
+        sample is the same up to float rounding. Streaming windows carry that right context and
+        keep only the samples before it, which is why their chunks can be rendered together
+        across streams, at bucketed lengths.
+        """
+        with torch.inference_mode():
+            inputs = [self._embed(codes, conditioning) for codes, conditioning in windows]
+            width = max(frames, *(x.shape[2] for x in inputs))
+            padded = torch.cat([F.pad(x, (0, width - x.shape[2])) for x in inputs])
+            wavs = self.model.decode(padded.to(self.compute_dtype)).float().cpu()
+        hop = self.hop_length
+        return [wavs[i, 0, : x.shape[2] * hop].numpy() for i, x in enumerate(inputs)]
+
+    def warm_up(self, longest: int) -> int:
+        """Run one pass at every bucketed length up to `longest` frames (`shape_bucket`), so no
+        stream pays for building kernels; returns how many lengths were run."""
+        conditioning = self.conditioning(0, None)
+        lengths = range(SHAPE_BUCKET_FRAMES, shape_bucket(longest) + 1, SHAPE_BUCKET_FRAMES)
+        for length in lengths:
+            pitch = [0] * length if self.has_pitch else None
+            style = [0] * length if self.has_style_codes else None
+            self.render_batch([(FrameCodes([0] * length, pitch, style), conditioning)], length)
+        return len(lengths)
+
+    def _embed(self, frames: FrameCodes, conditioning: Conditioning) -> torch.Tensor:
         ids = (conditioning.speaker, conditioning.global_style)
         speaker, style = (None if i is None else self._codes([i]) for i in ids)
-        with torch.inference_mode():
-            x = self.model.embed(
-                self._codes(frames.units),
-                None if frames.pitch is None else self._codes(frames.pitch),
-                None if frames.style is None else self._codes(frames.style),
-                speaker,
-                style,
-            )
-            wav = self.model.decode(x)
-        return wav.view(-1).float().cpu().numpy()
+        return self.model.embed(
+            self._codes(frames.units),
+            None if frames.pitch is None else self._codes(frames.pitch),
+            None if frames.style is None else self._codes(frames.style),
+            speaker,
+            style,
+        )
 
     # ---- one-shot synthesis
 
@@ -532,6 +584,24 @@ class UnitVocoder:
         return self.render(frames, conditioning)
 
 
+# Forward passes run at window lengths rounded up to a multiple of this many frames (1.28 s).
+# oneDNN builds (and caches) kernels per input shape, and a new shape costs more than the pass
+# itself (official size, one CPU thread: 90 frames 270 ms, 450 ms the first time in float32;
+# 140 ms and 740 ms in bfloat16), so lengths are kept to few shapes (CUDA graphs need that too).
+# Each cached shape holds memory (about 30 MB in float32, 100 MB in bfloat16 at official size):
+# 32 frames is a compromise between that and the padding's cost (docs/benchmarks.md).
+SHAPE_BUCKET_FRAMES = 32
+
+
+def shape_bucket(frames: int) -> int:
+    """The padded length of a window of `frames` frames."""
+    return -(-frames // SHAPE_BUCKET_FRAMES) * SHAPE_BUCKET_FRAMES
+
+
+# Precisions the vocoder's conv stack can run in (the `vocoder_dtype` setting).
+VOCODER_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def _repeat(codes: Sequence[int], durations: Sequence[int]) -> list[int]:
     return [c for c, d in zip(codes, durations, strict=True) for _ in range(d)]
 
@@ -541,9 +611,11 @@ def load_vocoder(
     device: torch.device | str = "cpu",
     *,
     default_style: int | None = BASE_DEFAULT_STYLE,
+    dtype: str = "float32",
 ) -> UnitVocoder:
     """Load one official vocoder directory.
 
+    ``dtype`` is the precision of the conv stack: "float32" (the reference's) or "bfloat16".
     ``default_style`` is the global style used when ``multistyle`` is on and the caller gives
     none: 8 for the base vocoder (the default); pass None for the reference's vocoder-level
     default 0 (what the expressive vocoder would use if its config enabled ``multistyle``).
@@ -556,4 +628,7 @@ def load_vocoder(
     styles = _read_names(vocoder_dir / "styles.txt", required=False)
     target = torch.device(device)
     model = model.to(target).float().eval()
-    return UnitVocoder(model, speakers, styles, target, default_style)
+    compute_dtype = VOCODER_DTYPES[dtype]
+    if compute_dtype != torch.float32:
+        model.cast_conv_stack(compute_dtype)
+    return UnitVocoder(model, speakers, styles, target, default_style, compute_dtype)

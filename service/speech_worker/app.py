@@ -43,6 +43,7 @@ from service.speech_worker.protocol import (
     EncodeResult,
     SilenceUnits,
     WorkerRequestError,
+    units_over_limit,
 )
 from service.speech_worker.session import check_speaker
 from service.speech_worker.settings import SpeechWorkerSettings
@@ -196,6 +197,7 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
     @app.post("/v1/decode")
     async def decode(body: DecodeRequest) -> Response:
         stack = state.models.get(body.model)
+        check_decode_units(body, state.settings.max_detokenize_units)
         units, field = request_units(body, state.settings.max_tokens)
         check_speaker(stack, body.speaker)
         check_output(body.format, body.sample_rate, formats)
@@ -240,6 +242,13 @@ def _encode(stack: SpeechStack, data: bytes, limits: AudioLimits) -> tuple[Units
     except AudioError as error:
         raise WorkerRequestError(400, str(error), param="file", code="invalid_audio") from None
     return stack.encode_units(wav), len(wav) / stack.sample_rate
+
+
+def check_decode_units(body: DecodeRequest, limit: int) -> None:
+    over = units_over_limit(body.tokens, body.units, limit)
+    if over is not None:
+        field, message = over
+        raise WorkerRequestError(400, message, param=field, code="too_many_units")
 
 
 def request_units(body: DecodeRequest, max_tokens: int) -> tuple[Units, str]:

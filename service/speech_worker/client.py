@@ -43,6 +43,11 @@ class SpeechWorkerUnavailable(Exception):
     """The worker cannot be reached, or the connection broke."""
 
 
+class SpeechWorkerMalformedAnswer(SpeechWorkerUnavailable):
+    """The worker answered with something that is not what its protocol says (the gateway
+    gives 502); the message holds what came, for the log only."""
+
+
 # Close codes of the stream protocol -> the HTTP status the same problem has.
 _CLOSE_STATUS = {CLOSE_POLICY: 400, CLOSE_INTERNAL: 500, CLOSE_TRY_AGAIN: 503}
 CREDENTIAL_REFUSED = "speech worker refused the internal credential (SPIRITLM_INTERNAL_API_KEY)"
@@ -103,11 +108,11 @@ class SpeechClient:
             # Strict: units must be JSON integers (no floats, strings or booleans).
             result = SilenceUnits.model_validate_json(response.content, strict=True)
         except ValidationError as error:
-            raise SpeechWorkerUnavailable(
+            raise SpeechWorkerMalformedAnswer(
                 f"unexpected silence units from the speech worker: {response.text[:200]!r}"
             ) from error
         if result.model != model:
-            raise SpeechWorkerUnavailable(
+            raise SpeechWorkerMalformedAnswer(
                 f"speech worker sent silence units of '{result.model}', not '{model}'"
             )
         return frozenset(result.silence_units)
@@ -125,7 +130,12 @@ class SpeechClient:
             headers={"Content-Type": "application/octet-stream"},
         )
         _raise_for_error(response)
-        return EncodeResult.model_validate(response.json())
+        try:
+            return EncodeResult.model_validate_json(response.content)
+        except ValidationError as error:
+            raise SpeechWorkerMalformedAnswer(
+                f"unexpected encode result from the speech worker: {response.text[:200]!r}"
+            ) from error
 
     async def decode(
         self,
@@ -278,13 +288,23 @@ class SpeechStream:
             if isinstance(frame, bytes):
                 yield frame
                 continue
-            message = json.loads(frame)
-            if message.get("type") == "done":
-                self.samples = int(message["samples"])
-                return
-            if message.get("type") == "error":
-                raise SpeechWorkerError(int(message.get("status", 400)), message["message"])
-            raise SpeechWorkerUnavailable(f"unexpected message from the speech worker: {frame!r}")
+            try:
+                message = json.loads(frame)
+                kind = message.get("type")
+                if kind == "done":
+                    self.samples = int(message["samples"])
+                    return
+                if kind == "error":
+                    status, text = int(message.get("status", 400)), str(message["message"])
+            except (ValueError, TypeError, AttributeError, KeyError) as error:
+                raise SpeechWorkerMalformedAnswer(
+                    f"unexpected message from the speech worker: {frame[:200]!r}"
+                ) from error
+            if kind == "error":
+                raise SpeechWorkerError(status, text)
+            raise SpeechWorkerMalformedAnswer(
+                f"unexpected message from the speech worker: {frame[:200]!r}"
+            )
 
 
 def _raise_for_error(response: httpx.Response) -> None:
@@ -324,5 +344,6 @@ __all__ = [
     "SpeechClient",
     "SpeechStream",
     "SpeechWorkerError",
+    "SpeechWorkerMalformedAnswer",
     "SpeechWorkerUnavailable",
 ]

@@ -51,6 +51,18 @@ class WorkerMetrics:
             buckets=SECONDS_BUCKETS,
             registry=registry,
         )
+        self.vocoder_batch_size = Histogram(
+            "spiritlm_speech_vocoder_batch_size",
+            "Stream chunks rendered in one vocoder forward pass.",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=registry,
+        )
+        self.vocoder_batch_seconds = Histogram(
+            "spiritlm_speech_vocoder_batch_seconds",
+            "Time of one vocoder forward pass over stream chunks.",
+            buckets=SECONDS_BUCKETS,
+            registry=registry,
+        )
         self.active_streams = Gauge(
             "spiritlm_speech_active_streams", "Open synthesis streams.", registry=registry
         )
@@ -60,6 +72,10 @@ class WorkerMetrics:
             ["model", "outcome"],
             registry=registry,
         )
+
+    def observe_vocoder_batch(self, size: int, seconds: float) -> None:
+        self.vocoder_batch_size.observe(size)
+        self.vocoder_batch_seconds.observe(seconds)
 
     def observe_compute(
         self, model: str, operation: str, seconds: float, audio_seconds: float

@@ -7,6 +7,7 @@ import time
 
 from service.checkpoints.make import check_files, resolve_layout
 from service.config import resolve_device
+from service.cpus import cpu_flags, native_bfloat16
 from service.speech.pipeline import SpeechStack
 from service.speech_worker.protocol import WorkerRequestError
 from service.speech_worker.settings import SpeechWorkerSettings
@@ -32,6 +33,7 @@ class SpeechModels:
     def load(self) -> None:
         """Blocking: resolve the checkpoints and load every model (run it in a thread)."""
         started = time.monotonic()
+        _log_precision(self.device, self.settings.vocoder_dtype)
         try:
             self.loading = "checkpoints"
             layout = resolve_layout(
@@ -44,8 +46,11 @@ class SpeechModels:
             for name in self.names:
                 self.loading = name
                 log.info("loading %s speech models from %s on %s", name, layout.root, self.device)
-                stack = SpeechStack(layout, name, device=self.device)
+                stack = SpeechStack(
+                    layout, name, device=self.device, vocoder_dtype=self.settings.vocoder_dtype
+                )
                 stack.load()
+                self._warm_up(stack)
                 stacks[name] = stack
                 silence[name] = sorted(stack.silence_units())
                 log.info("%s: %d HuBERT units are silence", name, len(silence[name]))
@@ -59,6 +64,17 @@ class SpeechModels:
         self.silence = silence
         self.ready = True
         log.info("speech models ready (%s) in %.1f s", ", ".join(self.names), _since(started))
+
+    def _warm_up(self, stack: SpeechStack) -> None:
+        """Build the vocoder's kernels for the window lengths streams use, before serving."""
+        started = time.monotonic()
+        left, right = stack.vocoder.frame_context
+        # A streaming window: up to max_chunk_units units (about two frames each: HuBERT units
+        # are de-duplicated) plus the receptive field on both sides.
+        longest = 2 * self.settings.max_chunk_units + left + right
+        lengths = stack.vocoder.warm_up(longest)
+        seconds = _since(started)
+        log.info("%s: vocoder warmed up at %d lengths in %.1f s", stack.variant, lengths, seconds)
 
     def status(self) -> str:
         if self.failure:
@@ -83,6 +99,18 @@ class SpeechModels:
                 503, f"speech worker not ready: {self.status()}", code="not_ready"
             )
         return self.stacks[name]
+
+
+def _log_precision(device: str, dtype: str) -> None:
+    """Say what the CPU offers for the vocoder's precision (docs/benchmarks.md measures both)."""
+    if not device.startswith("cpu"):
+        log.info("vocoder precision: %s on %s", dtype, device)
+        return
+    native = native_bfloat16(cpu_flags())
+    offer = f"native bfloat16 ({', '.join(native)})" if native else "no native bfloat16"
+    log.info("vocoder precision: %s; this CPU has %s", dtype, offer)
+    if dtype == "bfloat16" and not native:
+        log.warning("vocoder_dtype=bfloat16 without native bfloat16 is slower than float32")
 
 
 def _since(started: float) -> float:

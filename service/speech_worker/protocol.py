@@ -8,6 +8,7 @@ with code 1008 (the client's fault) or 1011 (the worker's).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -73,6 +74,34 @@ class SilenceUnits(BaseModel):
     silence_units: list[Annotated[int, Field(ge=0)]]
 
 
+# A HuBERT token of a token string (docs/format.md#units-to-token-string), counted unparsed.
+_HUBERT_TOKEN = re.compile(r"\[Hu[0-9]")
+
+
+def units_over_limit(
+    tokens: str | None, units: UnitsPayload | None, limit: int
+) -> tuple[str, str] | None:
+    """(field, message) when a one-shot synthesis request has more HuBERT units than `limit`
+    (the `max_detokenize_units` setting of the gateway and of the speech worker).
+
+    One-shot synthesis holds all of its audio and activations at once, so its units are counted
+    before anything is parsed or synthesized: [Hu..] tokens of a token string, or entries of
+    `units.hubert`.
+    """
+    if tokens is not None:
+        count, field = sum(1 for _ in _HUBERT_TOKEN.finditer(tokens)), "tokens"
+    elif units is not None:
+        count, field = units.hubert_count(), "units.hubert"
+    else:
+        return None
+    if count <= limit:
+        return None
+    return (
+        field,
+        f"{field}: {count} HuBERT units exceed the limit of {limit} (max_detokenize_units)",
+    )
+
+
 class UnitsPayload(BaseModel):
     """Units as space-separated strings (docs/format.md#units-dictionary) or integer lists."""
 
@@ -81,6 +110,12 @@ class UnitsPayload(BaseModel):
     hubert: str | list[int]
     pitch: str | list[int] | None = None
     style: str | list[int] | None = None
+
+    def hubert_count(self) -> int:
+        """HuBERT units given, counted before parsing (limits apply before any work)."""
+        if isinstance(self.hubert, str):
+            return len(self.hubert.split())
+        return len(self.hubert)
 
     def to_units(self) -> Units:
         """Parse the strings; raises UnitFormatError naming the field."""
@@ -174,4 +209,5 @@ __all__ = [
     "TokensMessage",
     "UnitsPayload",
     "WorkerRequestError",
+    "units_over_limit",
 ]

@@ -20,13 +20,16 @@ time per session.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from service.audio.encode import StreamEncoder
 from service.speech.pipeline import SpeechStack
-from service.speech.streaming import StreamingVocoder
+from service.speech.streaming import RenderJob, StreamingVocoder
+from service.speech.vocoder import UnitVocoder
+from service.speech_worker.batcher import Urgency, urgency
 from service.speech_worker.protocol import WorkerRequestError
 from service.units.tokens import SPEECH_TOKEN, StreamKind, UnitEntry, UnitStreamParser
 
@@ -111,12 +114,14 @@ class StreamSession:
         max_tokens: int,
         first_chunk_units: int,
         chunk_units: int,
+        max_chunk_units: int | None = None,
         seed: int | None = None,
     ) -> None:
         check_speaker(stack, speaker)
         self.stack = stack
         self.max_tokens = max_tokens
         self.chunk_units = chunk_units
+        self.max_chunk_units = max_chunk_units or chunk_units
         self._limits = token_limits(stack)
         self._parser = UnitStreamParser(
             expressive=stack.expressive, rng=None if seed is None else random.Random(seed)
@@ -126,6 +131,7 @@ class StreamSession:
             dur_pred=True,
             first_chunk_units=first_chunk_units,
             chunk_units=chunk_units,
+            max_chunk_units=self.max_chunk_units,
         )
         self._encoder = StreamEncoder("pcm", sample_rate, input_rate=stack.sample_rate)
         self.tokens = 0
@@ -133,6 +139,8 @@ class StreamSession:
         self.generated_units = 0
         self.produced = 0  # vocoder samples (16 kHz) so far, context audio included
         self.sent_samples = 0  # pcm16 samples handed out, at the output rate
+        self.sample_rate = sample_rate
+        self.first_audio_at: float | None = None  # time.monotonic() of the first bytes out
         self._finishing = False
 
     # ---- input (event loop side: cheap checks only)
@@ -157,41 +165,75 @@ class StreamSession:
         return parsed
 
     def batches(self, tokens: list[Token]) -> Iterator[list[Token]]:
-        """Slices of at most `chunk_units` HuBERT tokens, so audio goes out between them."""
+        """Slices of HuBERT tokens small enough that audio goes out between them.
+
+        Each holds `StreamingVocoder.slice_units` units, decided lazily: after the previous
+        slice was pushed.
+        """
         start = units = 0
         for index, (kind, _) in enumerate(tokens):
             if kind != "hubert":
                 continue
             units += 1
-            if units > self.chunk_units:
+            if units > self._vocoder.slice_units():
                 yield tokens[start:index]
                 start, units = index, 1
         if start < len(tokens):
             yield tokens[start:]
 
     # ---- synthesis (worker thread side)
+    # A step is plan (parse, predict durations, cut windows), render (the vocoder's forward
+    # passes: alone with `render`, or batched with other streams' windows by the worker's
+    # `VocoderBatcher`), then deliver (context cut, pcm16 encoding).
 
     def push(self, tokens: list[Token]) -> bytes:
         """Feed parsed tokens; returns the pcm16 bytes that became final (maybe none)."""
-        entries: list[UnitEntry] = []
-        for kind, value in tokens:
-            entries += self._parser.feed_unit(kind, value)
-        return self._output(self._vocode(entries))
+        return self.deliver(self.render(self.plan(tokens)))
 
     def finish(self) -> bytes:
         """End of input: the remaining pcm16 bytes."""
+        return self.deliver_last(self.render(self.plan_finish()))
+
+    def plan(self, tokens: list[Token]) -> list[RenderJob]:
+        """Feed parsed tokens; the chunks that became final, still to be rendered."""
+        entries: list[UnitEntry] = []
+        for kind, value in tokens:
+            entries += self._parser.feed_unit(kind, value)
+        return self._jobs(entries)
+
+    def plan_finish(self) -> list[RenderJob]:
+        """End of input: the remaining chunks, still to be rendered."""
         self._finishing = True
-        chunks = self._vocode(self._parser.finish())
+        jobs = self._jobs(self._parser.finish())
         try:
-            chunks += self._vocoder.finish()
+            jobs += self._vocoder.finish_jobs()
         except ValueError as error:
             raise WorkerRequestError(400, str(error), param="tokens") from None
+        return jobs
+
+    def render(self, jobs: list[RenderJob]) -> list[np.ndarray]:
+        return self._vocoder.render(jobs)
+
+    def deliver(self, chunks: list[np.ndarray]) -> bytes:
+        """The pcm16 bytes of rendered chunks (in the order they were planned)."""
+        return self._output(chunks)
+
+    def urgency(self) -> Urgency:
+        """This stream's place in the vocoder scheduler's queue (service/speech_worker/batcher)."""
+        return urgency(self.sent_samples / self.sample_rate, self.first_audio_at, time.monotonic())
+
+    def deliver_last(self, chunks: list[np.ndarray]) -> bytes:
+        """The pcm16 bytes of the last chunks and the encoder's tail."""
         out = self._output(chunks)
         tail = self._encoder.close()
         self.sent_samples += len(tail) // 2
         return out + tail
 
-    def _vocode(self, entries: list[UnitEntry]) -> list[np.ndarray]:
+    @property
+    def vocoder(self) -> UnitVocoder:
+        return self._vocoder.vocoder
+
+    def _jobs(self, entries: list[UnitEntry]) -> list[RenderJob]:
         if not entries:
             return []
         vocoder = self._vocoder.vocoder
@@ -203,7 +245,7 @@ class StreamSession:
                 param="tokens",
                 code="invalid_tokens",
             )
-        return self._vocoder.push(
+        return self._vocoder.push_jobs(
             [e.hubert for e in entries],
             [e.pitch for e in entries] if vocoder.has_pitch else None,
             [e.style for e in entries] if vocoder.has_style_codes else None,
@@ -218,6 +260,8 @@ class StreamSession:
             if kept.size:
                 data = self._encoder.write(kept)
                 self.sent_samples += len(data) // 2
+                if data and self.first_audio_at is None:
+                    self.first_audio_at = time.monotonic()
                 out.append(data)
         return b"".join(out)
 

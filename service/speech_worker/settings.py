@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
@@ -31,12 +31,41 @@ class SpeechWorkerSettings(Settings):
     max_tokens: int = Field(
         default=100_000,
         ge=1,
-        description="Most speech tokens in one decode request or one stream.",
+        description="Most speech tokens in one decode request or one stream (a decode "
+        "request's HuBERT units are also bounded by max_detokenize_units).",
     )
     inference_threads: int = Field(
         default=1,
         ge=1,
         description="Model calls run at once (each in a worker thread); bounds torch's load.",
+    )
+    max_chunk_units: int = Field(
+        default=100,
+        ge=1,
+        description="Most HuBERT units one streaming chunk may take when a stream has fallen "
+        "behind (units waiting): one vocoder window then covers them all instead of one per "
+        "chunk_units; the audio is the same. Equal to chunk_units = no coalescing.",
+    )
+    vocoder_batch_size: int = Field(
+        default=0,
+        ge=0,
+        description="Most stream chunks rendered in one vocoder forward pass (the most urgent "
+        "first); 0 = 1 on a CPU, where batching saves nothing, and 32 on a GPU.",
+    )
+    vocoder_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="Precision of the vocoder's conv stack. float32 matches the reference; "
+        "bfloat16 is about 2x faster on CPUs with AMX or AVX512-BF16 and on GPUs, with a small "
+        "audio error (docs/benchmarks.md).",
+    )
+    # The gateway's setting of the same name bounds /v1/speech/detokenize, which calls
+    # /v1/decode; one name, so `up`'s shared environment sets both.
+    max_detokenize_units: int = Field(
+        default=2500,
+        ge=1,
+        description="Most HuBERT units in one POST /v1/decode request (one-shot synthesis holds "
+        "all of its audio and activations at once); more are refused with 400 before any work. "
+        "Streams are bounded by max_tokens.",
     )
 
     @field_validator("models", mode="before")

@@ -9,6 +9,7 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
+from service.speech_worker.batcher import VocoderBatcher, default_batch_size
 from service.speech_worker.metrics import WorkerMetrics
 from service.speech_worker.models import SpeechModels
 from service.speech_worker.settings import SpeechWorkerSettings
@@ -24,6 +25,15 @@ class WorkerState:
     active_streams: int = 0
     # Created on the event loop at start-up (anyio limiters belong to a running loop).
     limiter: anyio.CapacityLimiter | None = None
+    _batcher: VocoderBatcher | None = None
+
+    @property
+    def batcher(self) -> VocoderBatcher:
+        """The streams' vocoder scheduler (service/speech_worker/batcher.py), made on first use."""
+        if self._batcher is None:
+            size = self.settings.vocoder_batch_size or default_batch_size(self.models.device)
+            self._batcher = VocoderBatcher(self.run, size, self.metrics.observe_vocoder_batch)
+        return self._batcher
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
         """Run model work in a worker thread; at most `inference_threads` at once.

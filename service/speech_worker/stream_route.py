@@ -14,8 +14,10 @@ Errors: ``{"type": "error", "message", "status"}`` and a close with 1008 (bad in
 generated unit (see `session`), not by the reference's token-count proportion.
 
 Two tasks serve a session: one reads frames (so cancel and disconnect are seen at once), one
-vocodes. Work runs in worker threads in slices of at most `chunk_units` units, so cancelling
-waits for one slice at most.
+vocodes. The vocoding task takes the tokens in slices of at most `max_chunk_units` units: it
+plans their chunks in a worker thread (`StreamSession.plan`), has the worker's vocoder
+scheduler render them (service/speech_worker/batcher.py: with other streams' chunks, most
+urgent first), and sends the audio. Cancelling waits for one slice at most.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
+import anyio.to_thread
+import numpy as np
 from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from fastapi import WebSocket
@@ -37,6 +41,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from service.audio.encode import check_sample_rate
+from service.speech.streaming import RenderJob
 from service.speech_worker.protocol import (
     CLIENT_MESSAGE,
     CLOSE_NORMAL,
@@ -164,6 +169,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
         max_tokens=settings.max_tokens,
         first_chunk_units=settings.first_chunk_units,
         chunk_units=settings.chunk_units,
+        max_chunk_units=max(settings.chunk_units, settings.max_chunk_units),
         seed=params.seed,
     )
     # Counted before the first await, so concurrent handshakes cannot pass the limit together.
@@ -253,15 +259,24 @@ async def _vocode(
     timer = _StreamTimer()
     try:
         async for message in inbox:
-            if isinstance(message, TokensMessage):
-                timer.start()
-                tokens = session.accept(message.tokens, context=message.context)
-                for batch in session.batches(tokens):
-                    data = await state.run(timer.timed, session.push, batch)
-                    await _send_audio(websocket, data, timer, state, model)
-                continue
             timer.start()
-            data = await state.run(timer.timed, session.finish)
+            # Everything that queued while this stream waited for the worker goes in at once,
+            # so a stream that fell behind catches up in larger chunks (`max_chunk_units`).
+            messages = [message, *_waiting(inbox)]
+            tokens = []
+            for queued in messages:
+                if isinstance(queued, TokensMessage):
+                    tokens += session.accept(queued.tokens, context=queued.context)
+            for batch in session.batches(tokens):
+                jobs = await state.run(timer.timed, session.plan, batch)
+                chunks = await _render(session, jobs, state, timer)
+                data = await anyio.to_thread.run_sync(session.deliver, chunks)
+                await _send_audio(websocket, data, timer, state, model)
+            if not isinstance(messages[-1], EndMessage):
+                continue
+            jobs = await state.run(timer.timed, session.plan_finish)
+            chunks = await _render(session, jobs, state, timer)
+            data = await anyio.to_thread.run_sync(session.deliver_last, chunks)
             await _send_audio(websocket, data, timer, state, model)
             await websocket.send_json(DoneMessage(samples=session.sent_samples).model_dump())
             outcome.settle("done")
@@ -278,6 +293,32 @@ async def _vocode(
         state.metrics.decode_seconds.labels(model, "stream").observe(timer.compute)
         state.metrics.observe_compute(model, "stream", timer.compute, audio_seconds)
     scope.cancel()
+
+
+async def _render(
+    session: StreamSession, jobs: list[RenderJob], state: WorkerState, timer: _StreamTimer
+) -> list[np.ndarray]:
+    """The session's planned chunks, rendered by the worker's vocoder scheduler."""
+    started = time.perf_counter()
+    try:
+        return await state.batcher.render(session.vocoder, jobs, session.urgency())
+    finally:
+        # Wall time, waiting for other streams' chunks included: the stream's own cost is not
+        # separable from a batched forward pass.
+        timer.compute += time.perf_counter() - started
+
+
+def _waiting(
+    inbox: MemoryObjectReceiveStream[TokensMessage | EndMessage],
+) -> list[TokensMessage | EndMessage]:
+    """The messages already queued, up to and including an `end`."""
+    waiting: list[TokensMessage | EndMessage] = []
+    while not waiting or not isinstance(waiting[-1], EndMessage):
+        try:
+            waiting.append(inbox.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+    return waiting
 
 
 async def _send_audio(

@@ -16,6 +16,7 @@ from service.gateway.audio.protocol import (
 )
 from service.gateway.audio.speech import speak
 from service.gateway.audio.transcription import transcribe
+from service.gateway.refusals import refuse_unknown
 from service.gateway.state import GatewayState, gateway_state
 from service.gateway.uploads import require_json, require_multipart
 from service.gateway.voices import model_voices, voices_listing
@@ -36,6 +37,7 @@ async def create_classification(
     form: Annotated[ClassificationForm, Form()], state: GatewayState = Depends(gateway_state)
 ) -> ClassificationOut:
     """Speech classification: the most likely of the candidate labels, few-shot prompted."""
+    refuse_unknown(form)
     return await classify(form, state)
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import UploadFile
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.audio.encode import AudioFormat
 from service.gateway.sampling import SamplingFields
@@ -13,29 +13,71 @@ from service.gateway.sampling import SamplingFields
 TranscriptionFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 StreamFormat = Literal["audio", "sse"]
 
+# Unknown fields are kept, then refused by name (service/gateway/refusals.py).
+OPENAI_SHAPE = ConfigDict(extra="allow")
+MODEL_HELP = (
+    "A Spirit LM variant, or an alias of one (the model_aliases setting: whisper-1, tts-1, ...; "
+    "GET /v1/models lists them); unset = the default. Any other name is a 404."
+)
+
+# OpenAI transcription fields this route does not declare, and why each is refused.
+TRANSCRIPTION_NOT_SUPPORTED = {
+    "timestamp_granularities": "timestamps are not measured: verbose_json, srt and vtt have one "
+    "segment spanning the whole audio",
+    "chunking_strategy": "the audio is transcribed in one piece, never chunked",
+    "known_speaker_names": "speaker diarization is not supported",
+    "known_speaker_references": "speaker diarization is not supported",
+    "keywords": "keyword boosting is not supported; give context in `prompt`",
+    "languages": "Spirit LM transcribes English only; use language=en or leave it out",
+}
+
 
 class TranscriptionForm(BaseModel):
     """multipart/form-data of POST /v1/audio/transcriptions."""
 
+    model_config = OPENAI_SHAPE
+
     file: UploadFile = Field(description="The audio file (wav, flac, ogg, mp3, webm, m4a, ...).")
-    model: str | None = Field(
-        default=None, description="A Spirit LM model; other names (whisper-1) mean the default."
-    )
+    model: str | None = Field(default=None, description=MODEL_HELP)
     prompt: str | None = Field(
         default=None, description="Text placed before the few-shot examples as context."
     )
     response_format: TranscriptionFormat = "json"
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 = greedy.")
-    language: str | None = Field(default=None, description="Accepted and ignored (English).")
+    language: str | None = Field(
+        default=None, description="Only English ('en'): Spirit LM transcribes English speech."
+    )
+    include: list[str] = Field(
+        default_factory=list,
+        alias="include[]",
+        description="'logprobs': the transcript's token log-probabilities, as vLLM reports them "
+        "(response_format json, streamed or not).",
+    )
     stream: bool = Field(default=False, description="SSE transcript.text.delta/done events.")
     max_tokens: int | None = Field(
         default=None, ge=1, description="Text tokens to generate at most (default: from length)."
     )
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _include_without_brackets(cls, data: Any) -> Any:
+        # OpenAI's SDKs send `include[]`; curl users write `-F include=logprobs`: both count.
+        if isinstance(data, dict) and "include" in data:
+            data = dict(data)
+            plain = data.pop("include")
+            given = data.get("include[]", [])
+            data["include[]"] = [
+                *(given if isinstance(given, list) else [given]),
+                *(plain if isinstance(plain, list) else [plain]),
+            ]
+        return data
+
 
 class ClassificationForm(BaseModel):
     """multipart/form-data of POST /v1/audio/classifications (no OpenAI counterpart)."""
+
+    model_config = OPENAI_SHAPE  # unknown fields are refused too, by the route
 
     file: UploadFile = Field(description="The audio file (wav, flac, ogg, mp3, webm, m4a, ...).")
     model: str | None = Field(default=None, description="A Spirit LM model; default if unset.")
@@ -59,15 +101,17 @@ class ClassificationOut(BaseModel):
 
 
 class VoiceRef(BaseModel):
+    model_config = OPENAI_SHAPE
+
     id: str
 
 
 class SpeechRequest(SamplingFields):
     """JSON body of POST /v1/audio/speech."""
 
-    model: str | None = Field(
-        default=None, description="A Spirit LM model; other names (tts-1) mean the default."
-    )
+    model_config = OPENAI_SHAPE
+
+    model: str | None = Field(default=None, description=MODEL_HELP)
     input: str = Field(min_length=1, description="The text to speak.")
     voice: str | int | VoiceRef | None = Field(
         default=None,
@@ -99,13 +143,19 @@ class SegmentOut(BaseModel):
     text: str
     tokens: list[int]
     temperature: float
-    avg_logprob: float
+    avg_logprob: float = Field(description="Mean log-probability of the segment's tokens.")
     compression_ratio: float
-    no_speech_prob: float
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
 
 
 class TranscriptionOut(BaseModel):
     text: str
+    logprobs: list[TokenLogprob] | None = None
     usage: dict
 
 

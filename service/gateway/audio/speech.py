@@ -24,6 +24,7 @@ from service.gateway.audio.primed import Primed
 from service.gateway.audio.protocol import SpeechRequest, VoiceRef
 from service.gateway.engine import AudioOut, Engine, Finished
 from service.gateway.errors import APIError, error_type
+from service.gateway.refusals import refuse_unknown
 from service.gateway.sse import SSE_HEADERS, sse
 from service.gateway.state import GatewayState
 from service.gateway.tasks import check_text, tts_budget
@@ -38,11 +39,11 @@ ROUTE = "/v1/audio/speech"
 
 async def speak(request: SpeechRequest, state: GatewayState) -> StreamingResponse:
     engine = state.engine
+    _check_options(request)
     model = engine.served_model(request.model)
     text = check_text(request.input, "input", state.settings.max_input_chars)
     if not text:
         raise APIError(400, "input is empty", param="input")
-    _check_options(request)
     voice = request.voice.id if isinstance(request.voice, VoiceRef) else request.voice
     speaker = resolve_voice(model_voices(engine.layout, model), voice, model)
     style = _style_token(engine, model, request.style)
@@ -75,6 +76,8 @@ async def speak(request: SpeechRequest, state: GatewayState) -> StreamingRespons
 
 
 def _check_options(request: SpeechRequest) -> None:
+    """Refuse, by name, what this route does not honour (docs/audio-api.md)."""
+    refuse_unknown(request)
     if request.speed != 1.0:
         raise APIError(
             400,

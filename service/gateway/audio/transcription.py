@@ -2,10 +2,15 @@
 
 Audio -> speech worker units -> the shared ASR prompt (service/gateway/tasks.py) -> TEXT
 generation, which ends at the first line end (service/lm/ending.py).
+
+Token log-probabilities (`include[]=logprobs`, and `verbose_json`'s `avg_logprob`) are vLLM's
+own for the generated tokens (service/lm/client.py, `SamplingParams.logprobs`); the line end
+that ends the transcript is not part of it, so neither of them counts it.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -15,9 +20,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from service.errors import error_body
 from service.gateway.audio.primed import Primed
-from service.gateway.audio.protocol import TranscriptionForm
+from service.gateway.audio.protocol import TRANSCRIPTION_NOT_SUPPORTED, TranscriptionForm
 from service.gateway.engine import Finished, TextOut
 from service.gateway.errors import APIError, error_type
+from service.gateway.refusals import refuse, refuse_unknown
 from service.gateway.sse import SSE_HEADERS, sse
 from service.gateway.state import GatewayState
 from service.gateway.tasks import asr_budget, check_text
@@ -26,9 +32,13 @@ from service.gateway.uploads import check_audio, read_upload
 from service.lm.client import SamplingParams
 from service.lm.ending import ONE_LINE, line_end_ids
 from service.lm.generation import GenerationResult, PreparedPrompt
+from service.lm.tokenizer import SPACE, SpiritTokenizer
 
 ROUTE = "/v1/audio/transcriptions"
 LANGUAGE = "english"  # Spirit LM is trained on English speech
+# `language` values that ask for what Spirit LM does: ISO-639-1 "en" (any region), or the name.
+ENGLISH = re.compile(r"(?i)en([-_][a-z]{2})?|english")
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece's byte-fallback pieces
 
 
 @dataclass
@@ -41,15 +51,22 @@ class Job:
     temperature: float
     audio_tokens: int
     stop_ids: tuple[int, ...]
+    tokenizer: SpiritTokenizer
+    logprobs: bool = False  # include[]=logprobs: token logprobs in the response
+
+    def token_logprobs(self, start: int = 0, end: int | None = None) -> list[dict]:
+        """OpenAI's `{token, logprob, bytes}` for the transcript's output ids in [start, end)."""
+        ids = self.result.output_ids[start:end]
+        values = self.result.logprobs[start:end]
+        return [
+            token_logprob(self.tokenizer, token_id, value)
+            for token_id, value in zip(ids, values, strict=True)
+            if token_id not in self.stop_ids
+        ]
 
 
 async def transcribe(form: TranscriptionForm, state: GatewayState) -> Response:
-    if form.stream and form.response_format not in ("json", "text"):
-        raise APIError(
-            400,
-            f"stream=true supports response_format json or text, not {form.response_format}",
-            param="response_format",
-        )
+    check_options(form)
     job = await start(form, state)
     if form.stream:
         return StreamingResponse(
@@ -57,6 +74,24 @@ async def transcribe(form: TranscriptionForm, state: GatewayState) -> Response:
         )
     text = await _collect(job, state)
     return render(form, job, text)
+
+
+def check_options(form: TranscriptionForm) -> None:
+    """Refuse, by name, what this route does not honour (docs/audio-api.md), before any work."""
+    refuse_unknown(form, TRANSCRIPTION_NOT_SUPPORTED)
+    if form.stream and form.response_format not in ("json", "text"):
+        raise APIError(
+            400,
+            f"stream=true supports response_format json or text, not {form.response_format}",
+            param="response_format",
+        )
+    if form.language is not None and not ENGLISH.fullmatch(form.language.strip()):
+        raise refuse("language", f"Spirit LM transcribes English only, not {form.language!r}")
+    for item in form.include:
+        if item != "logprobs":
+            raise refuse("include", f"{item!r} is not available; only 'logprobs' is")
+    if form.include and form.response_format != "json":
+        raise refuse("include", "logprobs come with response_format json only")
 
 
 async def start(form: TranscriptionForm, state: GatewayState) -> Job:
@@ -75,6 +110,7 @@ async def start(form: TranscriptionForm, state: GatewayState) -> Job:
         max_tokens=engine.max_tokens_or(form.max_tokens, asr_budget(encoded.tokens)),
         temperature=form.temperature,
         seed=form.seed,
+        logprobs=bool(form.include) or form.response_format == "verbose_json",
     )
     result = GenerationResult()
     outputs = engine.run(prepared, params, model, synthesize=False, result=result, ending=ONE_LINE)
@@ -82,40 +118,71 @@ async def start(form: TranscriptionForm, state: GatewayState) -> Job:
     await primed.start()
     tokenizer = engine.tokenizer(model)
     audio_tokens = sum(1 for i in prepared.prompt_ids if tokenizer.unit_of(i) is not None)
-    stop_ids = line_end_ids(engine.tokenizer(model))
-    return Job(model, seconds, prepared, result, primed, form.temperature, audio_tokens, stop_ids)
+    stop_ids = line_end_ids(tokenizer)
+    return Job(
+        model,
+        seconds,
+        prepared,
+        result,
+        primed,
+        form.temperature,
+        audio_tokens,
+        stop_ids,
+        tokenizer,
+        logprobs=bool(form.include),
+    )
 
 
-async def _texts(job: Job, state: GatewayState) -> AsyncIterator[str]:
+def token_logprob(tokenizer: SpiritTokenizer, token_id: int, logprob: float) -> dict:
+    """One token as OpenAI's logprobs list has it: its text, logprob and UTF-8 bytes."""
+    piece = tokenizer.token_string(token_id)
+    byte = BYTE_PIECE.fullmatch(piece)
+    data = bytes([int(byte.group(1), 16)]) if byte else piece.replace(SPACE, " ").encode()
+    return {
+        "token": data.decode(errors="replace"),
+        "logprob": logprob,
+        "bytes": list(data),
+    }
+
+
+async def _texts(job: Job, state: GatewayState) -> AsyncIterator[TextOut]:
     """Text deltas of the answer; leaving early closes the generation."""
     timings = Timings(state.metrics, ROUTE, 16000)
     async with aclosing(job.outputs.items()) as items:
         async for item in items:
             timings.observe(item)
             if isinstance(item, TextOut) and item.text:
-                yield item.text
+                yield item
             elif isinstance(item, Finished):
                 break
     timings.finish()
 
 
 async def _collect(job: Job, state: GatewayState) -> str:
-    parts = [delta async for delta in _texts(job, state)]
+    parts = [delta.text async for delta in _texts(job, state)]
     return "".join(parts).strip()
 
 
 async def _events(job: Job, state: GatewayState) -> AsyncIterator[bytes]:
     parts: list[str] = []
+    done = 0  # output ids whose logprobs went out
     try:
         async for delta in _texts(job, state):
-            parts.append(delta)
-            yield sse({"type": "transcript.text.delta", "delta": delta})
+            parts.append(delta.text)
+            event = {"type": "transcript.text.delta", "delta": delta.text}
+            if job.logprobs:
+                event["logprobs"] = job.token_logprobs(done, delta.output_tokens)
+                done = delta.output_tokens
+            yield sse(event)
     except APIError as error:
         body = error_body(error.message, kind=error_type(error.status), param=error.param)
         yield sse({"type": "error", **body})
         return
     text = "".join(parts).strip()
-    yield sse({"type": "transcript.text.done", "text": text, "usage": token_usage(job)})
+    event = {"type": "transcript.text.done", "text": text}
+    if job.logprobs:
+        event["logprobs"] = job.token_logprobs()
+    yield sse({**event, "usage": token_usage(job)})
 
 
 def token_usage(job: Job) -> dict:
@@ -136,7 +203,8 @@ def token_usage(job: Job) -> dict:
 def render(form: TranscriptionForm, job: Job, text: str) -> Response:
     fmt = form.response_format
     if fmt == "json":
-        return JSONResponse({"text": text, "usage": token_usage(job)})
+        logprobs = {"logprobs": job.token_logprobs()} if job.logprobs else {}
+        return JSONResponse({"text": text, **logprobs, "usage": token_usage(job)})
     if fmt == "text":
         return PlainTextResponse(text + "\n")
     if fmt == "srt":
@@ -149,11 +217,18 @@ def render(form: TranscriptionForm, job: Job, text: str) -> Response:
 def verbose(form: TranscriptionForm, job: Job, text: str) -> dict:
     """Whisper's verbose shape with one segment over the whole audio.
 
-    Token log-probabilities are not requested from the LM, so `avg_logprob` and
-    `no_speech_prob` are 0.0 placeholders; `compression_ratio` is computed as Whisper does.
+    `avg_logprob` is the mean of vLLM's logprobs of the segment's tokens (0.0 when there are
+    none) and `compression_ratio` is computed as Whisper does. Whisper's `no_speech_prob` is
+    left out: Spirit LM has no no-speech token to measure it with.
     """
     duration = round(job.seconds, 3)
-    tokens = [i for i in job.result.output_ids if i not in job.stop_ids]
+    kept = [
+        (token_id, logprob)
+        for token_id, logprob in zip(job.result.output_ids, job.result.logprobs, strict=True)
+        if token_id not in job.stop_ids
+    ]
+    tokens = [token_id for token_id, _ in kept]
+    avg_logprob = sum(logprob for _, logprob in kept) / len(kept) if kept else 0.0
     segment = {
         "id": 0,
         "seek": 0,
@@ -162,13 +237,12 @@ def verbose(form: TranscriptionForm, job: Job, text: str) -> dict:
         "text": text,
         "tokens": tokens,
         "temperature": job.temperature,
-        "avg_logprob": 0.0,
+        "avg_logprob": avg_logprob,
         "compression_ratio": compression_ratio(text),
-        "no_speech_prob": 0.0,
     }
     return {
         "task": "transcribe",
-        "language": form.language or LANGUAGE,
+        "language": LANGUAGE,
         "duration": duration,
         "text": text,
         "segments": [segment],

@@ -18,7 +18,7 @@ def chat_memory(request: Request) -> ChatMemory:
     """One memory per app, created on first use (the app's core knows nothing of chat)."""
     memory = getattr(request.app.state, "chat_memory", None)
     if memory is None:
-        memory = ChatMemory()
+        memory = ChatMemory.from_settings(request.app.state.gateway.settings)
         request.app.state.chat_memory = memory
     return memory
 

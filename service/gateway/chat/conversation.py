@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.gateway.chat.memory import ChatMemory
+from service.gateway.chat.memory import AudioIdError, ChatMemory
 from service.gateway.chat.protocol import ChatMessage
 from service.gateway.engine import Engine
 from service.gateway.errors import APIError
-from service.gateway.uploads import b64decode_field
+from service.gateway.settings import GatewaySettings
+from service.gateway.uploads import AudioBudget, b64decode_field
 from service.lm.prompt import PromptInput, SpeechInput, TextInput, TurnEnd
 
 # What input_audio.format may say; the bytes are sniffed anyway (service/audio/decode.py).
@@ -53,8 +54,15 @@ class _Parts:
 
 
 async def conversation_inputs(
-    messages: Sequence[ChatMessage], engine: Engine, model: str, memory: ChatMemory
+    messages: Sequence[ChatMessage],
+    engine: Engine,
+    model: str,
+    memory: ChatMemory,
+    settings: GatewaySettings | None = None,
 ) -> list[PromptInput]:
+    """The prompt inputs of a conversation. With `settings`, every `input_audio` part is
+    checked (each and all together, `AudioBudget`) before the first is encoded."""
+    audio = await _checked_audio(messages, AudioBudget(settings)) if settings is not None else {}
     parts = _Parts()
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
@@ -62,7 +70,7 @@ async def conversation_inputs(
             parts.speech(_stored_audio(message.audio.id, model, memory, f"{where}.audio.id"))
         else:
             for number, part in enumerate(_content(message, where)):
-                source = _Source(engine, model, memory, f"{where}.content[{number}]")
+                source = _Source(engine, model, memory, f"{where}.content[{number}]", audio)
                 await _add_part(parts, part, message.role, source)
         parts.end_turn()
     if not parts.items:
@@ -100,6 +108,25 @@ class _Source:
     model: str
     memory: ChatMemory
     where: str
+    # Audio bytes already decoded and checked by `_checked_audio`, by `where`.
+    checked: dict[str, bytes]
+
+
+async def _checked_audio(messages: Sequence[ChatMessage], budget: AudioBudget) -> dict[str, bytes]:
+    """The bytes of every input_audio part, by field path, each checked against the budget."""
+    checked: dict[str, bytes] = {}
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if message.role in _TEXT_ONLY_ROLES:
+            continue  # input_audio is refused there (`_add_part`)
+        for number, part in enumerate(_content(message, where)):
+            if part.get("type") != "input_audio":
+                continue
+            field = f"{where}.content[{number}].input_audio"
+            audio = _input_audio_bytes(part.get("input_audio"), field)
+            await budget.check(audio, f"{field}.data")
+            checked[f"{where}.content[{number}]"] = audio
+    return checked
 
 
 async def _add_part(parts: _Parts, part: dict[str, Any], role: str, source: _Source) -> None:
@@ -123,22 +150,9 @@ async def _add_part(parts: _Parts, part: dict[str, Any], role: str, source: _Sou
 
 async def _encode_input_audio(value: object, source: _Source) -> str:
     field = f"{source.where}.input_audio"
-    if not isinstance(value, dict):
-        raise APIError(400, f"{field} must be an object {{data, format}}", param=field)
-    fmt = value.get("format")
-    if not isinstance(fmt, str) or fmt.lower() not in INPUT_AUDIO_FORMATS:
-        raise APIError(
-            400,
-            f"{field}.format: {fmt!r} is not supported; use one of "
-            f"{', '.join(INPUT_AUDIO_FORMATS)}",
-            param=f"{field}.format",
-        )
-    data = value.get("data")
-    if not isinstance(data, str) or not data:
-        raise APIError(
-            400, f"{field}.data must be a non-empty base64 string", param=f"{field}.data"
-        )
-    audio = b64decode_field(data, f"{field}.data")
+    audio = source.checked.get(source.where)
+    if audio is None:
+        audio = _input_audio_bytes(value, field)
     cached = source.memory.encoded(source.model, audio)
     if cached is not None:
         return cached
@@ -154,19 +168,35 @@ async def _encode_input_audio(value: object, source: _Source) -> str:
     return encoded.tokens
 
 
-def _stored_audio(audio_id: str, model: str, memory: ChatMemory, param: str) -> str:
-    stored = memory.get_audio(audio_id)
-    if stored is None:
+def _input_audio_bytes(value: object, field: str) -> bytes:
+    """The decoded `data` of an input_audio object {data, format}; 400 naming what is wrong."""
+    if not isinstance(value, dict):
+        raise APIError(400, f"{field} must be an object {{data, format}}", param=field)
+    fmt = value.get("format")
+    if not isinstance(fmt, str) or fmt.lower() not in INPUT_AUDIO_FORMATS:
         raise APIError(
             400,
-            f"{param}: audio '{audio_id}' is unknown or has expired (generated audio is kept "
-            f"for {int(memory.ttl)} s by the gateway that produced it)",
-            param=param,
+            f"{field}.format: {fmt!r} is not supported; use one of "
+            f"{', '.join(INPUT_AUDIO_FORMATS)}",
+            param=f"{field}.format",
         )
+    data = value.get("data")
+    if not isinstance(data, str) or not data:
+        raise APIError(
+            400, f"{field}.data must be a non-empty base64 string", param=f"{field}.data"
+        )
+    return b64decode_field(data, f"{field}.data")
+
+
+def _stored_audio(audio_id: str, model: str, memory: ChatMemory, param: str) -> str:
+    try:
+        stored = memory.get_audio(audio_id)
+    except AudioIdError as error:
+        raise APIError(400, f"{param}: the audio id {error}", param=param) from None
     if stored.model != model:
         raise APIError(
             400,
-            f"{param}: audio '{audio_id}' was generated by {stored.model}, not {model}",
+            f"{param}: the audio was generated by {stored.model}, not {model}",
             param=param,
         )
     return stored.tokens

@@ -1,28 +1,38 @@
-"""What the chat route remembers between requests of a conversation, in this gateway's memory.
+"""What the chat route keeps between requests of a conversation.
 
 * Generated audio turns: an assistant message in a later request may carry ``audio: {id}``
-  instead of its content; the id maps to the speech token string that was generated, so the
-  history is rebuilt as the very speech the model produced (no re-encoding of lossy audio).
+  instead of its content, and the history is rebuilt as the very speech the model produced (no
+  re-encoding of lossy audio). The id holds that speech itself: the model and the speech token
+  string, compressed and signed with `signing_key` (service/gateway/signing.py), so any gateway
+  replica sharing the key accepts it, and nothing is stored. docs/deployment.md ("Signing key")
+  says why this rather than a shared store.
 * Encoded user audio: clients resend the whole history every turn, so each ``input_audio`` is
-  encoded once and looked up by the hash of its bytes afterwards.
-
-Entries expire after `ttl` seconds and the oldest go first beyond `max_items`. The memory is
-per gateway process: behind several gateway replicas, route a conversation to one replica
-(sticky sessions) or an audio id from another replica is unknown (400).
+  encoded once and looked up by the hash of its bytes afterwards. This is a cache of this process
+  only: another replica encodes the audio again, with the same result.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from service.gateway.signing import Signer, TokenError, TokenExpired, sealed_length
 
 AUDIO_TTL_SECONDS = 3600
-MAX_AUDIO_TURNS = 4096
 MAX_ENCODED_INPUTS = 512
+AUDIO_ID_PREFIX = "audio_"
+# The longest speech token is "[Huxxxxx]" (service/units/boundaries.py), and the longest model
+# name an id may carry; with `max_tokens_limit` they bound an id's size.
+MAX_SPEECH_TOKEN_CHARS = 9
+MAX_MODEL_CHARS = 256
+
+
+class AudioIdError(Exception):
+    """An audio id that cannot be used; the message says why (no id, no field name)."""
 
 
 @dataclass(frozen=True)
@@ -74,30 +84,58 @@ class _ExpiringMap:
 class ChatMemory:
     def __init__(
         self,
+        signer: Signer,
         *,
+        max_tokens_limit: int,
         ttl: float = AUDIO_TTL_SECONDS,
-        max_audio_turns: int = MAX_AUDIO_TURNS,
         max_encoded_inputs: int = MAX_ENCODED_INPUTS,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.signer = signer
         self.ttl = ttl
-        self._audio = _ExpiringMap(ttl, max_audio_turns, clock)
+        self.clock = clock
+        # An id never holds more than one reply of at most max_tokens_limit speech tokens.
+        self.max_payload_bytes = MAX_MODEL_CHARS + 1 + max_tokens_limit * MAX_SPEECH_TOKEN_CHARS
+        self.max_id_chars = sealed_length(self.max_payload_bytes, AUDIO_ID_PREFIX)
+        self.max_tokens_limit = max_tokens_limit
         self._encoded = _ExpiringMap(ttl, max_encoded_inputs, clock)
 
-    @staticmethod
-    def new_audio_id() -> str:
-        return f"audio_{uuid.uuid4().hex}"
+    @classmethod
+    def from_settings(cls, settings: Any) -> ChatMemory:
+        return cls(Signer.from_settings(settings), max_tokens_limit=settings.max_tokens_limit)
 
-    def put_audio(self, audio_id: str, model: str, tokens: str) -> int:
-        """Remember a generated audio turn; returns its expiry (unix seconds)."""
-        return int(self._audio.put(audio_id, (model, tokens)))
+    def seal_audio(self, model: str, tokens: str) -> tuple[str, int]:
+        """The id of a generated audio turn, and its expiry (unix seconds)."""
+        expires = int(self.clock() + self.ttl)
+        payload = f"{model}\n{tokens}".encode()
+        return self.signer.seal(AUDIO_ID_PREFIX, payload, expires), expires
 
-    def get_audio(self, audio_id: str) -> StoredAudio | None:
-        entry = self._audio.get(audio_id)
-        if entry is None:
-            return None
-        expires, (model, tokens) = entry  # type: ignore[misc]
-        return StoredAudio(model, tokens, int(expires))
+    def get_audio(self, audio_id: str) -> StoredAudio:
+        """The audio turn an id holds; AudioIdError when it is not one of ours or has expired."""
+        if len(audio_id) > self.max_id_chars:
+            raise AudioIdError(
+                f"is longer than {self.max_id_chars} characters, the most an id of one reply of "
+                f"max_tokens_limit={self.max_tokens_limit} tokens takes"
+            )
+        try:
+            payload, expires = self.signer.open(
+                AUDIO_ID_PREFIX,
+                audio_id,
+                max_chars=self.max_id_chars,
+                max_payload_bytes=self.max_payload_bytes,
+                now=self.clock(),
+            )
+        except TokenExpired:
+            raise AudioIdError(
+                f"has expired (generated audio can be referenced for {int(self.ttl)} s)"
+            ) from None
+        except TokenError as error:
+            raise AudioIdError(
+                f"is not an audio id made by this service ({error}); ids are signed with "
+                "signing_key, which must be the same on every gateway replica"
+            ) from None
+        model, _, tokens = payload.decode("utf-8", errors="replace").partition("\n")
+        return StoredAudio(model, tokens, expires)
 
     def encoded(self, model: str, audio: bytes) -> str | None:
         entry = self._encoded.get(_audio_key(model, audio))

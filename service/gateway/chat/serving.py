@@ -141,7 +141,7 @@ async def plan_chat(
     voice = audio.voice if audio else None
     speaker = resolve_voice(model_voices(engine.layout, model), voice, model, "audio.voice")
     check_prompt_chars(text_chars(request.messages), "messages", state.settings.max_prompt_chars)
-    inputs = await conversation_inputs(request.messages, engine, model, memory)
+    inputs = await conversation_inputs(request.messages, engine, model, memory, state.settings)
     modality = OutputModality.SPEECH if speech else OutputModality.TEXT
     prepared = await engine.prepare(build_prompt(inputs, modality), modality, model)
     if speech:
@@ -156,29 +156,13 @@ async def plan_chat(
         speaker=speaker,
         audio_format=audio.format if audio else "wav",
         ending=ending,
-        affinity=session_id or request.user or None,
+        affinity=session_id or request.prompt_cache_key or request.user or None,
     )
 
 
 def check_unsupported(request: ChatCompletionRequest) -> None:
-    """Refuse options that would change the answer and that Spirit LM serving lacks."""
-    if request.n != 1:
-        raise APIError(400, f"n: only n=1 is supported (got {request.n})", param="n")
-    refusals = {
-        "tools": bool(request.tools),
-        "functions": bool(request.functions),
-        "tool_choice": request.tool_choice not in (None, "none"),
-        "function_call": request.function_call not in (None, "none"),
-        "logprobs": bool(request.logprobs),
-        "top_logprobs": bool(request.top_logprobs),
-        "logit_bias": bool(request.logit_bias),
-        "frequency_penalty": bool(request.frequency_penalty),
-        "presence_penalty": bool(request.presence_penalty),
-        "response_format": (request.response_format or {}).get("type", "text") != "text",
-    }
-    for name, refused in refusals.items():
-        if refused:
-            raise APIError(400, f"{name}: not supported by this server", param=name)
+    """Refuse, by name, what this server does not honour (the table: chat/protocol.py)."""
+    request.check_supported()
 
 
 def _wants_speech(modalities: list[str] | None) -> bool:
@@ -287,8 +271,7 @@ async def _complete(
             encode_audio, samples, OUTPUT_SAMPLE_RATE, plan.encoder_format
         )
         transcript = "".join([delta async for delta in transcribe(outcome.tokens)])
-        audio_id = memory.new_audio_id()
-        expires = memory.put_audio(audio_id, plan.model, outcome.tokens)
+        audio_id, expires = memory.seal_audio(plan.model, outcome.tokens)
         audio = ChatCompletionAudio(
             id=audio_id,
             data=base64.b64encode(encoded).decode(),
@@ -346,7 +329,6 @@ class _ChatStream:
         self.memory = memory
         self.transcribe = transcribe
         self.chunks = chunks
-        self.audio_id = memory.new_audio_id()
         self.encoder = (
             StreamEncoder(plan.encoder_format, OUTPUT_SAMPLE_RATE) if plan.speech else None
         )
@@ -383,7 +365,7 @@ class _ChatStream:
     def _audio(self, data: bytes) -> bytes | None:
         if not data:
             return None
-        return self.chunks.delta({"audio": {"id": self.audio_id, "data": _b64(data)}})
+        return self.chunks.delta({"audio": {"data": _b64(data)}})
 
     async def _ending(self) -> AsyncIterator[bytes]:
         if self.encoder is not None:
@@ -393,9 +375,10 @@ class _ChatStream:
             transcript = self.transcribe(self.outcome.tokens)
             async with contextlib.aclosing(transcript):
                 async for delta in transcript:
-                    yield self.chunks.delta({"audio": {"id": self.audio_id, "transcript": delta}})
-            expires = self.memory.put_audio(self.audio_id, self.plan.model, self.outcome.tokens)
-            yield self.chunks.delta({"audio": {"id": self.audio_id, "expires_at": expires}})
+                    yield self.chunks.delta({"audio": {"transcript": delta}})
+            # The id holds the reply's speech (chat/memory.py), so it exists only now, at the end.
+            audio_id, expires = self.memory.seal_audio(self.plan.model, self.outcome.tokens)
+            yield self.chunks.delta({"audio": {"id": audio_id, "expires_at": expires}})
         yield self.chunks.delta({}, self.outcome.finish_reason)
         if self.chunks.include_usage:
             yield self.chunks.usage(self.outcome.usage)

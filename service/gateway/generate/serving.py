@@ -32,7 +32,7 @@ from service.gateway.sse import SSE_DONE, SSE_HEADERS, sse
 from service.gateway.state import GatewayState
 from service.gateway.tasks import check_prompt_chars
 from service.gateway.timings import Timings
-from service.gateway.uploads import b64decode_field
+from service.gateway.uploads import AudioBudget, b64decode_field
 from service.lm.ending import Ending
 from service.lm.generation import GenerationResult
 from service.lm.prompt import PromptInput, SpeechInput, TextInput, build_prompt, explicit_prompt
@@ -44,6 +44,14 @@ ROUTE = "/v1/generate"
 async def prompt_for(request: GenerateRequest, state: GatewayState, model: str) -> str:
     if request.prompt is not None:
         return explicit_prompt(request.prompt, request.output_modality)
+    # Every audio input is checked (alone and all together, AudioBudget) before any is encoded.
+    budget = AudioBudget(state.settings)
+    audio: dict[int, bytes] = {}
+    for index, item in enumerate(request.inputs):
+        if item.type != "text" and item.tokens is None:
+            param = f"inputs[{index}].audio"
+            audio[index] = b64decode_field(item.audio or "", param)
+            await budget.check(audio[index], param)
     parts: list[PromptInput] = []
     for index, item in enumerate(request.inputs):
         if item.type == "text":
@@ -57,8 +65,7 @@ async def prompt_for(request: GenerateRequest, state: GatewayState, model: str) 
                 )
             parts.append(SpeechInput(item.tokens))
         else:
-            audio = b64decode_field(item.audio or "", f"inputs[{index}].audio")
-            encoded = await state.engine.encode(audio, model)
+            encoded = await state.engine.encode(audio[index], model)
             parts.append(SpeechInput(encoded.tokens))
     return build_prompt(parts, request.output_modality)
 

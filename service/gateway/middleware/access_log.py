@@ -33,7 +33,9 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        # No response at all: the client left first (`disconnect.py`, `body_reader.py`); nginx's
+        # "client closed request", so that it is not counted as the server's failure.
+        status = 499
 
         async def send_with_status(message: Message) -> None:
             nonlocal status

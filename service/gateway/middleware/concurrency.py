@@ -1,8 +1,9 @@
 """The concurrency limit (`max_concurrent_requests`): 429 while that many HTTP requests are in
 flight, and the ``spiritlm_requests_in_flight`` gauge.
 
-Requests to public paths are never refused but count as in flight. Realtime WebSockets are
-limited by their own route (close 1013).
+A slot is taken only once the whole request body is in (`body_reader.py` sits outside this
+layer), so slow or stalled uploads never hold one. Requests to public paths are never refused
+but count as in flight. Realtime WebSockets are limited by their own route (close 1013).
 """
 
 from __future__ import annotations

@@ -6,17 +6,25 @@ What the Spirit LM session does with each setting:
   continuation, text -> speech), ``["text"]`` generates text only (speech -> text), both
   (``["audio", "text"]``, the beta's default) lets the model choose and interleave (ARBITRARY).
 * ``audio.input.format`` / ``input_audio_format``: pcm16 mono at ``rate`` (any of the rates the
-  speech stack resamples; 24 kHz by default, 16 kHz common). G.711 is refused.
-* ``audio.output.format`` / ``output_audio_format``: pcm16 at ``rate`` (24 kHz by default).
+  speech stack resamples; 24 kHz by default, 16 kHz common), or G.711 u-law / A-law at 8 kHz
+  (audio_format.py).
+* ``audio.output.format`` / ``output_audio_format``: pcm16 at ``rate`` (24 kHz by default), or
+  G.711 at 8 kHz.
+* ``type``: ``"realtime"`` (responses) or ``"transcription"`` (input audio is only transcribed;
+  transcription.py).
 * ``audio.output.voice`` / ``voice``: a vocoder speaker (index or name) or an OpenAI voice name
   (the default speaker).
 * ``audio.input.turn_detection`` / ``turn_detection``: ``server_vad`` (Silero VAD) with
-  threshold, prefix_padding_ms, silence_duration_ms, create_response, interrupt_response; or
+  threshold, prefix_padding_ms, silence_duration_ms, create_response, interrupt_response,
+  idle_timeout_ms (idle_timeout.py); or
   null for manual turns (the client commits and asks for responses).
 * ``audio.input.transcription`` / ``input_audio_transcription``: when set, each committed user
   turn is transcribed by the LM itself (Spirit LM's speech -> text).
 * ``instructions``: text put before the conversation (the model has no system role).
 * ``max_output_tokens`` / ``max_response_output_tokens``, ``temperature``.
+
+The OpenAI fields the session does not honour (tools, speed, noise reduction, ...) are refused
+by name before anything is applied (unhonoured.py).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import Any
 
 from service.audio.encode import check_sample_rate
 from service.gateway.errors import APIError
+from service.gateway.realtime import audio_format, transcription, unhonoured
 from service.gateway.realtime.protocol import BETA, AudioFormatIn, ProtocolError, SessionIn
 from service.gateway.realtime.vad import VadSettings
 from service.gateway.voices import Voice, resolve_voice
@@ -45,6 +54,7 @@ class TurnDetection:
     silence_duration_ms: int = 500
     create_response: bool = True
     interrupt_response: bool = True
+    idle_timeout_ms: int | None = None  # idle_timeout.py
 
     def vad(self) -> VadSettings:
         return VadSettings(self.threshold, self.prefix_padding_ms, self.silence_duration_ms)
@@ -56,12 +66,15 @@ class TurnDetection:
 @dataclass(frozen=True)
 class SessionConfig:
     model: str
+    type: str = "realtime"  # or "transcription" (transcription.py)
     voice: str | int = "alloy"
     speaker: int = 2
     instructions: str = ""
     output_modalities: tuple[str, ...] = ("audio",)
     input_rate: int = DEFAULT_RATE
     output_rate: int = DEFAULT_RATE
+    input_format: str = audio_format.PCM16
+    output_format: str = audio_format.PCM16
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     transcription: dict[str, Any] | None = None
     temperature: float = DEFAULT_TEMPERATURE
@@ -78,6 +91,7 @@ class SessionConfig:
             raise
 
     def _apply(self, update: SessionIn, voices: list[Voice]) -> SessionConfig:
+        unhonoured.check_session(update)
         given = update.model_fields_set
         changes: dict[str, Any] = {}
         if "model" in given and update.model not in (None, self.model):
@@ -87,6 +101,8 @@ class SessionConfig:
                 "reconnect with ?model=...",
                 param="session.model",
             )
+        if "type" in given:
+            changes["type"] = transcription.session_type(update.type)
         if "instructions" in given:
             changes["instructions"] = update.instructions or ""
         for key in ("output_modalities", "modalities"):
@@ -102,15 +118,15 @@ class SessionConfig:
             self._apply_audio(update.audio, changes)
         voice = changes.get("voice", self.voice)
         changes["speaker"] = _speaker(voices, voice, self.model)
-        return dataclasses.replace(self, **changes)
+        return transcription.checked(dataclasses.replace(self, **changes), update)
 
     def _apply_beta_audio(self, update: SessionIn, given: set[str], changes: dict) -> None:
-        for key in ("input_audio_format", "output_audio_format"):
+        for key, side in (("input_audio_format", "input"), ("output_audio_format", "output")):
             value = getattr(update, key)
-            if key in given and value not in (None, "pcm16"):
-                raise ProtocolError(
-                    "invalid_value", f"session.{key}: only 'pcm16' is supported", param=key
-                )
+            if key in given and value is not None and value != getattr(self, f"{side}_format"):
+                changes[f"{side}_format"] = value
+                g711 = value != audio_format.PCM16
+                changes[f"{side}_rate"] = audio_format.G711_RATE if g711 else DEFAULT_RATE
         if "voice" in given and update.voice is not None:
             changes["voice"] = update.voice
         if "turn_detection" in given:
@@ -122,14 +138,18 @@ class SessionConfig:
         if audio.input is not None:
             given = audio.input.model_fields_set
             if audio.input.format is not None:
-                changes["input_rate"] = _rate(audio.input.format, "session.audio.input.format")
+                changes["input_format"], changes["input_rate"] = _format(
+                    audio.input.format, "session.audio.input.format"
+                )
             if "turn_detection" in given:
                 changes["turn_detection"] = self._turn_detection(audio.input.turn_detection)
             if "transcription" in given:
                 changes["transcription"] = audio.input.transcription
         if audio.output is not None:
             if audio.output.format is not None:
-                changes["output_rate"] = _rate(audio.output.format, "session.audio.output.format")
+                changes["output_format"], changes["output_rate"] = _format(
+                    audio.output.format, "session.audio.output.format"
+                )
             if audio.output.voice is not None:
                 changes["voice"] = audio.output.voice
 
@@ -167,6 +187,8 @@ class SessionConfig:
     # ---- rendering
 
     def render(self, dialect: str, session_id: str, expires_at: int) -> dict[str, Any]:
+        if self.type == "transcription":
+            return transcription.render_session(self, dialect, session_id, expires_at)
         if dialect == BETA:
             return self._render_beta(session_id, expires_at)
         return {
@@ -179,13 +201,13 @@ class SessionConfig:
             "instructions": self.instructions,
             "audio": {
                 "input": {
-                    "format": {"type": "audio/pcm", "rate": self.input_rate},
+                    "format": audio_format.render_ga(self.input_format, self.input_rate),
                     "transcription": self.transcription,
                     "noise_reduction": None,
                     "turn_detection": self._render_turn_detection(),
                 },
                 "output": {
-                    "format": {"type": "audio/pcm", "rate": self.output_rate},
+                    "format": audio_format.render_ga(self.output_format, self.output_rate),
                     "voice": self.voice,
                     "speed": 1.0,
                 },
@@ -205,8 +227,8 @@ class SessionConfig:
             "modalities": list(self.output_modalities),
             "instructions": self.instructions,
             "voice": self.voice,
-            "input_audio_format": "pcm16",
-            "output_audio_format": "pcm16",
+            "input_audio_format": self.input_format,
+            "output_audio_format": self.output_format,
             "input_audio_sample_rate": self.input_rate,
             "output_audio_sample_rate": self.output_rate,
             "input_audio_transcription": self.transcription,
@@ -229,11 +251,15 @@ def _modalities(values: list[str]) -> tuple[str, ...]:
     return tuple(sorted(set(values)))
 
 
+def _format(fmt: AudioFormatIn, param: str) -> tuple[str, int]:
+    """(format name, rate) of a GA audio format."""
+    name = audio_format.from_ga(fmt.type)
+    if name != audio_format.PCM16:
+        return name, audio_format.g711_rate(name, fmt.rate, f"{param}.rate")
+    return name, _rate(fmt, param)
+
+
 def _rate(fmt: AudioFormatIn, param: str) -> int:
-    if fmt.type != "audio/pcm":
-        raise ProtocolError(
-            "invalid_value", f"{param}.type: only 'audio/pcm' is supported", param=f"{param}.type"
-        )
     rate = DEFAULT_RATE if fmt.rate is None else fmt.rate
     try:
         check_sample_rate(rate, f"{param}.rate")

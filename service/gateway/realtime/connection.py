@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from contextlib import aclosing, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +36,14 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.errors import SpiritError
 from service.gateway.errors import APIError
+from service.gateway.realtime.audio_format import item_audio_to_pcm16
+from service.gateway.realtime.budget import SessionBudget
+from service.gateway.realtime.client_secrets import bound_session
 from service.gateway.realtime.config import SessionConfig, initial_config
 from service.gateway.realtime.conversation import Conversation, Item, Part
+from service.gateway.realtime.idle_timeout import IdleTimeout
 from service.gateway.realtime.input_audio import (
+    MIN_COMMIT_MS,
     InputAudio,
     PauseDetected,
     TurnDetected,
@@ -53,17 +58,29 @@ from service.gateway.realtime.protocol import (
     AudioCommit,
     ItemCreate,
     ItemDelete,
+    ItemRetrieve,
     ItemTruncate,
+    OutputAudioClear,
     ProtocolError,
     ResponseCancel,
     ResponseCreate,
     ResponseIn,
     ServerEvents,
     SessionUpdate,
+    TranscriptionSessionUpdate,
     new_id,
     parse_client_event,
 )
 from service.gateway.realtime.response import Response, ResponseContext, ResponseRequest
+from service.gateway.realtime.transcription import (
+    TRANSCRIPTION,
+    default_transcription,
+    intent_type,
+    refuse_in_transcription,
+    session_event,
+    transcribe_input,
+)
+from service.gateway.realtime.unhonoured import check_response
 from service.gateway.realtime.vad import SpeechStarted, VadStream, load_model
 from service.gateway.state import GatewayState
 from service.gateway.uploads import b64decode_field
@@ -118,11 +135,21 @@ class RealtimeConnection:
         self.id = new_id("sess")
         self.voices: list[Voice] = model_voices(self.engine.layout, model)
         self.config: SessionConfig = initial_config(model, self.voices)
+        # A client secret's session configuration (client_secrets.py), checked at its creation.
+        bound = bound_session(websocket)
+        if bound is not None:
+            self.config = self.config.updated(bound, self.voices, None)
         self.conversation = Conversation(new_id("conv"))
-        self.items = ConversationItems(self.conversation, events, self.send, self._start_encoding)
+        self.budget = SessionBudget.from_settings(state.settings)
+        self.items = ConversationItems(
+            self.conversation, events, self.send, self._start_encoding, self.budget
+        )
         self.prompts = PromptBuilder(self.engine, model, limits.context_tokens)
-        self.input = InputAudio(self.config.input_rate, limits.max_buffer_seconds)
-        self.outbox = Outbox()
+        self.input = InputAudio(
+            self.config.input_rate, limits.max_buffer_seconds, fmt=self.config.input_format
+        )
+        self.outbox = Outbox(max_bytes=self.budget.max_outbox_bytes)
+        self.idle = IdleTimeout()
         self.response: Response | None = None
         self.started = time.monotonic()
         self.last_heard = self.started
@@ -139,8 +166,14 @@ class RealtimeConnection:
         writer = asyncio.create_task(self._write(), name=f"realtime-writer-{self.id}")
         code, reason = CLOSE_NORMAL, ""
         try:
+            refused = self._open_as_intended()
+            if refused is not None:
+                self._error(refused)
+                code, reason = CLOSE_POLICY, refused.message[:120]
+                return
             problem = await self._start_vad()
-            self.send(self.events.event("session.created", session=self._session()))
+            created = session_event(self.events, self.config, "session.created")
+            self.send(self.events.event(created, session=self._session()))
             if problem is not None:
                 self._error(problem)
             code, reason = await self._read()
@@ -158,7 +191,6 @@ class RealtimeConnection:
             if message["type"] == "websocket.disconnect":
                 self._client_gone = True
                 return CLOSE_NORMAL, ""
-            self.last_heard = time.monotonic()
             text = message.get("text")
             if text is None:
                 self._error(
@@ -215,6 +247,9 @@ class RealtimeConnection:
         event: Any = None
         try:
             event = parse_client_event(text)
+            # Only a well-formed event keeps the session from going idle; frames that are not
+            # events (binary, oversized, malformed) do not.
+            self.last_heard = time.monotonic()
             await self._dispatch(event)
         except ProtocolError as error:
             if error.event_id is None and event is not None:
@@ -238,9 +273,16 @@ class RealtimeConnection:
             )
 
     async def _dispatch(self, event: Any) -> None:
-        if isinstance(event, AudioAppend):
+        if self.config.type == TRANSCRIPTION:
+            refuse_in_transcription(event.type)
+        if isinstance(event, TranscriptionSessionUpdate):
+            event.session.type = TRANSCRIPTION
+            await self._update_session(event)
+        elif isinstance(event, AudioAppend):
             await self._append(event)
         elif isinstance(event, AudioCommit):
+            held = self.input.buffered_samples * 2
+            self.budget.check_room(self.conversation, held)  # the buffer stays if refused
             self._commit(self.input.commit_all(), "commit")
         elif isinstance(event, AudioClear):
             self.input.clear()
@@ -248,6 +290,7 @@ class RealtimeConnection:
         elif isinstance(event, SessionUpdate):
             await self._update_session(event)
         elif isinstance(event, ItemCreate):
+            item_audio_to_pcm16(self.input.format, event)
             self.items.create(event, self.input.rate)
         elif isinstance(event, ItemDelete):
             response = self.response
@@ -255,6 +298,10 @@ class RealtimeConnection:
             self.items.delete(event, responding)
         elif isinstance(event, ItemTruncate):
             self.items.truncate(event)
+        elif isinstance(event, ItemRetrieve):
+            self.items.retrieve(event)
+        elif isinstance(event, OutputAudioClear):
+            self._clear_output_audio()
         elif isinstance(event, ResponseCreate):
             self._create_response(event)
         elif isinstance(event, ResponseCancel):
@@ -263,10 +310,11 @@ class RealtimeConnection:
     # ---- input audio and turns
 
     async def _append(self, event: AudioAppend) -> None:
+        self.budget.check_append(event.audio, self.input)  # before decoding it
         pcm = b64decode_field(event.audio, "audio")
         if not pcm:
             return
-        if self.input.vad is None:
+        if not self.input.runs_off_loop:
             self.input.append(pcm)
             return
         detected = await asyncio.to_thread(self.input.append, pcm)
@@ -277,6 +325,30 @@ class RealtimeConnection:
                 self._speech_stopped(happened)
             elif isinstance(happened, PauseDetected):
                 self._encode_early(happened.utterance)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        """`turn_detection.idle_timeout_ms`: a long silence asks for a reply (idle_timeout.py)."""
+        detection = self.config.turn_detection
+        timeout = detection.idle_timeout_ms if detection is not None else None
+        busy = self.input.speaking or (self.response is not None and self.response.active)
+        stretch = self.idle.observe(self.input.now_ms(), timeout, busy)
+        if stretch is None or detection is None:
+            return
+        item_id = new_id("item")
+        self.send(
+            self.events.event(
+                "input_audio_buffer.timeout_triggered",
+                audio_start_ms=stretch[0],
+                audio_end_ms=stretch[1],
+                item_id=item_id,
+            )
+        )
+        if self.input.buffered_samples * 1000 >= MIN_COMMIT_MS * self.input.rate:
+            self._pending_item_id = item_id
+            self._commit(self.input.commit_all(), "vad")
+        elif detection.create_response and self.config.type != TRANSCRIPTION:
+            self._start_response(ResponseIn(), None)
 
     def _speech_started(self, event: SpeechStarted) -> None:
         self._pending_item_id = new_id("item")
@@ -324,7 +396,13 @@ class RealtimeConnection:
 
     def _commit(self, utterance: Utterance, trigger: str) -> None:
         ended = time.perf_counter()
-        part = Part("audio")
+        problem = self.budget.room_for(self.conversation, len(utterance.pcm16))
+        if problem is not None:  # a turn the VAD ended: reported, and the turn is not kept
+            self._drop_early_encoding()
+            self._pending_item_id = None
+            self._error(problem)
+            return
+        part = Part("audio", pending_bytes=len(utterance.pcm16))
         part.encoding = self._encoding_of(utterance)
         item = Item(self._pending_item_id or new_id("item"), "user", [part])
         self._pending_item_id = None
@@ -336,10 +414,24 @@ class RealtimeConnection:
         )
         self.items.announce(item, previous)
         if self.config.transcription is not None:
-            self._spawn(self._transcribe_input(item, part))
+            seconds = len(utterance.pcm16) / 2 / self.input.rate
+            self._spawn(
+                transcribe_input(
+                    self.send,
+                    self.events,
+                    self.state.tasks,
+                    self.model,
+                    item,
+                    part,
+                    seconds,
+                    affinity=self.conversation.id,
+                )
+            )
         self._last_turn = (trigger, ended)
         detection = self.config.turn_detection
         if trigger != "vad" or detection is None or not detection.create_response:
+            return
+        if self.config.type == TRANSCRIPTION:  # never a response (transcription.py)
             return
         previous = self.response
         if previous is None or not previous.active:
@@ -364,46 +456,44 @@ class RealtimeConnection:
             self._error(ProtocolError("audio_encoding_failed", error.message, kind="server_error"))
             return ""
 
-    async def _transcribe_input(self, item: Item, part: Part) -> None:
-        tokens = await part.speech_tokens()
-        deltas = self.state.tasks.transcript(self.model, tokens, affinity=self.conversation.id)
-        try:
-            async with aclosing(deltas) as stream:
-                text = "".join([delta async for delta in stream])
-        except APIError as error:
-            self.send(
-                self.events.event(
-                    "conversation.item.input_audio_transcription.failed",
-                    item_id=item.id,
-                    content_index=0,
-                    error={"type": "server_error", "code": None, "message": error.message},
-                )
-            )
-            return
-        part.text = text
-        self.send(
-            self.events.event(
-                "conversation.item.input_audio_transcription.completed",
-                item_id=item.id,
-                content_index=0,
-                transcript=text,
-            )
-        )
-
     # ---- session configuration
 
-    async def _update_session(self, event: SessionUpdate) -> None:
+    async def _update_session(self, event: SessionUpdate | TranscriptionSessionUpdate) -> None:
         old = self.config
+        requested = event.session.model
+        if requested and requested != old.model:
+            # Named as ?model= is (Engine.resolve_model): an alias of this session's model, as
+            # OpenAI SDKs send it (gpt-realtime), is no change.
+            try:
+                same = self.state.engine.resolve_model(requested) == old.model
+            except APIError as error:
+                raise ProtocolError(
+                    "model_not_found", error.message, param="session.model", event_id=event.event_id
+                ) from None
+            if same:
+                event.session.model = old.model
         new = old.updated(event.session, self.voices, event.event_id)
-        if new.input_rate != old.input_rate:
+        if new.type != old.type and self.response is not None and self.response.active:
+            raise ProtocolError(
+                "conversation_already_has_active_response",
+                f"session.type cannot change while response {self.response.id} is in progress",
+                param="session.type",
+                event_id=event.event_id,
+            )
+        reformatted = (new.input_rate, new.input_format) != (old.input_rate, old.input_format)
+        if reformatted:
             self.input = InputAudio(
-                new.input_rate, self.limits.max_buffer_seconds, offset_ms=self.input.now_ms()
+                new.input_rate,
+                self.limits.max_buffer_seconds,
+                offset_ms=self.input.now_ms(),
+                fmt=new.input_format,
             )
         self.config = new
         problem = None
-        if new.input_rate != old.input_rate or new.turn_detection != old.turn_detection:
+        if reformatted or new.turn_detection != old.turn_detection:
             problem = await self._start_vad()
-        self.send(self.events.event("session.updated", session=self._session()))
+        updated = session_event(self.events, new, "session.updated")
+        self.send(self.events.event(updated, session=self._session()))
         if problem is not None:
             problem.event_id = event.event_id
             self._error(problem)
@@ -431,6 +521,17 @@ class RealtimeConnection:
         )
         return None
 
+    def _open_as_intended(self) -> ProtocolError | None:
+        """``?intent=transcription`` opens a transcription session (transcription.py)."""
+        try:
+            kind = intent_type(self.ws.query_params.get("intent"))
+        except ProtocolError as error:
+            return error
+        if kind == TRANSCRIPTION:
+            transcription = self.config.transcription or default_transcription(self.model)
+            self.config = dataclasses.replace(self.config, type=kind, transcription=transcription)
+        return None
+
     def _session(self) -> dict[str, Any]:
         expires = int(time.time() + self.limits.max_session_seconds - self._age())
         return self.config.render(self.events.dialect, self.id, expires)
@@ -451,9 +552,15 @@ class RealtimeConnection:
             raise ProtocolError(
                 "invalid_value", "response.input is not supported", param="response.input"
             )
+        check_response(event.response, self.config)
         self._start_response(event.response, event.event_id)
 
     def _start_response(self, spec: ResponseIn, event_id: str | None) -> None:
+        problem = self.budget.room_for(self.conversation) if spec.conversation != "none" else None
+        if problem is not None:  # the reply would be one item too many
+            problem.event_id = event_id
+            self._error(problem)
+            return
         config = self.config
         trigger, ended = self._last_turn or ("create", time.perf_counter())
         self._last_turn = None
@@ -485,6 +592,7 @@ class RealtimeConnection:
             metrics=self.state.metrics,
             send=self.send,
             send_audio=self.outbox.put_audio,
+            output_format=config.output_format,
         )
         self.response = Response(context, request)
         self.response.start()
@@ -507,6 +615,16 @@ class RealtimeConnection:
             return
         self.outbox.drop_audio(response.id)
         response.cancel(reason)
+
+    def _clear_output_audio(self) -> None:
+        """output_audio_buffer.clear: the last reply's audio not sent yet is dropped, and a reply
+        still in progress is cancelled; its item keeps what was sent (as on barge-in)."""
+        response = self.response
+        if response is not None:
+            self.outbox.drop_audio(response.id)
+            self._cancel_response("client_cancelled")
+        response_id = response.id if response is not None else None
+        self.send(self.events.event("output_audio_buffer.cleared", response_id=response_id))
 
     # ---- output
 

@@ -22,6 +22,7 @@ per token (the usual predicted duration of a de-duplicated unit).
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -47,6 +48,19 @@ class Part:
     sample_rate: int = 0
     finished: bool = True  # all of the part's audio was produced
     encoding: asyncio.Task[str] | None = None  # user speech being encoded
+    pending_bytes: int = 0  # the audio held while `encoding` runs
+
+    def held_bytes(self) -> int:
+        """Memory this part holds: its strings, and its audio while that is being encoded."""
+        held = _str_bytes(self.text) + _str_bytes(self.tokens)
+        encoding = self.encoding
+        if encoding is None:
+            return held
+        if not encoding.done():
+            return held + self.pending_bytes
+        if encoding.cancelled() or encoding.exception() is not None:
+            return held
+        return held + _str_bytes(encoding.result())
 
     async def speech_tokens(self) -> str:
         if self.encoding is not None:
@@ -109,6 +123,10 @@ class Conversation:
     def delete(self, item_id: str) -> None:
         del self.items[self.index(item_id)]
 
+    def held_bytes(self) -> int:
+        """Memory the history holds (budget.py bounds it)."""
+        return sum(part.held_bytes() for item in self.items for part in item.parts)
+
     def samples_per_token(self, sample_rate: int) -> float:
         """Output samples per HuBERT token, measured on this conversation's finished turns."""
         samples = tokens = 0
@@ -124,6 +142,10 @@ class Conversation:
 
 async def history_inputs(items: Sequence[Item]) -> list[list[PromptInput]]:
     return [await item.inputs() for item in items]
+
+
+def _str_bytes(text: str) -> int:
+    return sys.getsizeof(text) if text else 0
 
 
 def hubert_count(tokens: str) -> int:
@@ -175,9 +197,17 @@ def fit_prompt(
     modality: str,
     budget: int,
     count: Callable[[str], int],
+    max_chars: int | None = None,
 ) -> str:
-    """The prompt of the newest turns that fits in `budget` tokens (see the module docstring)."""
+    """The prompt of the newest turns that fits in `budget` tokens (see the module docstring).
+
+    `max_chars`: turns past this many characters cannot fit (it is the budget times the most
+    characters one token stands for), so they are dropped before anything is tokenized: the
+    work of fitting stays bounded however long the history is.
+    """
     turns = [turn for turn in turns if turn]
+    if max_chars is not None:
+        turns = _newest_within(turns, max_chars)
     prompt = build_prompt([*instructions, *_flat(turns)], modality)
     if count(prompt) <= budget:
         return prompt
@@ -221,6 +251,48 @@ def _cut_last_turn(
         else:
             high = middle
     return best
+
+
+def _newest_within(turns: list[list[PromptInput]], max_chars: int) -> list[list[PromptInput]]:
+    """The newest turns that hold at most `max_chars` characters together; when the newest
+    alone holds more, its tail of that length (older turns are only ever dropped whole)."""
+    kept: list[list[PromptInput]] = []
+    left = max_chars
+    for turn in reversed(turns):
+        size = sum(_chars(part) for part in turn)
+        if size <= left:
+            kept.append(turn)
+            left -= size
+            continue
+        if not kept:
+            kept.append(_tail_chars(turn, left))
+        break
+    kept.reverse()
+    return kept
+
+
+def _tail_chars(turn: list[PromptInput], max_chars: int) -> list[PromptInput]:
+    """The end of a turn within `max_chars` characters (speech: whole tokens, style kept)."""
+    kept: list[PromptInput] = []
+    left = max_chars
+    for part in reversed(turn):
+        size = _chars(part)
+        if size <= left:
+            kept.append(part)
+            left -= size
+            continue
+        if left > 0 and isinstance(part, SpeechInput):
+            whole = len(SPEECH_TOKEN.findall(part.tokens[len(part.tokens) - left :]))
+            kept.append(SpeechInput(tail_speech(part.tokens, whole)))
+        elif left > 0 and isinstance(part, TextInput):
+            kept.append(TextInput(part.text[len(part.text) - left :]))
+        break
+    kept.reverse()
+    return kept
+
+
+def _chars(part: PromptInput) -> int:
+    return len(part.tokens) if isinstance(part, SpeechInput) else len(part.text)
 
 
 def _tail_of(turn: list[PromptInput], fraction: float) -> list[PromptInput]:

@@ -8,7 +8,8 @@ utterance so far as a candidate (`PauseDetected`): the turn, if the pause ends i
 turn detection the buffer just grows until the client commits or clears it.
 
 All positions are in samples of the session's input rate, counted from the first sample the
-client appended; the protocol reports them in milliseconds.
+client appended; the protocol reports them in milliseconds. Appended audio is in the session's
+input format; G.711 is expanded to pcm16 here (audio_format.py), so the buffer is always pcm16.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import soundfile
 
 from service.audio.pcm import pcm16_to_float
+from service.gateway.realtime import audio_format
 from service.gateway.realtime.protocol import ProtocolError
 from service.gateway.realtime.vad import (
     SpeechPaused,
@@ -69,8 +71,16 @@ InputEvent = SpeechStarted | TurnDetected | PauseDetected
 
 
 class InputAudio:
-    def __init__(self, rate: int, max_seconds: float, *, offset_ms: int = 0) -> None:
+    def __init__(
+        self,
+        rate: int,
+        max_seconds: float,
+        *,
+        offset_ms: int = 0,
+        fmt: str = audio_format.PCM16,
+    ) -> None:
         self.rate = rate
+        self.format = fmt
         self.vad: VadStream | None = None
         self.max_samples = int(max_seconds * rate)
         self.offset_ms = offset_ms  # session time of this buffer's first sample
@@ -97,8 +107,15 @@ class InputAudio:
     def now_ms(self) -> int:
         return self._to_ms(self._total)
 
-    def append(self, pcm16: bytes) -> list[InputEvent]:
-        """Add audio; with a VAD, the events it raised (CPU-bound: run off the event loop)."""
+    @property
+    def runs_off_loop(self) -> bool:
+        """Whether `append` does CPU work (VAD, G.711 expansion) that belongs off the loop."""
+        return self.vad is not None or self.format != audio_format.PCM16
+
+    def append(self, data: bytes) -> list[InputEvent]:
+        """Add audio in the input format; with a VAD, the events it raised (CPU-bound: see
+        `runs_off_loop`)."""
+        pcm16 = audio_format.to_pcm16(self.format, data)
         if len(pcm16) % BYTES_PER_SAMPLE:
             raise ProtocolError(
                 "invalid_value",

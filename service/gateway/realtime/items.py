@@ -1,9 +1,10 @@
-"""A session's conversation items: conversation.item.create, delete and truncate, and the
-events they emit.
+"""A session's conversation items: conversation.item.create, retrieve, delete and truncate, and
+the events they emit.
 
 The items themselves, and the prompt they make, are in conversation.py. The client edits the
 history with these events; besides, the connection adds committed user turns (announced here,
-`ConversationItems.announce`) and response.py the assistant's replies.
+`ConversationItems.announce`) and response.py the assistant's replies. A created item is
+checked against the session's budget (budget.py) before any of it is decoded or kept.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from service.gateway.realtime.budget import SessionBudget, decoded_size
 from service.gateway.realtime.conversation import Conversation, Item, Part, keep_speech_samples
 from service.gateway.realtime.input_audio import Utterance
 from service.gateway.realtime.protocol import (
     ContentIn,
     ItemCreate,
     ItemDelete,
+    ItemRetrieve,
     ItemTruncate,
     ProtocolError,
     ServerEvents,
@@ -32,12 +35,18 @@ Encode = Callable[[bytes], asyncio.Task[str]]
 
 class ConversationItems:
     def __init__(
-        self, conversation: Conversation, events: ServerEvents, send: Send, encode: Encode
+        self,
+        conversation: Conversation,
+        events: ServerEvents,
+        send: Send,
+        encode: Encode,
+        budget: SessionBudget,
     ) -> None:
         self.conversation = conversation
         self.events = events
         self.send = send
         self.encode = encode
+        self.budget = budget
 
     def create(self, event: ItemCreate, input_rate: int) -> None:
         """conversation.item.create; user audio (pcm16 at `input_rate`) starts encoding now."""
@@ -47,6 +56,7 @@ class ConversationItems:
             raise ProtocolError(
                 "invalid_value", f"item id '{item_id}' already exists", param="item.id"
             )
+        self._check_budget(spec.content, input_rate)
         parts = [
             self._part(content, spec.role, index, input_rate)
             for index, content in enumerate(spec.content)
@@ -61,6 +71,17 @@ class ConversationItems:
                 param="previous_item_id",
             ) from None
         self.announce(item, previous)
+
+    def _check_budget(self, contents: list[ContentIn], input_rate: int) -> None:
+        """The item's text, audio and size against the session's budget, before decoding."""
+        chars = sum(len(content.text or "") + len(content.transcript or "") for content in contents)
+        self.budget.check_text(chars, "item.content")
+        for index, content in enumerate(contents):
+            if content.audio:
+                param = f"item.content[{index}].audio"
+                self.budget.check_audio_part(content.audio, input_rate, param)
+        held = chars + sum(decoded_size(content.audio or "") for content in contents)
+        self.budget.check_room(self.conversation, held, param="item")
 
     def _part(self, content: ContentIn, role: str, index: int, input_rate: int) -> Part:
         where = f"item.content[{index}]"
@@ -84,8 +105,9 @@ class ConversationItems:
                     f"{where}.audio: pcm16 needs a non-zero, even number of bytes",
                     param=f"{where}.audio",
                 )
-            part = Part("audio", text=content.transcript or "")
-            part.encoding = self.encode(Utterance(pcm, 0, 0).wav(input_rate))
+            wav = Utterance(pcm, 0, 0).wav(input_rate)
+            part = Part("audio", text=content.transcript or "", pending_bytes=len(wav))
+            part.encoding = self.encode(wav)
             return part
         raise ProtocolError(
             "invalid_value",
@@ -104,6 +126,20 @@ class ConversationItems:
             self.events.event("conversation.item.done", previous_item_id=previous, item=rendered)
         )
 
+    def _existing(self, item_id: str) -> Item:
+        """The item `item_id`, or the `item_not_found` error the client gets."""
+        try:
+            return self.conversation.get(item_id)
+        except KeyError:
+            raise ProtocolError(
+                "item_not_found", f"item '{item_id}' does not exist", param="item_id"
+            ) from None
+
+    def retrieve(self, event: ItemRetrieve) -> None:
+        """conversation.item.retrieve: the item as the server holds it now."""
+        item = self._existing(event.item_id)
+        self.send(self.events.event("conversation.item.retrieved", item=self.events.item(item)))
+
     def delete(self, event: ItemDelete, responding: str | None) -> None:
         """conversation.item.delete; `responding` is the item of the response in progress."""
         if responding is not None and responding == event.item_id:
@@ -112,22 +148,13 @@ class ConversationItems:
                 "the item of the response in progress cannot be deleted",
                 param="item_id",
             )
-        try:
-            self.conversation.delete(event.item_id)
-        except KeyError:
-            raise ProtocolError(
-                "item_not_found", f"item '{event.item_id}' does not exist", param="item_id"
-            ) from None
+        self._existing(event.item_id)
+        self.conversation.delete(event.item_id)
         self.send(self.events.event("conversation.item.deleted", item_id=event.item_id))
 
     def truncate(self, event: ItemTruncate) -> None:
         """conversation.item.truncate: an assistant reply cut back to the audio heard."""
-        try:
-            item = self.conversation.get(event.item_id)
-        except KeyError:
-            raise ProtocolError(
-                "item_not_found", f"item '{event.item_id}' does not exist", param="item_id"
-            ) from None
+        item = self._existing(event.item_id)
         if item.role != "assistant" or event.content_index >= len(item.parts):
             raise ProtocolError(
                 "invalid_value",

@@ -18,6 +18,7 @@ from service.gateway.errors import APIError
 from service.gateway.realtime.conversation import fit_prompt
 from service.lm.generation import PreparedPrompt, prepare_prompt
 from service.lm.prompt import OutputModality, PromptInput, TextInput, TurnEnd
+from service.lm.tokenizer import SpiritTokenizer
 
 DEFAULT_CONTEXT = 4096  # Llama-2's context, when config.json does not say
 MIN_PROMPT_TOKENS = 16
@@ -31,6 +32,13 @@ def checkpoint_context(lm_dir: Path) -> int:
         return int(config.get("max_position_embeddings", DEFAULT_CONTEXT))
     except (OSError, ValueError, TypeError, AttributeError):
         return DEFAULT_CONTEXT
+
+
+@lru_cache(maxsize=8)
+def longest_token_chars(tokenizer: SpiritTokenizer) -> int:
+    """The most characters one token of the vocabulary stands for: a prompt of n characters
+    has at least n / this many tokens, which bounds what fitting needs to look at."""
+    return max(len(tokenizer.token_string(index)) for index in range(tokenizer.num_tokens))
 
 
 class PromptBuilder:
@@ -79,7 +87,8 @@ class PromptBuilder:
         modality: OutputModality,
         budget: int,
     ) -> PreparedPrompt:
-        prompt = fit_prompt(lead, turns, modality.value, budget, self.count)
+        max_chars = budget * longest_token_chars(self.tokenizer)
+        prompt = fit_prompt(lead, turns, modality.value, budget, self.count, max_chars)
         return prepare_prompt(self.tokenizer, prompt, modality, expressive=self.expressive)
 
     def count(self, prompt: str) -> int:

@@ -88,6 +88,8 @@ class TurnDetectionIn(BaseModel):
     silence_duration_ms: int | None = Field(default=None, ge=50, le=10000)
     create_response: bool | None = None
     interrupt_response: bool | None = None
+    # Input audio time without speech after which a reply is asked for (idle_timeout.py).
+    idle_timeout_ms: int | None = Field(default=None, ge=5000, le=30000)
 
 
 class AudioFormatIn(BaseModel):
@@ -103,6 +105,7 @@ class InputAudioIn(BaseModel):
     format: AudioFormatIn | None = None
     transcription: dict[str, Any] | None = None
     turn_detection: TurnDetectionIn | None = None
+    noise_reduction: dict[str, Any] | None = None  # refused when set (unhonoured.py)
 
 
 class OutputAudioIn(BaseModel):
@@ -110,6 +113,7 @@ class OutputAudioIn(BaseModel):
 
     format: AudioFormatIn | None = None
     voice: str | int | None = None
+    speed: float | None = None  # only 1.0 (unhonoured.py)
 
 
 class AudioIn(BaseModel):
@@ -138,11 +142,28 @@ class SessionIn(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_output_tokens: MaxTokens | None = None
     max_response_output_tokens: MaxTokens | None = None
+    # OpenAI fields Spirit LM does not honour: refused when set to anything but their
+    # defaults (unhonoured.py).
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    include: list[str] | None = None
+    truncation: str | dict[str, Any] | None = None
+    tracing: str | dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+    speed: float | None = None
+    input_audio_noise_reduction: dict[str, Any] | None = None
     # Extension: False synthesises each speech part whole after generation (a baseline).
 
 
 class SessionUpdate(_Event):
     type: Literal["session.update"]
+    session: SessionIn
+
+
+class TranscriptionSessionUpdate(_Event):
+    """The beta's update of a transcription session: session.update with type 'transcription'."""
+
+    type: Literal["transcription_session.update"]
     session: SessionIn
 
 
@@ -195,6 +216,15 @@ class ItemTruncate(_Event):
     audio_end_ms: int = Field(ge=0)
 
 
+class ItemRetrieve(_Event):
+    type: Literal["conversation.item.retrieve"]
+    item_id: str
+
+
+class OutputAudioClear(_Event):
+    type: Literal["output_audio_buffer.clear"]
+
+
 class ResponseIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -207,6 +237,13 @@ class ResponseIn(BaseModel):
     max_output_tokens: MaxTokens | None = None
     max_response_output_tokens: MaxTokens | None = None
     input: list[Any] | None = None
+    # Honoured only when they say what the session already does (unhonoured.py).
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+    audio: AudioIn | None = None
+    voice: str | int | None = None
+    output_audio_format: Literal["pcm16", "g711_ulaw", "g711_alaw"] | None = None
 
 
 class ResponseCreate(_Event):
@@ -221,12 +258,15 @@ class ResponseCancel(_Event):
 
 ClientEvent = Annotated[
     SessionUpdate
+    | TranscriptionSessionUpdate
     | AudioAppend
     | AudioCommit
     | AudioClear
     | ItemCreate
     | ItemDelete
     | ItemTruncate
+    | ItemRetrieve
+    | OutputAudioClear
     | ResponseCreate
     | ResponseCancel,
     Field(discriminator="type"),
@@ -234,12 +274,15 @@ ClientEvent = Annotated[
 _CLIENT_EVENT: TypeAdapter[Any] = TypeAdapter(ClientEvent)
 CLIENT_EVENT_TYPES = (
     "session.update",
+    "transcription_session.update",
     "input_audio_buffer.append",
     "input_audio_buffer.commit",
     "input_audio_buffer.clear",
     "conversation.item.create",
     "conversation.item.delete",
     "conversation.item.truncate",
+    "conversation.item.retrieve",
+    "output_audio_buffer.clear",
     "response.create",
     "response.cancel",
 )

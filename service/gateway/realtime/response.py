@@ -33,6 +33,7 @@ from service.gateway.engine import (
 )
 from service.gateway.errors import APIError
 from service.gateway.metrics import GatewayMetrics
+from service.gateway.realtime import audio_format
 from service.gateway.realtime.config import TOP_P
 from service.gateway.realtime.conversation import (
     Conversation,
@@ -83,6 +84,9 @@ class ResponseContext:
     send: Callable[[dict[str, Any] | None], None]
     # Waits while the client is behind on reading, which holds back the generation too.
     send_audio: Callable[[dict[str, Any], Callable[[], None]], Awaitable[None]]
+    # The wire format of audio deltas: the vocoder's pcm16 at `output_rate`, G.711-companded
+    # when the session asks for it (audio_format.py).
+    output_format: str = audio_format.PCM16
 
 
 class Response:
@@ -243,7 +247,7 @@ class Response:
         event = self.ctx.events.event(
             "response.output_audio.delta",
             **self._where(part),
-            delta=base64.b64encode(pcm16).decode(),
+            delta=base64.b64encode(audio_format.from_pcm16(self.ctx.output_format, pcm16)).decode(),
         )
         assert event is not None
 
@@ -330,11 +334,11 @@ class Response:
             "metadata": self.request.metadata,
             "usage": self.usage,
         }
-        audio_format = {"type": "audio/pcm", "rate": ctx.output_rate}
         if events.dialect == "beta":
-            body.update(voice=ctx.voice, output_audio_format="pcm16")
+            body.update(voice=ctx.voice, output_audio_format=ctx.output_format)
         else:
-            body["audio"] = {"output": {"format": audio_format, "voice": ctx.voice}}
+            rendered = audio_format.render_ga(ctx.output_format, ctx.output_rate)
+            body["audio"] = {"output": {"format": rendered, "voice": ctx.voice}}
         return body
 
     def _item(self) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 `tokenize` gives what `spiritlm-serve tokenize --json` prints for the same file and model (the
 worker receives the uploaded bytes unchanged); `detokenize` gives the audio of
 `spiritlm-serve synthesize` (same units, speaker and duration prediction), encoded as asked.
+Detokenize is one-shot synthesis, whose memory and time grow with its units: they are bounded by
+`max_detokenize_units` before anything else (the speech worker checks its own setting of the same
+name again).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from service.gateway.uploads import (
     read_upload,
 )
 from service.gateway.voices import model_voices, resolve_voice
+from service.speech_worker.protocol import units_over_limit
 
 MAX_FORM_FIELDS = 16
 
@@ -58,8 +62,16 @@ async def _audio_and_model(
     )
 
 
+def check_detokenize_units(body: DetokenizeRequest, limit: int) -> None:
+    over = units_over_limit(body.tokens, body.units, limit)
+    if over is not None:
+        field, message = over
+        raise APIError(400, message, param=field, code="too_many_units")
+
+
 async def detokenize(body: DetokenizeRequest, state: GatewayState) -> Response:
     engine = state.engine
+    check_detokenize_units(body, state.settings.max_detokenize_units)
     check_output_format(body.response_format, body.sample_rate)
     model = engine.resolve_model(body.model)
     speaker = resolve_voice(model_voices(engine.layout, model), body.speaker, model, "speaker")

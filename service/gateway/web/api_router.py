@@ -1,8 +1,10 @@
 """GET / (the voice page) and GET /static/voice/<file> (its scripts and style).
 
-The page talks to WS /v1/realtime like any other client. Both paths are public (middleware);
-the page asks for an API key when the gateway needs one and sends it as the WebSocket
-subprotocol ``openai-insecure-api-key.<key>``.
+The page talks to WS /v1/realtime like any other client. Both paths are public (middleware).
+The page never holds an API key: it opens each session with an ephemeral client secret
+(realtime/client_secrets.py), sent as the WebSocket subprotocol ``openai-insecure-api-key.<ek_>``:
+one the user pastes (made with an API key), or, on a gateway without API keys, one it asks
+POST /v1/realtime/client_secrets for (static/app.js).
 """
 
 from __future__ import annotations

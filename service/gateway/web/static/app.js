@@ -6,6 +6,12 @@
 // When the user starts speaking over a reply, playback stops at once (the server cancels the
 // response) and the reply is truncated to what was heard.
 //
+// Credentials: the page holds no API key. It opens each session with an ephemeral client secret
+// (ek_..., one session each, docs/realtime.md "Client secrets"): one pasted by the user (made by
+// their backend with an API key), or, when the gateway has no API keys, one it asks the gateway
+// for (POST /v1/realtime/client_secrets, same origin). A secret may also come in the URL's
+// fragment (#secret=ek_...), which never reaches a server; the page removes it from the address.
+//
 // URL parameters (for demos and tests): model, voice, modalities, silence_ms, threshold,
 // max_tokens, autoconnect=1. Counters for tests live on window.spiritlm.
 "use strict";
@@ -29,6 +35,8 @@ const stats = {
   speechStopped: 0,
   transcripts: [],
   errors: [],
+  closeReason: null,
+  inputLevel: 0,
   events: {},
 };
 window.spiritlm = stats;
@@ -46,14 +54,74 @@ function setStatus(text) {
   $("status").textContent = text;
 }
 
-function authHeaders() {
-  const key = $("key").value.trim();
-  return key ? { Authorization: `Bearer ${key}` } : {};
+// ---- credentials
+
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.get("secret")) {
+  $("secret").value = fragment.get("secret");
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+// A client secret for one session: the pasted one (used up by this session), else a fresh one
+// from the gateway, which hands them out without a key only when it has no API keys.
+async function clientSecret() {
+  const pasted = $("secret").value.trim();
+  if (pasted) {
+    $("secret").value = "";
+    return pasted;
+  }
+  const session = { type: "realtime" };
+  if ($("model").value) session.model = $("model").value;
+  const response = await fetch("/v1/realtime/client_secrets", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ session }),
+  });
+  if (response.status === 401) {
+    throw new Error(
+      "this gateway has API keys: paste a client secret (ek_…) made with one " +
+        "(POST /v1/realtime/client_secrets; each secret opens one session)",
+    );
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const why = (body.error && body.error.message) || `HTTP ${response.status}`;
+    throw new Error(`the gateway gave no client secret: ${why}`);
+  }
+  return body.value;
+}
+
+// Why a socket closed, in words (RFC 6455 codes; 1008/1013 are the gateway's, connection.py).
+function closeInWords(event, opened) {
+  if (!opened) {
+    return (
+      "The gateway refused the connection: the client secret has expired, was used already " +
+      "(each opens one session), or is not valid for this gateway."
+    );
+  }
+  const reason = event.reason ? `: ${event.reason}` : "";
+  switch (event.code) {
+    case 1000:
+      return `Disconnected${reason}.`;
+    case 1008:
+      return `The gateway ended the session${reason}.`;
+    case 1011:
+      return "The gateway failed while serving the session (internal error).";
+    case 1013:
+      return `The gateway is busy or shutting down${reason}; try again.`;
+    default:
+      return `The connection was lost (code ${event.code})${reason}.`;
+  }
+}
+
+function showError(text) {
+  stats.errors.push({ message: text });
+  addBubble("error", text);
 }
 
 async function loadChoices() {
   try {
-    const response = await fetch("/v1/models", { headers: authHeaders() });
+    const response = await fetch("/v1/models");
     const body = await response.json();
     fillSelect($("model"), body.data.map((m) => [m.id, m.id]), params.get("model"));
   } catch (error) {
@@ -67,7 +135,7 @@ async function loadVoices() {
   let chosen = "2";
   try {
     const model = encodeURIComponent($("model").value);
-    const response = await fetch(`/v1/audio/voices?model=${model}`, { headers: authHeaders() });
+    const response = await fetch(`/v1/audio/voices?model=${model}`);
     if (response.ok) {
       const body = await response.json();
       voices = body.data.map((v) => [v.id, v.name ? `${v.id} – ${v.name}` : `speaker ${v.id}`]);
@@ -135,6 +203,7 @@ async function startAudio() {
   sink.gain.value = 0;
   source.connect(worklet).connect(sink).connect(context.destination);
   worklet.port.onmessage = (message) => {
+    showLevel(new Int16Array(message.data));
     if (!stats.connected) return;
     stats.sentSamples += message.data.byteLength / 2;
     send({ type: "input_audio_buffer.append", audio: toBase64(message.data) });
@@ -142,8 +211,19 @@ async function startAudio() {
   audio = { context, stream, source, worklet, sink };
 }
 
+// The input level meter: the chunk's RMS on a dB scale from -60 dBFS (empty) to 0 dBFS (full).
+function showLevel(pcm) {
+  let sum = 0;
+  for (let i = 0; i < pcm.length; i++) sum += pcm[i] * pcm[i];
+  const rms = Math.sqrt(sum / Math.max(1, pcm.length)) / 32768;
+  const level = rms > 0 ? Math.max(0, 1 + (20 * Math.log10(rms)) / 60) : 0;
+  stats.inputLevel = Math.max(stats.inputLevel, level);
+  $("level").value = level;
+}
+
 function stopAudio() {
   if (!audio) return;
+  $("level").value = 0;
   audio.worklet.port.onmessage = null;
   audio.stream.getTracks().forEach((track) => track.stop());
   audio.context.close();
@@ -218,6 +298,11 @@ const handlers = {
     firstAudioPending = true;
     setStatus("Thinking…");
   },
+  "conversation.item.input_audio_transcription.delta": (e) => {
+    if (!userBubble || !e.delta) return;
+    if (userBubble.textContent === "…") userBubble.textContent = "";
+    userBubble.textContent += e.delta;
+  },
   "conversation.item.input_audio_transcription.completed": (e) => {
     const text = e.transcript || "(speech)";
     if (userBubble) userBubble.textContent = text;
@@ -263,9 +348,14 @@ const handlers = {
       setStatus("Listening… speak, then pause.");
     }
   },
+  "conversation.item.input_audio_transcription.failed": (e) => {
+    if (userBubble) userBubble.textContent = "(not transcribed)";
+    showError(`Your turn could not be transcribed: ${(e.error && e.error.message) || "unknown error"}`);
+  },
   error: (e) => {
     stats.errors.push(e.error);
-    addBubble("error", e.error.message);
+    const field = e.error.param ? ` (${e.error.param})` : "";
+    addBubble("error", `${e.error.message}${field}`);
   },
 };
 // The beta dialect's names for the same events.
@@ -319,19 +409,31 @@ function sessionUpdate() {
 async function connect() {
   $("connect").disabled = true;
   setStatus("Starting the microphone…");
+  let secret;
+  try {
+    secret = await clientSecret();
+  } catch (error) {
+    showError(`Cannot connect: ${error.message}.`);
+    setStatus("Disconnected.");
+    $("connect").disabled = false;
+    return;
+  }
   try {
     await startAudio();
   } catch (error) {
-    setStatus(`Microphone unavailable: ${error.message}`);
+    const denied = error.name === "NotAllowedError";
+    showError(denied ? "Microphone access was denied." : `Microphone unavailable: ${error.message}`);
+    setStatus("Disconnected.");
     $("connect").disabled = false;
     return;
   }
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const model = encodeURIComponent($("model").value);
-  const key = $("key").value.trim();
-  const protocols = ["realtime"].concat(key ? [`openai-insecure-api-key.${key}`] : []);
-  socket = new WebSocket(`${scheme}//${location.host}/v1/realtime?model=${model}`, protocols);
+  // The secret is bound to its model (and session): no ?model= here.
+  const protocols = ["realtime", `openai-insecure-api-key.${secret}`];
+  socket = new WebSocket(`${scheme}//${location.host}/v1/realtime`, protocols);
+  let opened = false;
   socket.onopen = () => {
+    opened = true;
     send(sessionUpdate());
     setStatus("Connected.");
     const button = $("connect");
@@ -348,7 +450,13 @@ async function connect() {
     button.textContent = "Connect";
     button.classList.remove("live");
     button.disabled = false;
-    setStatus(event.reason ? `Disconnected: ${event.reason}` : "Disconnected.");
+    const words = closeInWords(event, opened);
+    stats.closeReason = words;
+    if (event.code === 1000 && opened) setStatus(words);
+    else {
+      setStatus("Disconnected.");
+      showError(words);
+    }
   };
 }
 

@@ -1,0 +1,167 @@
+"""The vocoder scheduler: the ready chunks of every stream, rendered together and by urgency.
+
+Each stream plans its chunks (`StreamSession.plan`: windows of frames with their receptive
+field) and hands them here. One runner takes what is waiting, most urgent first, and renders it
+on the worker's inference thread:
+
+* urgency: a stream that has sent no audio yet comes first (its listener hears nothing until
+  then), then the stream whose buffered audio runs out soonest (its first audio time plus the
+  audio it was sent: the moment its player would stall);
+* batching: the most urgent chunk's window goes into one forward pass with the next waiting
+  windows of the same vocoder, up to `vocoder_batch_size` (`UnitVocoder.render_batch`). A chunk
+  whose window was cut short by the end of its stream is rendered alone (`RenderJob.batchable`).
+  Passes run at a few padded lengths (`shape_bucket`), which torch's kernels are built for
+  once. Nothing waits for a batch to fill: whatever queued while the previous forward pass ran
+  forms the next one, so a lone stream pays no extra latency and batches grow with the load.
+
+Output is the same as per-stream rendering up to float rounding (tests/test_vocoder.py and
+tests/test_speech_worker.py check both paths against one-shot synthesis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.speech.streaming import RenderJob
+from service.speech.vocoder import UnitVocoder, shape_bucket
+
+# (0, submitted) for a stream that has sent no audio yet, else (1, when its audio runs out).
+Urgency = tuple[int, float]
+RunInThread = Callable[..., Awaitable[Any]]
+
+
+@dataclass(order=True)
+class _Waiting:
+    urgency: Urgency
+    order: int  # submission order among equal urgencies (a stream's chunks stay in order)
+    vocoder: UnitVocoder = field(compare=False)
+    job: RenderJob = field(compare=False)
+    result: asyncio.Future[np.ndarray] = field(compare=False)
+
+
+class VocoderBatcher:
+    """Renders planned chunks for every stream of one worker."""
+
+    def __init__(
+        self,
+        run: RunInThread,
+        max_batch: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self._on_batch = on_batch
+        self._waiting: list[_Waiting] = []
+        self._submitted = 0
+        self._runner: asyncio.Task[None] | None = None
+
+    async def render(
+        self, vocoder: UnitVocoder, jobs: Sequence[RenderJob], urgency: Urgency
+    ) -> list[np.ndarray]:
+        """The chunks of `jobs`, in order; cancelling drops those not started yet."""
+        if not jobs:
+            return []
+        loop = asyncio.get_running_loop()
+        mine = []
+        for job in jobs:
+            self._submitted += 1
+            mine.append(_Waiting(urgency, self._submitted, vocoder, job, loop.create_future()))
+        self._waiting += mine
+        if self._runner is None or self._runner.done():
+            self._runner = loop.create_task(self._render_waiting())
+        try:
+            return [await waiting.result for waiting in mine]
+        finally:
+            self._forget(mine)
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+
+    def _forget(self, mine: list[_Waiting]) -> None:
+        """Drop a caller's chunks that no batch took (the caller is gone)."""
+        gone = {id(waiting) for waiting in mine}
+        self._waiting = [waiting for waiting in self._waiting if id(waiting) not in gone]
+        for waiting in mine:
+            waiting.result.cancel()
+
+    async def _render_waiting(self) -> None:
+        try:
+            while self._waiting:
+                await self._render_next()
+        finally:
+            # Only reached with chunks waiting when the runner is cancelled (shutdown).
+            for waiting in self._waiting:
+                if not waiting.result.done():
+                    waiting.result.set_exception(RuntimeError("the vocoder scheduler stopped"))
+
+    async def _render_next(self) -> None:
+        batch = self._next_batch()
+        started = time.perf_counter()
+        try:
+            wavs = await self._run(_render, [(w.vocoder, w.job) for w in batch])
+        except Exception as error:  # the callers report it; the runner goes on
+            for waiting in batch:
+                if not waiting.result.done():
+                    waiting.result.set_exception(error)
+            return
+        if self._on_batch is not None:
+            self._on_batch(len(batch), time.perf_counter() - started)
+        for waiting, wav in zip(batch, wavs, strict=True):
+            if not waiting.result.done():
+                waiting.result.set_result(waiting.job.cut(wav))
+
+    def _next_batch(self) -> list[_Waiting]:
+        self._waiting.sort()
+        first = self._waiting[0]
+        batch = [first]
+        if first.job.batchable:
+            for waiting in self._waiting[1:]:
+                if len(batch) >= self.max_batch:
+                    break
+                if waiting.vocoder is first.vocoder and waiting.job.batchable:
+                    batch.append(waiting)
+        taken = {id(waiting) for waiting in batch}
+        self._waiting = [waiting for waiting in self._waiting if id(waiting) not in taken]
+        return batch
+
+
+def _render(work: list[tuple[UnitVocoder, RenderJob]]) -> list[np.ndarray]:
+    """One forward pass (worker thread): the windows' audio, cut by the caller.
+
+    At bucketed lengths (`shape_bucket`), padded on the side where the window's receptive
+    field is complete, so the chunks' samples are what an unpadded pass gives.
+    """
+    vocoder, first = work[0]
+    if first.batchable:
+        width = shape_bucket(max(len(job.frames) for _, job in work))
+        return vocoder.render_batch([(job.frames, job.conditioning) for _, job in work], width)
+    pad = shape_bucket(len(first.frames)) - len(first.frames) if first.left_padding_ok else 0
+    return [vocoder.render(first.frames, first.conditioning, pad_left=pad)]
+
+
+def urgency(sent_seconds: float, first_audio_at: float | None, submitted: float) -> Urgency:
+    """A stream's place in the queue (module docstring): from what it has sent so far."""
+    if first_audio_at is None:
+        return (0, submitted)
+    return (1, first_audio_at + sent_seconds)
+
+
+# On a CPU a batched forward pass costs what its windows cost one by one (docs/benchmarks.md), so
+# batching would only make the most urgent chunk wait for the others; a GPU runs a batch in
+# about the time of one window.
+CPU_BATCH_SIZE = 1
+GPU_BATCH_SIZE = 32
+
+
+def default_batch_size(device: str) -> int:
+    return CPU_BATCH_SIZE if device.startswith("cpu") else GPU_BATCH_SIZE

@@ -1,0 +1,144 @@
+"""The vocoder scheduler: urgency order, batches across streams, same audio as alone."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.checkpoints.layout import BASE, CheckpointLayout
+from service.checkpoints.tiny_vocoder import write_vocoders
+from service.speech.streaming import RenderJob, StreamingVocoder
+from service.speech.vocoder import UnitVocoder, load_vocoder
+from service.speech_worker.batcher import VocoderBatcher, urgency
+
+
+@pytest.fixture(scope="module")
+def vocoder(tmp_path_factory: pytest.TempPathFactory) -> UnitVocoder:
+    root = tmp_path_factory.mktemp("vocoders")
+    layout = CheckpointLayout(root)
+    write_vocoders(layout, seed=0, progress=lambda _: None)
+    return load_vocoder(layout.vocoder_dir(BASE))
+
+
+def codes(seed: int, count: int) -> list[int]:
+    return np.random.default_rng(seed).integers(0, 500, count).tolist()
+
+
+class Recorder:
+    """Runs each batch at once, as the worker's inference thread would, and keeps its shape."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    async def __call__(self, function: Any, work: list[tuple[UnitVocoder, RenderJob]]) -> Any:
+        self.batches.append([(id(job), len(job.frames)) for _, job in work])
+        await asyncio.sleep(0)  # let other streams queue, as a real forward pass would
+        return function(work)
+
+
+async def stream_through(batcher: VocoderBatcher, stream: StreamingVocoder, units: list[int],
+                         sizes: int, urgent: tuple[int, float]) -> list[np.ndarray]:  # fmt: skip
+    chunks: list[np.ndarray] = []
+    for start in range(0, len(units), sizes):
+        jobs = stream.push_jobs(units[start : start + sizes])
+        chunks += await batcher.render(stream.vocoder, jobs, urgent)
+    return chunks + await batcher.render(stream.vocoder, stream.finish_jobs(), urgent)
+
+
+def test_streams_rendered_together_equal_one_shot(vocoder: UnitVocoder) -> None:
+    recorder = Recorder()
+    batcher = VocoderBatcher(recorder, max_batch=8)
+    speakers = [0, 1, 2, 3]
+    unit_lists = [codes(seed, 70 + 9 * seed) for seed in range(4)]
+
+    async def main() -> list[list[np.ndarray]]:
+        streams = [StreamingVocoder(vocoder, speaker=s, first_chunk_units=5, chunk_units=7)
+                   for s in speakers]  # fmt: skip
+        return await asyncio.gather(*[
+            stream_through(batcher, stream, units, 20, (1, 0.0))
+            for stream, units in zip(streams, unit_lists, strict=True)
+        ])  # fmt: skip
+
+    results = asyncio.run(main())
+    for speaker, units, chunks in zip(speakers, unit_lists, results, strict=True):
+        want = vocoder.synthesize(units, speaker=speaker)
+        got = np.concatenate(chunks)
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() < 1e-4
+    sizes = [len(batch) for batch in recorder.batches]
+    assert max(sizes) > 1  # the streams' windows did share forward passes
+    assert max(sizes) <= 8
+
+
+def test_a_lone_stream_is_rendered_at_once_and_alone(vocoder: UnitVocoder) -> None:
+    recorder = Recorder()
+    batcher = VocoderBatcher(recorder, max_batch=8)
+    units = codes(7, 60)
+    stream = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7, max_chunk_units=7)
+    chunks = asyncio.run(stream_through(batcher, stream, units, 7, (1, 0.0)))
+    assert np.abs(np.concatenate(chunks) - vocoder.synthesize(units)).max() < 1e-4
+    assert all(len(batch) == 1 for batch in recorder.batches)
+
+
+def test_most_urgent_first_and_cut_windows_alone(vocoder: UnitVocoder) -> None:
+    recorder = Recorder()
+    batcher = VocoderBatcher(recorder, max_batch=2)
+    late = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
+    soon = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
+    fresh = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
+    ended = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
+    late_jobs = late.push_jobs(codes(1, 40))
+    soon_jobs = soon.push_jobs(codes(2, 40))
+    fresh_jobs = fresh.push_jobs(codes(3, 40))[:1]
+    ended.push_jobs(codes(4, 12))
+    ended_jobs = ended.finish_jobs()
+    assert not ended_jobs[-1].batchable and all(job.batchable for job in late_jobs)
+
+    async def main() -> None:
+        # Submitted in the worst order; the runner starts after all of them are queued.
+        await asyncio.gather(
+            batcher.render(vocoder, ended_jobs, urgency(3.0, 10.0, 0.0)),
+            batcher.render(vocoder, late_jobs, urgency(9.0, 10.0, 0.0)),
+            batcher.render(vocoder, soon_jobs, urgency(1.0, 10.0, 0.0)),
+            batcher.render(vocoder, fresh_jobs, urgency(0.0, None, 50.0)),
+        )
+
+    asyncio.run(main())
+    jobs = {"fresh": fresh_jobs, "soon": soon_jobs, "ended": ended_jobs, "late": late_jobs}
+    group = {id(job): name for name, group_jobs in jobs.items() for job in group_jobs}
+    # Each forward pass starts with the most urgent chunk waiting: a stream without audio
+    # first, then by when each stream's audio runs out. Less urgent windows may fill a batch.
+    heads = [group[batch[0][0]] for batch in recorder.batches]
+    rank = {"fresh": 0, "soon": 1, "ended": 2, "late": 3}
+    assert heads[0] == "fresh"
+    assert [rank[name] for name in heads] == sorted(rank[name] for name in heads)
+    assert all(len(batch) <= 2 for batch in recorder.batches)
+    last = id(ended_jobs[-1])
+    assert [len(b) for b in recorder.batches if any(i == last for i, _ in b)] == [1]
+
+
+def test_a_caller_that_leaves_drops_its_waiting_chunks(vocoder: UnitVocoder) -> None:
+    recorder = Recorder()
+    batcher = VocoderBatcher(recorder, max_batch=1)
+    stream = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
+    jobs = stream.push_jobs(codes(5, 80))
+    assert len(jobs) > 3
+
+    async def main() -> None:
+        task = asyncio.create_task(batcher.render(vocoder, jobs, (1, 0.0)))
+        await asyncio.sleep(0)  # queued; the runner takes the first chunk
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert len(recorder.batches) < len(jobs)
+
+
+def test_urgency_orders_fresh_streams_first() -> None:
+    assert urgency(0.0, None, 100.0) < urgency(5.0, 1.0, 0.0)
+    assert urgency(1.0, 10.0, 0.0) < urgency(2.0, 10.0, 0.0)
