@@ -443,3 +443,41 @@ def test_client_disconnect_aborts_the_generation(stack: FaultStack) -> None:
     assert after["generated"] - before["generated"] < max_tokens / 2, (before, after)
     assert after["finished"] == before["finished"], (before, after)
     wait_for(lambda: quiet(stack), 10, "no request, stream or generation left")
+
+
+# ---- workers that hang rather than die -----------------------------------------------------
+
+
+@contextlib.contextmanager
+def stopped(child: ChildProcess) -> Any:
+    """The worker's processes frozen (SIGSTOP): its port still accepts, nothing answers."""
+    assert child.popen is not None
+    os.killpg(child.popen.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(child.popen.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("kind", ["speech", "lm"])
+def test_a_hung_worker_is_ejected_and_requests_get_a_prompt_503(
+    stack: FaultStack, kind: str
+) -> None:
+    child, url = (stack.speech, stack.speech_url) if kind == "speech" else (stack.lm, stack.lm_url)
+    role = "speech worker" if kind == "speech" else "lm worker"
+    with stopped(child):
+        # The health checks time out and take it out of the pool.
+        wait_for(lambda: worker_states(stack.gateway_url, kind) == {url: False}, 30, "ejected")
+        started = time.monotonic()
+        health = httpx.get(f"{stack.gateway_url}/health", timeout=10)
+        assert health.status_code == 200 and time.monotonic() - started < 1.0
+        started = time.monotonic()
+        body = {**speech_body(30), "stream": False}
+        refused = httpx.post(f"{stack.gateway_url}/v1/generate", json=body, timeout=60)
+        assert refused.status_code == 503, refused.text
+        assert role in refused.json()["error"]["message"].lower()
+        assert time.monotonic() - started < 5.0  # refused at once, not after a timeout
+    wait_for(lambda: worker_states(stack.gateway_url, kind) == {url: True}, 60, "re-admitted")
+    generate_speech_ok(stack.gateway_url)
+    wait_for(lambda: quiet(stack), 10, "no request, stream or generation left")
+    all_healthy(stack)
