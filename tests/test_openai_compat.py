@@ -183,6 +183,22 @@ def test_chat_refusals_name_the_field(client: openai.OpenAI, options: dict, para
             {"role": "user", "content": "hi", "cache_control": {"type": "x"}},
             "messages[0].cache_control",
         ),
+        (
+            {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {}}]},
+            "messages[0].content[0].cache_control",
+        ),
+        (
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "input_audio",
+                        "input_audio": {"data": "AAAA", "format": "wav", "sample_rate": 16000},
+                    }
+                ],
+            },
+            "messages[0].content[0].input_audio.sample_rate",
+        ),
     ],
 )
 def test_chat_message_refusals_name_the_field(gateway: str, message: dict, param: str) -> None:
@@ -273,6 +289,28 @@ def test_realtime_resolves_model_names_the_same_way(gateway: str) -> None:
     refused = asyncio.run(_realtime_first_event(ws + "gpt-5-realtime"))
     assert refused["type"] == "error", refused
     assert refused["error"]["code"] == "model_not_found"
+
+
+async def _transcription_model_updates(url: str, models: list[str]) -> list[dict]:
+    answers = []
+    async with connect(url, open_timeout=60) as connection:
+        await connection.recv()  # session.created
+        for model in models:
+            audio = {"input": {"transcription": {"model": model}}}
+            update = {"type": "session.update", "session": {"type": "realtime", "audio": audio}}
+            await connection.send(json.dumps(update))
+            answers.append(json.loads(await asyncio.wait_for(connection.recv(), 60)))
+    return answers
+
+
+def test_realtime_transcription_model_names_the_sessions_model(gateway: str) -> None:
+    ws = gateway.replace("http://", "ws://") + "/v1/realtime"
+    alias, served, unknown = asyncio.run(
+        _transcription_model_updates(ws, ["gpt-4o-transcribe", BASE, "whisper-9"])
+    )
+    assert alias["type"] == served["type"] == "session.updated", (alias, served)
+    assert unknown["type"] == "error" and unknown["error"]["code"] == "model_not_found", unknown
+    assert unknown["error"]["param"] == "session.audio.input.transcription.model"
 
 
 def test_alias_table_is_a_setting(servers, clip: Path) -> None:  # noqa: ANN001

@@ -16,9 +16,11 @@ decoded duration passes the limit, so a small file that expands to hours is reje
 decoding only the allowed part.
 
 Memory is bounded by the 16 kHz result, not by the file's own rate and channels: each decoded
-block is downmixed and fed to a batched ``StreamResampler`` (bit-identical to ``resample`` of
-the whole signal) as it arrives, so 600 s at 192 kHz costs the 38 MB of its 16 kHz samples plus
-a window of a few MB, never the 460 MB of the full-rate signal (docs/security.md#limits).
+block is downmixed; up to EXACT_RESAMPLE_SAMPLES (87 s at 48 kHz, 95 s at 44.1 kHz) the signal
+is resampled whole, exactly as the reference does, and a longer one is fed to a batched
+``StreamResampler`` (equal to ``resample`` of the whole signal to float rounding) as it arrives,
+so 600 s at 192 kHz costs the 38 MB of its 16 kHz samples plus a window of a few MB, never the
+460 MB of the full-rate signal (docs/security.md, "Audio").
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ MAX_CHANNELS = 64
 _SOUNDFILE_BLOCK = 65536
 # Mono samples gathered from small decoded frames (PyAV) before they go to the resampler.
 _RESAMPLE_BLOCK = 65536
+# A signal of up to this many samples (16 MB of float32) is resampled whole, which gives the
+# reference's samples exactly; a longer one is resampled block by block, so its memory stays
+# bounded, equal to the whole-signal result to float rounding (about 1e-7; torch picks its conv
+# kernel by input size, service/audio/resample.py).
+EXACT_RESAMPLE_SAMPLES = 1 << 22
 
 
 class AudioTooLong(AudioError):
@@ -302,12 +309,13 @@ class _Sink:
     def collect(self, blocks: Iterator[np.ndarray], rate: int) -> tuple[np.ndarray | None, int]:
         """16 kHz mono of (channels, n) blocks, downmixed and resampled as they arrive.
 
-        Stops once the duration limit is passed. Only the 16 kHz output and one resampling
-        window are held; the result equals ``resample`` of the whole downmixed signal, bit for
-        bit. Not keeping, only the count ``ceil(n * 16000 / rate)`` of those samples is made.
+        Stops once the duration limit is passed. A signal of up to EXACT_RESAMPLE_SAMPLES is
+        resampled whole, exactly as the reference does; a longer one streams through a batched
+        `StreamResampler` (equal to float rounding), so only the 16 kHz output and one window are
+        held. Not keeping, only the count ``ceil(n * 16000 / rate)`` of those samples is made.
         """
         resample_now = self.keep and rate != TARGET_RATE
-        resampler = StreamResampler(rate, TARGET_RATE, batched=True) if resample_now else None
+        resampler: StreamResampler | None = None
         parts: list[np.ndarray] = []
         waiting: list[np.ndarray] = []
         waiting_size = total = 0
@@ -321,12 +329,14 @@ class _Sink:
                 continue
             mono = _downmix(block)
             finite = finite and bool(np.isfinite(mono).all())
-            if resampler is None:
+            if not resample_now:
                 parts.append(mono)
                 continue
             waiting.append(mono)
             waiting_size += mono.size
-            if waiting_size >= _RESAMPLE_BLOCK:
+            if resampler is None and waiting_size > EXACT_RESAMPLE_SAMPLES:
+                resampler = StreamResampler(rate, TARGET_RATE, batched=True)
+            if resampler is not None and waiting_size >= _RESAMPLE_BLOCK:
                 parts.append(resampler.write(np.concatenate(waiting)))
                 waiting, waiting_size = [], 0
         if total == 0:
@@ -340,6 +350,8 @@ class _Sink:
             if waiting:
                 parts.append(resampler.write(np.concatenate(waiting)))
             parts.append(resampler.close())
+        elif resample_now:
+            parts = [resample(np.concatenate(waiting), rate, TARGET_RATE)]
         samples = np.concatenate(parts)
         assert samples.size == length
         return samples, length

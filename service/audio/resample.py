@@ -27,7 +27,8 @@ ROLLOFF = 0.99
 # BATCH_FRAMES output frames and at least BATCH_SAMPLES input samples, and the final call gets
 # at least BATCH_SAMPLES too. torch's CPU conv1d picks its kernel by input size (small inputs take
 # another path) and computes a call's last partial vector separately, so only large calls aligned
-# like the whole-signal call give bit-identical samples (tests/test_audio.py checks it).
+# like the whole-signal call give the same samples; equality is to float rounding in general
+# (about 1e-7, tests/test_audio.py), and decoding resamples short signals whole for exactness.
 BATCH_FRAMES = 1024
 BATCH_SAMPLES = 1 << 17
 
@@ -127,7 +128,8 @@ class StreamResampler:
     reference's right-hand zero padding and trims the total to ``ceil(n * new / orig)``.
     Samples agree with ``resample`` to float rounding (about 1e-7).
 
-    ``batched=True`` trades latency for bit-identical output: input is held until large, aligned
+    ``batched=True`` trades latency for output closer to the whole-signal call (mostly the same
+    bits): input is held until large, aligned
     conv calls can be made (BATCH_FRAMES, BATCH_SAMPLES), so up to a few hundred thousand input
     samples wait; memory stays bounded by that, whatever the length of the signal.
     """

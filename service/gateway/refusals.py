@@ -46,6 +46,13 @@ def _nested(value: object, path: str) -> Iterator[str]:
                 yield from unknown_fields(item, f"{path}[{index}].")
 
 
+def refuse_unknown_keys(value: Mapping[str, object], allowed: frozenset[str], where: str) -> None:
+    """The same 400 for a plain JSON object (chat content parts) with a key not in `allowed`."""
+    for key, item in value.items():
+        if key not in allowed and item is not None:
+            raise _unrecognized(f"{where}.{key}")
+
+
 def refuse_unknown(model: BaseModel, known: Mapping[str, str] | None = None) -> None:
     """Raise a 400 naming the first field `model` does not declare.
 
@@ -57,9 +64,10 @@ def refuse_unknown(model: BaseModel, known: Mapping[str, str] | None = None) -> 
         why = (known or {}).get(re.sub(r"\[\d+\]", "", path))
         if why is not None:
             raise refuse(path, why)
-        raise APIError(
-            400,
-            f"Unrecognized request argument supplied: {path}",
-            param=path,
-            code="unknown_parameter",
-        )
+        raise _unrecognized(path)
+
+
+def _unrecognized(path: str) -> APIError:
+    return APIError(
+        400, f"Unrecognized request argument supplied: {path}", param=path, code="unknown_parameter"
+    )

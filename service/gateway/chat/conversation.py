@@ -27,6 +27,7 @@ from service.gateway.chat.memory import AudioIdError, ChatMemory
 from service.gateway.chat.protocol import ChatMessage
 from service.gateway.engine import Engine
 from service.gateway.errors import APIError
+from service.gateway.refusals import refuse_unknown_keys
 from service.gateway.settings import GatewaySettings
 from service.gateway.uploads import AudioBudget, b64decode_field
 from service.lm.prompt import PromptInput, SpeechInput, TextInput, TurnEnd
@@ -62,6 +63,7 @@ async def conversation_inputs(
 ) -> list[PromptInput]:
     """The prompt inputs of a conversation. With `settings`, every `input_audio` part is
     checked (each and all together, `AudioBudget`) before the first is encoded."""
+    _check_part_keys(messages)
     audio = await _checked_audio(messages, AudioBudget(settings)) if settings is not None else {}
     parts = _Parts()
     for index, message in enumerate(messages):
@@ -127,6 +129,29 @@ async def _checked_audio(messages: Sequence[ChatMessage], budget: AudioBudget) -
             await budget.check(audio, f"{field}.data")
             checked[f"{where}.content[{number}]"] = audio
     return checked
+
+
+# The keys of the content parts we take; any other key is refused by name (docs/audio-api.md).
+_PART_KEYS = {
+    "text": frozenset({"type", "text"}),
+    "input_audio": frozenset({"type", "input_audio"}),
+}
+_INPUT_AUDIO_KEYS = frozenset({"data", "format"})
+
+
+def _check_part_keys(messages: Sequence[ChatMessage]) -> None:
+    """Unknown keys of content parts are refused by name, before any audio is decoded."""
+    for index, message in enumerate(messages):
+        if not isinstance(message.content, list):
+            continue
+        for number, part in enumerate(message.content):
+            where = f"messages[{index}].content[{number}]"
+            kind = part.get("type")
+            if kind in _PART_KEYS:
+                refuse_unknown_keys(part, _PART_KEYS[kind], where)
+            inner = part.get("input_audio") if kind == "input_audio" else None
+            if isinstance(inner, dict):
+                refuse_unknown_keys(inner, _INPUT_AUDIO_KEYS, f"{where}.input_audio")
 
 
 async def _add_part(parts: _Parts, part: dict[str, Any], role: str, source: _Source) -> None:

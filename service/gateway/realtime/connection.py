@@ -458,6 +458,27 @@ class RealtimeConnection:
 
     # ---- session configuration
 
+    def _check_transcription_model(self, config: SessionConfig, event_id: str | None) -> None:
+        """The session's own model transcribes its input: a transcription `model` must name it
+        (or an alias of it, e.g. gpt-4o-transcribe); any other name is refused, never ignored."""
+        name = (config.transcription or {}).get("model")
+        if not name or name == config.model:
+            return
+        param = "session.audio.input.transcription.model"
+        try:
+            model = self.state.engine.resolve_model(name)
+        except APIError as error:
+            raise ProtocolError(
+                "model_not_found", error.message, param=param, event_id=event_id
+            ) from None
+        if model != config.model:
+            raise ProtocolError(
+                "invalid_value",
+                f"input is transcribed by the session's model {config.model}; '{name}' is {model}",
+                param=param,
+                event_id=event_id,
+            )
+
     async def _update_session(self, event: SessionUpdate | TranscriptionSessionUpdate) -> None:
         old = self.config
         requested = event.session.model
@@ -473,6 +494,7 @@ class RealtimeConnection:
             if same:
                 event.session.model = old.model
         new = old.updated(event.session, self.voices, event.event_id)
+        self._check_transcription_model(new, event.event_id)
         if new.type != old.type and self.response is not None and self.response.active:
             raise ProtocolError(
                 "conversation_already_has_active_response",
