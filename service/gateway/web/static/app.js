@@ -396,7 +396,8 @@ function sessionUpdate() {
     audio: {
       input: {
         format: { type: "audio/pcm", rate: audio.context.sampleRate },
-        transcription: { model: "spirit-lm" },
+        // The session's own model transcribes; an empty object means exactly that.
+        transcription: $("model").value ? { model: $("model").value } : {},
         turn_detection: detection,
       },
       output: { format: { type: "audio/pcm", rate: OUTPUT_RATE }, voice: $("voice").value },
