@@ -89,3 +89,13 @@ def test_up_refuses_a_flag_of_no_child(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["up", "--max-model-len", "64", "--bogus-flag", "1"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "unknown flag --bogus-flag" in lines[0], lines
+
+
+def test_max_chunk_units_follows_chunk_units_and_is_never_below_it() -> None:
+    from service.speech_worker.settings import SpeechWorkerSettings
+
+    assert SpeechWorkerSettings().max_chunk_units == 100
+    assert SpeechWorkerSettings(chunk_units=50).max_chunk_units == 200
+    assert SpeechWorkerSettings(max_chunk_units=30).max_chunk_units == 30
+    with pytest.raises(ValueError, match="max_chunk_units"):
+        SpeechWorkerSettings(chunk_units=50, max_chunk_units=30)

@@ -290,8 +290,12 @@ def run_benchmark(
             if time.perf_counter() - started > time_budget:
                 progress(f"time budget of {time_budget:.0f} s spent; stopping before {streams}")
                 break
-            pace = {"units": units, "unit_rate": unit_rate, "piece": piece, "device": device}
-            level = asyncio.run(run_level(vocoder, config, streams, **pace))
+            level = asyncio.run(
+                run_level(
+                    vocoder, config, streams,
+                    units=units, unit_rate=unit_rate, piece=piece, device=device,
+                )
+            )  # fmt: skip
             report.levels.append(level)
             progress(describe(level))
             if not level.keeps_up:

@@ -183,16 +183,8 @@ class StreamSession:
 
     # ---- synthesis (worker thread side)
     # A step is plan (parse, predict durations, cut windows), render (the vocoder's forward
-    # passes: alone with `render`, or batched with other streams' windows by the worker's
-    # `VocoderBatcher`), then deliver (context cut, pcm16 encoding).
-
-    def push(self, tokens: list[Token]) -> bytes:
-        """Feed parsed tokens; returns the pcm16 bytes that became final (maybe none)."""
-        return self.deliver(self.render(self.plan(tokens)))
-
-    def finish(self) -> bytes:
-        """End of input: the remaining pcm16 bytes."""
-        return self.deliver_last(self.render(self.plan_finish()))
+    # passes, by the worker's `VocoderBatcher`, with other streams' windows), then deliver
+    # (context cut, pcm16 encoding).
 
     def plan(self, tokens: list[Token]) -> list[RenderJob]:
         """Feed parsed tokens; the chunks that became final, still to be rendered."""
@@ -210,9 +202,6 @@ class StreamSession:
         except ValueError as error:
             raise WorkerRequestError(400, str(error), param="tokens") from None
         return jobs
-
-    def render(self, jobs: list[RenderJob]) -> list[np.ndarray]:
-        return self._vocoder.render(jobs)
 
     def deliver(self, chunks: list[np.ndarray]) -> bytes:
         """The pcm16 bytes of rendered chunks (in the order they were planned)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from service.checkpoints.layout import VARIANTS
@@ -40,11 +40,12 @@ class SpeechWorkerSettings(Settings):
         description="Model calls run at once (each in a worker thread); bounds torch's load.",
     )
     max_chunk_units: int = Field(
-        default=100,
-        ge=1,
+        default=0,
+        ge=0,
         description="Most HuBERT units one streaming chunk may take when a stream has fallen "
         "behind (units waiting): one vocoder window then covers them all instead of one per "
-        "chunk_units; the audio is the same. Equal to chunk_units = no coalescing.",
+        "chunk_units; the audio is the same. 0 = 4 x chunk_units (100 at the default); equal "
+        "to chunk_units = no coalescing; less than chunk_units is refused.",
     )
     vocoder_batch_size: int = Field(
         default=0,
@@ -74,6 +75,17 @@ class SpeechWorkerSettings(Settings):
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _chunks_ordered(self) -> SpeechWorkerSettings:
+        if not self.max_chunk_units:
+            self.max_chunk_units = 4 * self.chunk_units
+        elif self.max_chunk_units < self.chunk_units:
+            raise ValueError(
+                f"max_chunk_units ({self.max_chunk_units}) must be at least chunk_units "
+                f"({self.chunk_units})"
+            )
+        return self
 
     def served_models(self) -> list[str]:
         """The variants to load, in the usual order, without repeats."""

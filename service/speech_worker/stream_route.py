@@ -169,7 +169,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
         max_tokens=settings.max_tokens,
         first_chunk_units=settings.first_chunk_units,
         chunk_units=settings.chunk_units,
-        max_chunk_units=max(settings.chunk_units, settings.max_chunk_units),
+        max_chunk_units=settings.max_chunk_units,
         seed=params.seed,
     )
     # Counted before the first await, so concurrent handshakes cannot pass the limit together.
