@@ -5,6 +5,11 @@ Inputs (each optional; a missing one leaves its section saying how to produce it
   RESULTS/lm.json      spiritlm-serve bench report (baseline vs ours per concurrency)
   RESULTS/speech.json  spiritlm-serve bench report (speech model real-time factors)
   LOAD/load.json       spiritlm-serve bench load (errors, latency, RSS over time)
+  BENCHMARKS           docs/benchmarks.md: the table of its `bench realtime` section
+
+Every axis of every plot carries tick labels: log axes get `ReadableLogLocator`, and `save`
+refuses a figure with an unlabelled axis. Each PNG records the tick labels it shows in its
+`TickLabels` text chunk (JSON, one entry per axes), which tests/test_performance_report.py reads.
 
 Needs matplotlib, which the project venv does not carry: run it with the report venv's python
 (scripts/install_report_tools.sh prints it), as `spiritlm-serve bench report` does. Only the
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,9 @@ import numpy as np  # noqa: E402
 
 SPEECH_KINDS = ("generate-speech", "speech", "realtime")
 COLORS = {"ours": "#1f77b4", "baseline": "#d62728"}
+REPO = Path(__file__).resolve().parents[1]
+REALTIME_SECTION = "bench-realtime"  # service/bench/realtime.py SECTION
+STALL_LIMIT = 0.25  # service/bench/realtime.py STALL_LIMIT
 
 
 def load(path: Path) -> dict[str, Any] | None:
@@ -39,9 +48,97 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+# ---- readable axes -------------------------------------------------------------------------
+
+
+class ReadableLogLocator(matplotlib.ticker.Locator):
+    """Ticks of a log axis at 1, 2 and 5 times the powers of ten within the view.
+
+    matplotlib's default puts major ticks only at powers of ten, so an axis spanning less than a
+    decade (0.3 to 0.9 s, say) shows none; with minor labels switched off it shows no number at
+    all. Where even 1-2-5 leaves fewer than two ticks in view, evenly spaced round values are
+    used instead.
+    """
+
+    def __call__(self) -> list[float]:
+        low, high = sorted(self.axis.get_view_interval())
+        return self.tick_values(low, high)
+
+    def tick_values(self, vmin: float, vmax: float) -> list[float]:
+        low, high = sorted((vmin, vmax))
+        if high <= 0:
+            return []
+        low = max(low, high * 1e-9)
+        decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+        ticks = [m * 10.0**d for d in decades for m in (1, 2, 5)]
+        inside = [t for t in ticks if low * (1 - 1e-9) <= t <= high * (1 + 1e-9)]
+        if len(inside) > 8:  # many decades: the powers of ten suffice
+            inside = [t for t in inside if np.isclose(t, 10.0 ** np.round(np.log10(t)))]
+        if len(inside) >= 2:
+            return inside
+        even = matplotlib.ticker.MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10])
+        return [t for t in even.tick_values(low, high) if low <= t <= high and t > 0]
+
+
+def number(value: float, _position: float | None = None) -> str:
+    return f"{value:g}"
+
+
+def log_axis(ax: plt.Axes, which: str) -> None:
+    """A log scale on axis `which` ("x" or "y") with numbers as tick labels."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis.set_major_locator(ReadableLogLocator())
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(number))
+    axis.set_minor_locator(matplotlib.ticker.LogLocator(subs="all"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def tick_labels(figure: plt.Figure) -> list[dict[str, Any]]:
+    """What each axes shows (after drawing): title, tick labels and label of x and y, legend."""
+    figure.canvas.draw()
+    shown = []
+    for ax in figure.axes:
+        legend = ax.get_legend()
+        entry: dict[str, Any] = {
+            "title": ax.get_title(),
+            "legend": [text.get_text() for text in legend.get_texts()] if legend else [],
+        }
+        for which, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            low, high = sorted(axis.get_view_interval())
+            entry[which] = [
+                label.get_text()
+                for tick, label in zip(axis.get_majorticklocs(), axis.get_ticklabels(), strict=True)
+                if label.get_visible() and label.get_text().strip()
+                and low - 1e-12 * abs(low) <= tick <= high + 1e-12 * abs(high)
+            ]  # fmt: skip
+            entry[f"{which}label"] = axis.get_label_text()
+            # Ticks placed one per category (bars, boxes) rather than along a scale.
+            entry[f"{which}categories"] = isinstance(
+                axis.get_major_locator(), matplotlib.ticker.FixedLocator
+            )
+        shown.append(entry)
+    return shown
+
+
+def check_tick_labels(shown: list[dict[str, Any]], path: Path) -> None:
+    """Every axis shows numbers, at least two (a scale needs two), or its category names."""
+    for entry in shown:
+        for which in ("x", "y"):
+            needed = 1 if entry[f"{which}categories"] else 2
+            if len(entry[which]) < needed:
+                raise RuntimeError(
+                    f"{path.name}: the {which} axis of {entry['title'] or 'a plot'!r} "
+                    f"({entry[which + 'label']!r}) shows {len(entry[which])} tick label(s), "
+                    f"fewer than {needed}: {entry[which]}"
+                )
+
+
 def save(figure: plt.Figure, path: Path) -> None:
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    shown = tick_labels(figure)
+    check_tick_labels(shown, path)
+    figure.savefig(path, dpi=110, metadata={"TickLabels": json.dumps(shown)})
     plt.close(figure)
 
 
@@ -64,6 +161,7 @@ def throughput_plot(lm: dict[str, Any], path: Path) -> None:
                         ha="center", fontsize=8)  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_xticks(x, [str(v) for v in x])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("concurrent requests")
         ax.set_ylabel("requests per second")
         ax.set_title(f"{name} ({workload['max_tokens']} tokens)")
@@ -93,7 +191,7 @@ def first_audio_plot(lm: dict[str, Any] | None, load_report: dict[str, Any] | No
             base = [r["first_output"] for r in speech["baseline"]["requests"]]
             ax.boxplot([base, *data], tick_labels=["baseline", *[f"ours c={lv}" for lv in levels]],
                        showfliers=True)  # fmt: skip
-            ax.set_yscale("log")
+            log_axis(ax, "y")
             ax.set_ylabel("seconds to first audio")
             ax.set_title("text-to-speech: first audio per request")
             ax.tick_params(axis="x", labelsize=8)
@@ -102,9 +200,7 @@ def first_audio_plot(lm: dict[str, Any] | None, load_report: dict[str, Any] | No
                 values = np.sort(values)
                 ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post",
                         label=f"{kind} (n={len(values)})")  # fmt: skip
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            log_axis(ax, "x")
             ax.set_xlabel("seconds to first audio")
             ax.set_ylabel("fraction of requests")
             ax.set_title("load test: first audio (CDF)")
@@ -166,7 +262,7 @@ def rtf_plot(speech: dict[str, Any], path: Path) -> None:
     ax.text(1.0, -0.6, " real time", fontsize=8, va="top")
     ax.set_yticks(np.arange(len(labels)) + 0.4 - height / 2, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    log_axis(ax, "x")
     ax.set_xlabel("real-time factor (compute seconds per audio second; < 1 is faster)")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(sets))
     save(figure, path)
@@ -201,7 +297,7 @@ def load_plots(report: dict[str, Any], latency_path: Path, rss_path: Path) -> No
         values = [summary["endpoints"][k]["latency"][q] or np.nan for k in kinds]
         ax.bar(np.arange(len(kinds)) + (index - 1) * width, values, width, label=q)
     ax.set_xticks(np.arange(len(kinds)), kinds, fontsize=8)
-    ax.set_yscale("log")
+    log_axis(ax, "y")
     ax.set_ylabel("latency of successful requests (s)")
     ax.set_title("load test: latency per endpoint")
     ax.legend(fontsize=8)
@@ -284,6 +380,79 @@ def load_requests(load_dir: Path) -> list[dict[str, Any]]:
         ]  # fmt: skip
 
 
+# ---- realtime sessions (the table of `bench realtime` in docs/benchmarks.md) ---------------
+
+
+def realtime_results(path: Path) -> dict[str, Any] | None:
+    """The command and the table rows (column name -> cell) of the `bench realtime` section."""
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    section = re.search(
+        rf"<!-- {REALTIME_SECTION}:start -->(.*?)<!-- {REALTIME_SECTION}:end -->", text, re.S
+    )
+    if not section:
+        return None
+    body = section.group(1)
+    command = re.search(r"^Command: `([^`]+)`", body, re.M)
+    table = [line.strip() for line in body.splitlines() if line.strip().startswith("|")]
+    if len(table) < 3:
+        return None
+    header = cells(table[0])
+    rows = [dict(zip(header, cells(line), strict=False)) for line in table[2:]]
+    needed = {"Sessions", "Audio out", "First audio p50 (s)", "p95 (s)", "Worst stall (s)"}
+    if not needed <= set(header):
+        raise RuntimeError(f"{path}: the {REALTIME_SECTION} table lacks {needed - set(header)}")
+    return {"command": command.group(1) if command else None, "rows": rows}
+
+
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def seconds_cell(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:  # "–": no reply, or no stall figure
+        return float("nan")
+
+
+def realtime_plot(realtime: dict[str, Any], path: Path) -> None:
+    """First audio p50/p95 and worst stall against sessions, streamed replies, one line a stack."""
+    streamed = [row for row in realtime["rows"] if row["Audio out"] == "streamed"]
+    stacks = list(dict.fromkeys(row.get("Stack", "") for row in streamed))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, (first, stall) = plt.subplots(1, 2, figsize=(11, 3.9))
+    levels = sorted({int(row["Sessions"]) for row in streamed})
+    for index, stack in enumerate(stacks):
+        rows = sorted((r for r in streamed if r.get("Stack", "") == stack),
+                      key=lambda r: int(r["Sessions"]))  # fmt: skip
+        x = [int(r["Sessions"]) for r in rows]
+        color = colors[index % len(colors)]
+        name = f"{stack}: " if stack else ""
+        first.plot(x, [seconds_cell(r["First audio p50 (s)"]) for r in rows], "o-",
+                   color=color, label=f"{name}p50")  # fmt: skip
+        first.plot(x, [seconds_cell(r["p95 (s)"]) for r in rows], "s--", color=color,
+                   label=f"{name}p95")  # fmt: skip
+        stall.plot(x, [seconds_cell(r["Worst stall (s)"]) for r in rows], "o-", color=color,
+                   label=stack or "streamed")  # fmt: skip
+    stall.axhline(STALL_LIMIT, color="black", lw=0.8, ls=":",
+                  label=f"keeps real time up to {STALL_LIMIT:g} s")  # fmt: skip
+    for ax, ylabel, title in (
+        (first, "seconds to first audio", "realtime sessions: first audio"),
+        (stall, "worst stall of a session (s)", "realtime sessions: worst playback stall"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(level) for level in levels])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("concurrent sessions")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    save(figure, path)
+
+
 # ---- findings: the numbers the sections are about -----------------------------------------
 
 
@@ -335,13 +504,15 @@ run, in which baseline and ours were measured side by side on the same machine.
 
 def document(lm: dict | None, speech: dict | None, load_report: dict | None,
              overload: dict | None, images: dict[str, str],
-             overload_dir: Path | None = None) -> str:  # fmt: skip
+             overload_dir: Path | None = None, realtime: dict | None = None) -> str:  # fmt: skip
     parts = [INTRO, "## Reproduce", "", "```bash"]
     parts += ["# LM baseline vs ours, speech RTF, then this file and the plots",
               (lm or speech or {}).get("command", "spiritlm-serve bench report"),
               "# the load test (10 minutes; its load.json is read by bench report)",
               (load_report or {}).get("summary", {}).get("command",
                                                          "spiritlm-serve bench load"),
+              *(["# realtime sessions (its table goes into docs/benchmarks.md)",
+                 realtime["command"]] if realtime and realtime["command"] else []),
               "# only re-plot from existing results (here with the higher-rate run too)",
               "spiritlm-serve bench report --measure ''"
               + (f" --overload-dir {overload_dir}" if overload_dir else ""), "```", ""]  # fmt: skip
@@ -370,6 +541,20 @@ def document(lm: dict | None, speech: dict | None, load_report: dict | None,
         ]  # fmt: skip
     else:
         parts += ["_No data yet._", ""]
+    parts += ["## Realtime voice sessions", ""]
+    if realtime and "realtime" in images:
+        parts += [
+            "Concurrent voice sessions over WS /v1/realtime, streamed replies, one line per "
+            "stack configuration; from the `bench realtime` section of "
+            f"[benchmarks.md]({realtime['link']}), which has the full table (the whole-reply "
+            "baseline, "
+            "per-stream real-time factors, peak memory) and how it was measured. A level keeps "
+            f"real time while no session's playback stalls more than {STALL_LIMIT:g} s.",
+            "", f"![realtime sessions]({images['realtime']})", "",
+        ]  # fmt: skip
+    else:
+        parts += ["_Not measured yet: run `spiritlm-serve bench realtime --output "
+                  "docs/benchmarks.md`._", ""]  # fmt: skip
     parts += ["## Speech models: real-time factors", ""]
     if speech:
         parts += [
@@ -419,6 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=Path("docs/performance.md"))
     parser.add_argument("--img-dir", type=Path, default=Path("docs/img"))
+    parser.add_argument(
+        "--benchmarks", type=Path, default=REPO / "docs" / "benchmarks.md",
+        help="markdown file whose bench-realtime section holds the realtime table",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     lm = load(args.results / "lm.json")
     speech = load(args.results / "speech.json")
@@ -445,8 +634,13 @@ def main(argv: list[str] | None = None) -> int:
         images["first_audio"] = str(relative / "perf-first-audio.png")
     if speech:
         rtf_plot(speech, target("rtf"))
+    realtime = realtime_results(args.benchmarks)
+    if realtime:
+        realtime["link"] = os.path.relpath(args.benchmarks.resolve(), args.output.resolve().parent)
+    if realtime and any(row["Audio out"] == "streamed" for row in realtime["rows"]):
+        realtime_plot(realtime, target("realtime"))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    text = document(lm, speech, load_report, overload, images, args.overload)
+    text = document(lm, speech, load_report, overload, images, args.overload, realtime)
     args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output} and {len(images)} plots in {args.img_dir}", file=sys.stderr)
     return 0

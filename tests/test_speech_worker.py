@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -28,7 +29,7 @@ import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from service.audio.decode import load_audio_file
+from service.audio.decode import F32LE_CONTENT_TYPE, decode_to_f32le, load_audio_file
 from service.audio.encode import encode_audio
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.checkpoints.make import embedded_checkpoints
@@ -829,3 +830,93 @@ def test_internal_credential_guards_all_but_probes_and_metrics(
     assert isinstance(audio_out, bytes) and len(audio_out) > 0
     assert isinstance(silence, frozenset) and silence
     assert isinstance(streamed, bytes) and len(streamed) > 0
+
+
+# ---------------------------------------------------------------------------- raw samples
+# The gateway decodes an upload once and sends its 16 kHz float32 samples (F32LE_CONTENT_TYPE);
+# the worker encodes them without decoding (docs/architecture.md, "Audio on the wire").
+
+
+def encode_input_count(url: str, kind: str) -> float:
+    """The worker's count of encoded inputs of one kind (file or f32le), all models."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    pattern = rf'^spiritlm_speech_encode_inputs_total\{{[^}}]*kind="{kind}"[^}}]*\}} ([0-9.e+]+)$'
+    return sum(float(count) for count in re.findall(pattern, text, re.M))
+
+
+@pytest.mark.parametrize("model", [BASE, EXPRESSIVE])
+def test_encode_of_raw_samples_equals_encode_of_the_file(
+    worker: str, stacks: dict[str, SpeechStack], speech: np.ndarray, model: str
+) -> None:
+    data = SPEECH_FILE.read_bytes()
+    decoded = decode_to_f32le(data)
+
+    async def encode() -> tuple[EncodeResult, EncodeResult]:
+        async with SpeechClient(worker) as client:
+            return await client.encode(decoded, model), await client.encode(data, model)
+
+    raw, files = encode_input_count(worker, "f32le"), encode_input_count(worker, "file")
+    from_samples, from_file = run(encode())
+    assert encode_input_count(worker, "f32le") == raw + 1
+    assert encode_input_count(worker, "file") == files + 1
+    assert from_samples == from_file
+    assert from_samples.units == stacks[model].encode_units(speech).to_dict()
+    assert from_samples.seconds == len(speech) / 16000
+
+
+def post_raw(url: str, body: bytes, content_type: str = F32LE_CONTENT_TYPE) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/encode",
+        params={"model": BASE},
+        content=body,
+        headers={"content-type": content_type},
+        timeout=60,
+    )
+
+
+BAD_RAW = [
+    (b"\0" * (4 * 4000 + 2), F32LE_CONTENT_TYPE, "invalid_audio", "4-byte float32 samples"),
+    (np.full(4000, np.nan, "<f4").tobytes(), F32LE_CONTENT_TYPE, "invalid_audio", "NaN"),
+    (np.array([0.0] * 3999 + [-np.inf], "<f4").tobytes(), F32LE_CONTENT_TYPE, "", "infinite"),
+    (np.zeros(1000, "<f4").tobytes(), F32LE_CONTENT_TYPE, "invalid_audio", "too short"),
+    (b"", F32LE_CONTENT_TYPE, "invalid_audio", "audio is empty"),
+    (np.zeros(4000, "<f4").tobytes(), "audio/x-spiritlm-f32le; rate=48000", "", "rate=16000"),
+    (np.zeros(4000, "<f4").tobytes(), "audio/x-spiritlm-f32le", "invalid_value", "rate=16000"),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "code", "text"), BAD_RAW)
+def test_bad_raw_samples_are_refused(
+    worker: str, body: bytes, content_type: str, code: str, text: str
+) -> None:
+    raw = encode_input_count(worker, "f32le")
+    response = post_raw(worker, body, content_type)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert text in error["message"], error
+    assert not code or error["code"] == code, error
+    assert encode_input_count(worker, "f32le") == raw
+
+
+def test_raw_samples_over_max_audio_seconds_are_refused_before_the_body_is_read(
+    worker: str,
+) -> None:
+    """601 s of samples (the worker's max_audio_seconds is 600) are refused on the declared
+    length alone: the body is never sent, yet the answer comes."""
+    host, port = worker.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.putrequest("POST", f"/v1/encode?model={BASE}")
+        connection.putheader("Content-Type", F32LE_CONTENT_TYPE)
+        connection.putheader("Content-Length", str(4 * 16000 * 601))
+        connection.endheaders()
+        response = connection.getresponse()
+        status, body = response.status, json.loads(response.read())
+    finally:
+        connection.close()
+    assert status == 400, body
+    assert body["error"]["code"] == "audio_too_long"
+    assert body["error"]["param"] == "file"
+    assert "max_audio_seconds" in body["error"]["message"]
+    assert "limit 600 s" in body["error"]["message"]
+    assert httpx.get(f"{worker}/health", timeout=10).status_code == 200

@@ -107,7 +107,7 @@ def audio_seconds(
     """Seconds of 16 kHz audio ``decode_audio`` would return, with the same checks and errors.
 
     The file is decoded block by block but nothing is kept or resampled: memory is one block,
-    whatever the length (the gateway's check of uploads before a speech worker sees them).
+    whatever the length.
     """
     _, length = _decode_named(data, limits or AudioLimits(), filename, keep=False)
     return length / TARGET_RATE
@@ -155,6 +155,80 @@ def decode_pcm16(data: bytes, sample_rate: int) -> np.ndarray:
     if sample_rate == TARGET_RATE:
         return samples
     return resample(samples, sample_rate, TARGET_RATE)
+
+
+# Raw 16 kHz mono float32 samples, little-endian: what `decode_audio` returns, as bytes. The
+# gateway decodes an upload once and sends this to the speech worker's /v1/encode, which encodes
+# it without decoding again (docs/architecture.md, "Audio on the wire"). The rate parameter is
+# required, so a body is never read at a rate it was not made for.
+F32LE_MEDIA_TYPE = "audio/x-spiritlm-f32le"
+F32LE_CONTENT_TYPE = f"{F32LE_MEDIA_TYPE}; rate={TARGET_RATE}"
+F32LE_SAMPLE_BYTES = 4
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """An input decoded once: its 16 kHz mono samples as little-endian float32.
+
+    The one array is what goes on the wire, in slices (`f32le_chunks`), to the speech worker
+    and to a retry on another one, without another copy: 64 KB per second of audio.
+    """
+
+    samples: np.ndarray
+
+    @classmethod
+    def from_samples(cls, samples: np.ndarray) -> DecodedAudio:
+        array = np.ascontiguousarray(samples, dtype="<f4")
+        array.flags.writeable = False
+        return cls(array)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.samples.nbytes)
+
+    @property
+    def seconds(self) -> float:
+        return self.samples.size / TARGET_RATE
+
+    def f32le_chunks(self, size: int = 1 << 16) -> Iterator[memoryview]:
+        """The F32LE_MEDIA_TYPE body in slices of `size` bytes, views of the samples."""
+        body = memoryview(self.samples).cast("B")
+        for start in range(0, len(body), size):
+            yield body[start : start + size]
+
+
+def decode_to_f32le(
+    data: bytes, *, limits: AudioLimits | None = None, filename: str | None = None
+) -> DecodedAudio:
+    """``decode_audio`` of an upload, held as what goes on the wire (no copy)."""
+    return DecodedAudio.from_samples(decode_audio(data, limits=limits, filename=filename))
+
+
+def check_f32le_size(size: int, limits: AudioLimits) -> None:
+    """A raw float32 body of `size` bytes is whole samples within the duration limit.
+
+    Needs only the length, so a declared Content-Length is refused before the body is read.
+    """
+    if size % F32LE_SAMPLE_BYTES:
+        raise AudioError(
+            f"{F32LE_MEDIA_TYPE}: {size} bytes is not a whole number of "
+            f"{F32LE_SAMPLE_BYTES}-byte float32 samples"
+        )
+    _check_duration(size // F32LE_SAMPLE_BYTES, TARGET_RATE, limits)
+
+
+def decode_f32le(data: bytes | bytearray, *, limits: AudioLimits | None = None) -> np.ndarray:
+    """Raw little-endian float32 mono 16 kHz samples, with the checks of ``decode_audio``.
+
+    The samples are a view of `data` (no copy; writable when `data` is a bytearray).
+    """
+    limits = limits or AudioLimits()
+    check_f32le_size(len(data), limits)
+    samples = np.frombuffer(data, dtype="<f4")
+    _check_length(samples.size, limits)
+    if not np.isfinite(samples).all():
+        raise AudioError("audio contains NaN or infinite samples")
+    return samples.astype(np.float32, copy=False)
 
 
 def sniff_container(data: bytes) -> str | None:

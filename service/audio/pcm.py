@@ -8,7 +8,10 @@ inverse.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import soundfile
 
 
 def pcm16_to_float(pcm16: bytes) -> np.ndarray:
@@ -25,3 +28,11 @@ def float_to_int16(samples: np.ndarray) -> np.ndarray:
 def float_to_pcm16(samples: np.ndarray) -> bytes:
     """Float samples -> little-endian int16 bytes."""
     return float_to_int16(samples).astype("<i2").tobytes()
+
+
+def pcm16_wav(pcm16: bytes, rate: int) -> bytes:
+    """pcm16 bytes as a 16-bit WAV file at `rate` (how the realtime gateway sends audio to the
+    speech worker, which resamples it)."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.frombuffer(pcm16, dtype="<i2"), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()

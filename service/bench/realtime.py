@@ -8,7 +8,12 @@ answers in speech. Measured per session, on the client's clock:
 * latency: from receiving ``input_audio_buffer.speech_stopped`` to the first audio delta;
 * stall: how long a player that starts at the first delta and plays every delta back to back
   would have to pause, waiting for audio (0 when every delta arrives before it is needed).
-  Output keeps up with real time when no session stalls more than `STALL_LIMIT`.
+  Output keeps up with real time when no session stalls more than `STALL_LIMIT`;
+* stream speed: the audio seconds that came after the first delta per wall second from the
+  first delta to the last (1 = exactly as fast as playback; below 1 a player runs dry).
+
+Per level, on the gateway's machine (when the gateway runs on this one): the peak resident
+memory of the speech worker(s) and of the gateway, from /proc (`PeakRss`).
 
 Every level of concurrency runs twice: streaming (the gateway's realtime reply, audio deltas as
 the vocoder produces them) and the non-streaming baseline, built by this client from the public
@@ -25,21 +30,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import psutil
 import soundfile
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 from service.audio.pcm import float_to_pcm16
 from service.audio.resample import resample
+from service.bench.processes import listening_pid
 from service.bench.report import load_average, machine_description, percentile, stall_of
 from service.gateway.realtime.config import DEFAULT_TEMPERATURE, TOP_P
 from service.lm.prompt import SpeechInput, TurnEnd, build_prompt
@@ -50,6 +59,8 @@ CHUNK_SECONDS = 0.1
 SILENCE_MS = 2000
 STALL_LIMIT = 0.25  # seconds of playback pause still counted as keeping up
 SESSION_TIMEOUT = 240.0
+RSS_INTERVAL = 0.1  # seconds between RSS samples, where the kernel's peak cannot be reset
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 FINISHED = ("completed", "incomplete")
 
 Progress = Callable[[str], None]
@@ -61,6 +72,7 @@ class SessionResult:
     latency: float | None = None  # speech_stopped -> first audio delta
     audio_seconds: float = 0.0
     stall: float = 0.0
+    speed: float | None = None  # audio seconds per wall second after the first delta
     error: str | None = None
 
 
@@ -70,6 +82,8 @@ class LevelResult:
     streaming: bool
     results: list[SessionResult]
     wall: float
+    speech_rss: int | None = None  # peak bytes of the (largest) speech worker during the level
+    gateway_rss: int | None = None  # peak bytes of the gateway during the level
 
     @property
     def completed(self) -> list[SessionResult]:
@@ -83,6 +97,12 @@ class LevelResult:
     @property
     def worst_stall(self) -> float:
         return max((r.stall for r in self.completed), default=float("inf"))
+
+    @property
+    def slowest_stream(self) -> float | None:
+        """The lowest stream speed of the level's replies (None: no reply had two deltas)."""
+        speeds = [r.speed for r in self.completed if r.speed is not None]
+        return min(speeds) if speeds else None
 
     @property
     def keeps_up(self) -> bool:
@@ -100,10 +120,115 @@ class Report:
     load_before: float | None = None
     load_after: float | None = None
     label: str = ""  # the stack configuration, when several are compared in one run
+    speech_cores: int | None = None  # CPU cores the speech worker may run on (its affinity)
 
     def largest_real_time(self) -> int | None:
         kept = [level.sessions for level in self.levels if level.streaming and level.keeps_up]
         return max(kept) if kept else None
+
+
+# ---- memory of the stack --------------------------------------------------------------------
+
+
+def _status_kib(pid: int, field_name: str) -> int | None:
+    """A `kB` field of /proc/PID/status (VmRSS, VmHWM), in bytes; None if unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+class PeakRss:
+    """Peak resident memory of some processes over one stretch of time (a level).
+
+    `start` resets the kernel's high-water mark (VmHWM) by writing 5 to /proc/PID/clear_refs,
+    which only the owner of the process may do and which changes nothing else; the peak is then
+    exact. Where that is refused (another user's process), the peak is the largest of the RSS
+    samples that `sample` takes every `RSS_INTERVAL` while the level runs.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self._exact: set[int] = set()
+        self._sampled: dict[int, int] = {}
+
+    def start(self) -> None:
+        self._exact.clear()
+        self._sampled.clear()
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5", encoding="ascii")
+                self._exact.add(pid)
+        self.sample()
+
+    def sample(self) -> None:
+        for pid in self.pids:
+            rss = _status_kib(pid, "VmRSS")
+            if rss is not None:
+                self._sampled[pid] = max(rss, self._sampled.get(pid, 0))
+
+    def peak(self) -> int | None:
+        """The largest peak of the processes since `start` (bytes), None if none was read."""
+        self.sample()
+        peaks = []
+        for pid in self.pids:
+            hwm = _status_kib(pid, "VmHWM") if pid in self._exact else None
+            sampled = self._sampled.get(pid)
+            values = [value for value in (hwm, sampled) if value is not None]
+            if values:
+                peaks.append(max(values))
+        return max(peaks) if peaks else None
+
+
+@dataclass
+class StackMemory:
+    """The gateway's and its speech workers' peaks, for a gateway running on this machine."""
+
+    gateway: PeakRss
+    speech: PeakRss
+
+    def start(self) -> None:
+        self.gateway.start()
+        self.speech.start()
+
+    def sample(self) -> None:
+        self.gateway.sample()
+        self.speech.sample()
+
+
+async def stack_memory(url: str) -> StackMemory | None:
+    """The processes behind a loopback gateway: its own, and its speech workers' (from /ready).
+
+    None for a gateway on another machine, where the bench cannot see the processes.
+    """
+    if urlsplit(url).hostname not in LOOPBACK:
+        return None
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            workers = (await http.get("/ready")).json().get("speech_workers", {})
+    except (httpx.HTTPError, ValueError):
+        workers = {}
+    # /ready names workers by URL to callers it authenticates, by index to others.
+    urls = [
+        name for name in workers if name.startswith("http") and urlsplit(name).hostname in LOOPBACK
+    ]
+    pids = await asyncio.to_thread(lambda: [listening_pid(u) for u in [url, *urls]])
+    gateway, speech = pids[0], [pid for pid in pids[1:] if pid is not None]
+    return StackMemory(PeakRss([gateway] if gateway else []), PeakRss(speech))
+
+
+def speech_cores(memory: StackMemory | None) -> int | None:
+    """How many CPU cores the (first) speech worker may run on."""
+    if memory is None or not memory.speech.pids:
+        return None
+    try:
+        return len(psutil.Process(memory.speech.pids[0]).cpu_affinity() or [])
+    except (psutil.Error, AttributeError):  # AttributeError: no affinity on this platform
+        return None
 
 
 def speech_pcm(path: Path) -> tuple[bytes, float]:
@@ -202,6 +327,19 @@ def _timed(
         result.latency = arrivals[0][0] - stopped_at
     result.audio_seconds = sum(seconds for _, seconds in arrivals)
     result.stall = stall_of(arrivals)
+    result.speed = stream_speed(arrivals)
+
+
+def stream_speed(arrivals: list[tuple[float, float]]) -> float | None:
+    """Audio seconds after the first delta per wall second from the first delta to the last.
+
+    1.0 is exactly playback speed. None with fewer than two deltas (a whole reply sent at once
+    has no rate of its own).
+    """
+    if len(arrivals) < 2 or arrivals[-1][0] <= arrivals[0][0]:
+        return None
+    later = sum(seconds for _, seconds in arrivals[1:])
+    return later / (arrivals[-1][0] - arrivals[0][0])
 
 
 async def _read_baseline(
@@ -256,7 +394,14 @@ async def _whole_reply(http: httpx.AsyncClient, caller: Caller) -> tuple[str, by
     return status, audio.content
 
 
-async def run_level(url: str, caller: Caller, sessions: int, *, streaming: bool) -> LevelResult:
+async def run_level(
+    url: str,
+    caller: Caller,
+    sessions: int,
+    *,
+    streaming: bool,
+    memory: StackMemory | None = None,
+) -> LevelResult:
     started = time.perf_counter()
 
     async def one(index: int) -> SessionResult:
@@ -269,8 +414,25 @@ async def run_level(url: str, caller: Caller, sessions: int, *, streaming: bool)
         ) as error:  # fmt: skip
             return SessionResult(status="failed", error=repr(error))
 
-    results = await asyncio.gather(*(one(index) for index in range(sessions)))
-    return LevelResult(sessions, streaming, list(results), time.perf_counter() - started)
+    sampler = None
+    if memory is not None:
+        memory.start()
+        sampler = asyncio.create_task(_sample_every(memory, RSS_INTERVAL))
+    try:
+        results = await asyncio.gather(*(one(index) for index in range(sessions)))
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+    level = LevelResult(sessions, streaming, list(results), time.perf_counter() - started)
+    if memory is not None:
+        level.speech_rss, level.gateway_rss = memory.speech.peak(), memory.gateway.peak()
+    return level
+
+
+async def _sample_every(memory: StackMemory, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        memory.sample()
 
 
 async def run_benchmark(
@@ -290,6 +452,8 @@ async def run_benchmark(
     caller = Caller(pcm, await _tokens(url, audio), max_tokens)
     report = Report(url, target, audio, seconds, max_tokens, load_before=load_average())
     report.label = label
+    memory = await stack_memory(url)
+    report.speech_cores = speech_cores(memory)
     # The first turn of a fresh stack pays one-time costs (first vocoder stream, first prompt
     # shapes in vLLM); it would be counted against the first level only.
     progress("warm-up session (not counted)")
@@ -300,7 +464,7 @@ async def run_benchmark(
             progress(f"time budget of {time_budget:.0f} s spent; stopping before {sessions}")
             break
         for streaming in (True, False) if baseline else (True,):
-            level = await run_level(url, caller, sessions, streaming=streaming)
+            level = await run_level(url, caller, sessions, streaming=streaming, memory=memory)
             report.levels.append(level)
             progress(f"{label}: {describe(level)}" if label else describe(level))
         streamed = next(level for level in reversed(report.levels) if level.streaming)
@@ -334,32 +498,43 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None or value == float("inf") else f"{value:.2f}"
 
 
+def _mib(value: int | None) -> str:
+    return "–" if value is None else f"{value / 2**20:.0f}"
+
+
+# The table's columns; scripts/make_performance_report.py finds its plot's data by these names.
+COLUMNS = (
+    "Sessions", "Audio out", "Replies", "First audio p50 (s)", "p95 (s)", "Worst stall (s)",
+    "Slowest stream (x real time)", "Reply audio (s)", "Speech worker peak RSS (MiB)",
+    "Gateway peak RSS (MiB)", "Keeps up with real time",
+)  # fmt: skip
+ALIGN = ("---:", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---")
+
+
 def markdown_table(*reports: Report) -> str:
     """One table; a first column names each report's stack configuration when they have one."""
     labelled = any(report.label for report in reports)
-    lines = [
-        ("| Stack " if labelled else "")
-        + "| Sessions | Audio out | Replies | First audio p50 (s) | p95 (s) | Reply audio (s) "
-        "| Worst stall (s) | Keeps up with real time |",
-        ("|---" if labelled else "") + "|---:|---|---:|---:|---:|---:|---:|---|",
-    ]
-    rows = [(report.label, level) for report in reports for level in report.levels]
-    for label, level in rows:
-        latencies = level.latencies
-        audio = [r.audio_seconds for r in level.completed]
-        lines.append(
-            (f"| {label} " if labelled else "")
-            + "| {n} | {mode} | {ok}/{n} | {p50} | {p95} | {audio} | {stall} | {keeps} |".format(
-                n=level.sessions,
-                mode="streamed" if level.streaming else "whole reply, then sent",
-                ok=len(level.completed),
-                p50=_seconds(percentile(latencies, 50) if latencies else None),
-                p95=_seconds(percentile(latencies, 95) if latencies else None),
-                audio=_seconds(float(np.mean(audio)) if audio else None),
-                stall=_seconds(level.worst_stall),
-                keeps="yes" if level.keeps_up else "no",
+    header = (("Stack",) if labelled else ()) + COLUMNS
+    align = (("---",) if labelled else ()) + ALIGN
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for report in reports:
+        for level in report.levels:
+            latencies = level.latencies
+            audio = [r.audio_seconds for r in level.completed]
+            cells = (
+                str(level.sessions),
+                "streamed" if level.streaming else "whole reply, then sent",
+                f"{len(level.completed)}/{level.sessions}",
+                _seconds(percentile(latencies, 50) if latencies else None),
+                _seconds(percentile(latencies, 95) if latencies else None),
+                _seconds(level.worst_stall),
+                _seconds(level.slowest_stream),
+                _seconds(float(np.mean(audio)) if audio else None),
+                _mib(level.speech_rss),
+                _mib(level.gateway_rss),
+                "yes" if level.keeps_up else "no",
             )
-        )
+            lines.append("| " + " | ".join(((report.label,) if labelled else ()) + cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -368,9 +543,16 @@ def _verdict(report: Report) -> str:
     stack = f" ({report.label})" if report.label else ""
     if not largest:
         return f"No level kept up with real time on this machine{stack}."
+    cores = report.speech_cores
+    per_core = (
+        f": {largest / cores:g} real-time session(s) per speech core (the speech worker may "
+        f"run on {cores} core(s))"
+        if cores
+        else ""
+    )
     return (
         f"**{largest} concurrent session(s)**{stack} is the largest level whose streamed replies "
-        "kept up with real time on this machine."
+        f"kept up with real time on this machine{per_core}."
     )
 
 
@@ -395,6 +577,12 @@ def markdown_section(command: str, *reports: Report) -> str:
             "- First audio: from the client receiving `speech_stopped` to its first audio delta. "
             "Stall: how long a player starting at the first delta would pause waiting for audio; "
             f"a level keeps up when every session replied and no stall exceeds {STALL_LIMIT} s.",
+            "- Slowest stream: the per-stream real-time factor of the level's slowest reply, as "
+            "audio seconds after its first delta per wall second from its first delta to its "
+            "last (1 = as fast as playback; – when the reply came in one piece).",
+            "- Peak RSS: the largest resident memory of the speech worker and of the gateway "
+            "during the level (the kernel's high-water mark, reset when the level starts; – for "
+            "a gateway on another machine).",
             "- Whole reply, then sent (the non-streaming baseline, built by the client): the "
             "session detects the turn, then the reply is generated whole (`/v1/generate`, same "
             "prompt and sampling, tokens only) and vocoded whole (`/v1/speech/detokenize`).",

@@ -12,11 +12,13 @@ from service.commands import (
     bench_report,
     bench_speech,
     bench_streams,
+    bench_windows,
 )
 
 KINDS = (
     bench_speech,
     bench_streams,
+    bench_windows,
     bench_lm,
     bench_realtime,
     bench_load,
@@ -28,8 +30,9 @@ KINDS = (
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "bench",
-        help="benchmarks: speech, streams, lm, realtime, load, hostile, report",
-        description="Measure the speech stack, concurrent vocoder streams, LM generation, "
+        help="benchmarks: speech, streams, windows, lm, realtime, load, hostile, report",
+        description="Measure the speech stack, concurrent vocoder streams, windowed turn "
+        "encoding, LM generation, "
         "realtime sessions or a mixed load, probe it with hostile clients, or write "
         "docs/performance.md. docs/benchmarks.md and docs/performance.md hold results.",
     )

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import httpx
 
+from service.audio.decode import DecodedAudio
 from service.checkpoints.layout import EXPRESSIVE, CheckpointLayout
 from service.gateway.errors import APIError
 from service.gateway.models.aliases import target as alias_target
@@ -215,8 +216,9 @@ class Engine:
 
     # ---- speech worker ----------------------------------------------------------------------
 
-    async def encode(self, audio: bytes, model: str) -> EncodeResult:
-        """Audio bytes -> units; retried on another speech worker if one is unreachable."""
+    async def encode(self, audio: bytes | DecodedAudio, model: str) -> EncodeResult:
+        """Audio file bytes, or an upload already decoded (service/gateway/uploads.py), -> units;
+        retried on another speech worker if one is unreachable."""
         return await self._with_speech_worker(lambda client: client.encode(audio, model))
 
     async def decode(self, **request: object) -> bytes:

@@ -62,6 +62,20 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.realtime_encode_windows = Counter(
+            "spiritlm_realtime_encode_windows_total",
+            "Windows of realtime turns sent to a speech worker while the turn was spoken "
+            "(docs/realtime.md#encoding-while-the-user-speaks).",
+            registry=self.registry,
+        )
+        self.realtime_turn_encode_wait = Histogram(
+            "spiritlm_realtime_turn_encode_wait_seconds",
+            "End of the user's turn to its speech tokens being ready, by how the turn was "
+            "encoded (whole|windows).",
+            ["how"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.worker_healthy = Gauge(
             "spiritlm_worker_healthy",
             "1 when a worker endpoint passes its health check.",

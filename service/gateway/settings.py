@@ -192,6 +192,30 @@ class GatewaySettings(Settings):
         description="Bytes of server events queued for a realtime client before the session "
         "stops reading its events (a client that does not read holds no more than this).",
     )
+    realtime_encode_window_seconds: float = Field(
+        default=4.0,
+        ge=0,
+        le=60,
+        description="Realtime turns are encoded while spoken, in windows of this many seconds "
+        "of kept units (rounded up to the model's unit grid: 0.04 s base, 2 s expressive), so "
+        "that only the tail is left when the turn ends. 0 = each turn is encoded whole when it "
+        "ends, exactly as REST endpoints encode. See docs/realtime.md#encoding-while-the-user-"
+        "speaks for the measured agreement with whole-turn units.",
+    )
+    realtime_encode_left_seconds: float = Field(
+        default=4.0,
+        ge=1,
+        le=60,
+        description="Seconds of audio before each window (and before the tail) that the "
+        "encoders see but whose units come from the previous window.",
+    )
+    realtime_encode_right_seconds: float = Field(
+        default=4.0,
+        ge=0,
+        le=60,
+        description="Seconds of audio after each window that the encoders see; a window is "
+        "sent once the turn's audio covers it.",
+    )
     max_request_audio_seconds: float = Field(
         default=600.0,
         gt=0,

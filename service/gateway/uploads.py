@@ -1,11 +1,13 @@
 """Audio uploads of the gateway: content-type checks, reading, base64 fields, and the limits.
 
-The gateway decodes an upload once before a speech worker sees it: that rejects corrupt, empty
-and over-long audio with a 400 naming the problem before any model work is queued, and gives the
-duration (verbose transcriptions need it). The check keeps nothing of the decoded audio (memory is
-one block, service/audio/decode.py `audio_seconds`) and stops at the gateway's
-`max_audio_seconds`, so a long file costs only the allowed part. The worker receives the original
-bytes, so its units are exactly those of the same file given to `spiritlm-serve tokenize`.
+An upload is decoded once, here, off the event loop, by the function the speech worker would use
+(service/audio/decode.py `decode_audio`): that rejects corrupt, empty and over-long audio with a
+400 naming the problem before any model work is queued, gives the duration (verbose
+transcriptions need it), and stops at the gateway's `max_audio_seconds`, so a long file costs
+only the allowed part. The worker receives the decoded 16 kHz float32 samples
+(`DecodedAudio`, F32LE_CONTENT_TYPE) and does not decode them again; they are the samples it
+would have made from the file, so its units are exactly those of the same file given to
+`spiritlm-serve tokenize`. The samples are held as one buffer of 64 KB per second of audio.
 
 A request with several audio inputs (/v1/generate `inputs`, chat `input_audio` parts) has an
 `AudioBudget`: every input is checked against `max_audio_seconds` and all of them together against
@@ -21,7 +23,7 @@ from functools import partial
 import anyio.to_thread
 from fastapi import Request, UploadFile
 
-from service.audio.decode import AudioLimits, AudioTooLong, audio_seconds
+from service.audio.decode import AudioLimits, AudioTooLong, DecodedAudio, decode_to_f32le
 from service.errors import AudioError
 from service.gateway.errors import APIError
 from service.gateway.settings import GatewaySettings
@@ -78,41 +80,44 @@ async def read_upload(upload: UploadFile) -> bytes:
     return await upload.read()
 
 
-async def check_audio(data: bytes, settings: GatewaySettings, filename: str | None = None) -> float:
-    """Seconds of audio in an upload; 400 naming the problem when it cannot be used."""
+async def decode_upload(
+    data: bytes, settings: GatewaySettings, filename: str | None = None
+) -> DecodedAudio:
+    """An upload decoded for the speech worker; 400 naming the problem when it cannot be used."""
     try:
-        return await _seconds(data, settings.max_audio_seconds, settings, filename or None)
+        return await _decode(data, settings.max_audio_seconds, settings, filename or None)
     except AudioError as error:
         message = str(error) if filename else f"file: {error}"
         raise APIError(400, message, param="file", code="invalid_audio") from None
 
 
-async def _seconds(
+async def _decode(
     data: bytes, max_seconds: float, settings: GatewaySettings, filename: str | None = None
-) -> float:
+) -> DecodedAudio:
     # Decoding is request-sized CPU work: off the event loop.
     limits = AudioLimits(max_seconds=max_seconds, max_bytes=settings.max_body_bytes)
-    probe = partial(audio_seconds, data, limits=limits, filename=filename)
-    return await anyio.to_thread.run_sync(probe)
+    decode = partial(decode_to_f32le, data, limits=limits, filename=filename)
+    return await anyio.to_thread.run_sync(decode)
 
 
 class AudioBudget:
     """The audio inputs of one request: each within `max_audio_seconds`, all together within
-    `max_request_audio_seconds`. Check every input before encoding any."""
+    `max_request_audio_seconds`. Decode every input before encoding any."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.seconds = 0.0
 
-    async def check(self, data: bytes, param: str) -> float:
-        """Seconds of one input, counted against the request's total; 400 naming `param`."""
+    async def decode(self, data: bytes, param: str) -> DecodedAudio:
+        """One input decoded, its seconds counted against the request's total; 400 naming
+        `param`."""
         settings = self.settings
         left = settings.max_request_audio_seconds - self.seconds
-        # Decoding stops at whichever limit comes first, so the work of all checks together is
-        # bounded by max_request_audio_seconds too.
+        # Decoding stops at whichever limit comes first, so the work (and the samples held) of
+        # all inputs together is bounded by max_request_audio_seconds too.
         limit = min(settings.max_audio_seconds, left)
         try:
-            seconds = await _seconds(data, limit, settings)
+            decoded = await _decode(data, limit, settings)
         except AudioTooLong as error:
             if limit < settings.max_audio_seconds:
                 raise self._over_total(param) from None
@@ -124,8 +129,8 @@ class AudioBudget:
             ) from None
         except AudioError as error:
             raise APIError(400, f"{param}: {error}", param=param, code="invalid_audio") from None
-        self.seconds += seconds
-        return seconds
+        self.seconds += decoded.seconds
+        return decoded
 
     def _over_total(self, param: str) -> APIError:
         limit = self.settings.max_request_audio_seconds

@@ -16,6 +16,8 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -23,9 +25,18 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.audio.decode import AudioLimits, decode_audio
+from service.audio.decode import (
+    F32LE_MEDIA_TYPE,
+    TARGET_RATE,
+    AudioLimits,
+    AudioTooLong,
+    check_f32le_size,
+    decode_audio,
+    decode_f32le,
+)
 from service.audio.encode import (
     MEDIA_TYPES,
     available_formats,
@@ -50,10 +61,12 @@ from service.speech_worker.settings import SpeechWorkerSettings
 from service.speech_worker.state import WorkerState
 from service.speech_worker.stream_route import stream_endpoint
 from service.units.tokens import SPEECH_TOKEN, Units, string_to_units, units_to_string
+from service.units.windows import check_keep_ms, keep_units
 
 log = logging.getLogger("spiritlm.speech_worker")
 
 LoadFailure = Callable[[str], None]
+T = TypeVar("T")
 
 
 def create_app(
@@ -168,18 +181,41 @@ def _add_status_routes(app: FastAPI, state: WorkerState) -> None:
 
 def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
     formats = available_formats()
+    # Shows where the decoding happened: `file` bodies are decoded here, `f32le` ones were
+    # decoded by the caller (the gateway decodes each upload once, service/gateway/uploads.py).
+    inputs = Counter(
+        "spiritlm_speech_encode_inputs",
+        "Encoded inputs by model and kind: file (decoded by this worker) or f32le (raw 16 kHz "
+        "float32 samples, decoded by the caller).",
+        ["model", "kind"],
+        registry=state.metrics.registry,
+    )
 
     @app.post("/v1/encode", response_model=EncodeResult)
-    async def encode(request: Request, model: str | None = None) -> EncodeResult:
+    async def encode(
+        request: Request,
+        model: str | None = None,
+        keep_from_ms: int | None = None,
+        keep_to_ms: int | None = None,
+    ) -> EncodeResult:
         stack = state.models.get(model)
-        data = await read_body(request, state.settings.speech_max_body_bytes)
+        keep = _kept_stretch(keep_from_ms, keep_to_ms, stack)
+        raw = is_f32le(request.headers.get("content-type", ""))
         limits = AudioLimits(
             max_seconds=state.settings.max_audio_seconds,
             max_bytes=state.settings.speech_max_body_bytes,
         )
+        declared = request.headers.get("content-length", "")
+        if raw and declared.isdigit():
+            # Bounded in samples before the body is read (64000 bytes per second of audio).
+            _check_audio(check_f32le_size, int(declared), limits)
+        data = await read_body(request, state.settings.speech_max_body_bytes)
         started = time.perf_counter()
-        units, seconds = await state.run(_encode, stack, data, limits)
+        units, seconds = await state.run(_encode_f32le if raw else _encode, stack, data, limits)
+        if keep is not None:
+            units = _keep(units, keep, seconds)
         elapsed = time.perf_counter() - started
+        inputs.labels(stack.variant, "f32le" if raw else "file").inc()
         state.metrics.encode_seconds.labels(stack.variant).observe(elapsed)
         state.metrics.observe_compute(stack.variant, "encode", elapsed, seconds)
         return EncodeResult(
@@ -212,22 +248,23 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
         return Response(audio, media_type=MEDIA_TYPES[body.format], headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 as soon as it passes `limit` bytes."""
+async def read_body(request: Request, limit: int) -> bytearray:
+    """The raw body, refused with 413 as soon as it passes `limit` bytes.
+
+    A bytearray: raw samples are then used in place, as a writable array (`decode_f32le`).
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise WorkerRequestError(400, "invalid Content-Length header", code="invalid_body")
         if int(declared) > limit:
             raise _too_large(limit)
-    parts: list[bytes] = []
-    total = 0
+    body = bytearray()
     async for part in request.stream():
-        total += len(part)
-        if total > limit:
+        if len(body) + len(part) > limit:
             raise _too_large(limit)
-        parts.append(part)
-    return b"".join(parts)
+        body += part
+    return body
 
 
 def _too_large(limit: int) -> WorkerRequestError:
@@ -236,11 +273,73 @@ def _too_large(limit: int) -> WorkerRequestError:
     )
 
 
-def _encode(stack: SpeechStack, data: bytes, limits: AudioLimits) -> tuple[Units, float]:
+def is_f32le(content_type: str) -> bool:
+    """Whether a body is raw samples (F32LE_MEDIA_TYPE); 400 unless its rate is 16 kHz.
+
+    Any other Content-Type is an audio file, decoded here (service/audio/decode.py).
+    """
+    kind, _, parameters = content_type.partition(";")
+    if kind.strip().lower() != F32LE_MEDIA_TYPE:
+        return False
+    pairs = (parameter.partition("=") for parameter in parameters.split(";"))
+    rates = [value.strip() for key, _, value in pairs if key.strip().lower() == "rate"]
+    if rates != [str(TARGET_RATE)]:
+        raise WorkerRequestError(
+            400,
+            f"Content-Type {F32LE_MEDIA_TYPE} must say rate={TARGET_RATE} (16 kHz mono float32 "
+            f"samples), got {content_type!r}",
+            param="Content-Type",
+            code="invalid_value",
+        )
+    return True
+
+
+def _check_audio(check: Callable[..., T], *args: object) -> T:
+    """`check(*args)`, its AudioError as a 400 naming the file and, when too long, the limit."""
     try:
-        wav = decode_audio(data, limits=limits)
+        return check(*args)
+    except AudioTooLong as error:
+        raise WorkerRequestError(
+            400, f"{error} (max_audio_seconds)", param="file", code="audio_too_long"
+        ) from None
     except AudioError as error:
         raise WorkerRequestError(400, str(error), param="file", code="invalid_audio") from None
+
+
+def _kept_stretch(
+    keep_from_ms: int | None, keep_to_ms: int | None, stack: SpeechStack
+) -> tuple[int, int | None] | None:
+    """`keep_from_ms`/`keep_to_ms`: only the units of that stretch of the input are returned (a
+    window of a realtime turn, service/units/windows.py); both on the model's unit grid."""
+    if keep_from_ms is None and keep_to_ms is None:
+        return None
+    if keep_from_ms is None:
+        raise WorkerRequestError(400, "keep_to_ms needs keep_from_ms", code="invalid_value")
+    problem = check_keep_ms(keep_from_ms, keep_to_ms, stack.expressive)
+    if problem is not None:
+        raise WorkerRequestError(400, problem, code="invalid_value")
+    return keep_from_ms, keep_to_ms
+
+
+def _keep(units: Units, keep: tuple[int, int | None], seconds: float) -> Units:
+    keep_from_ms, keep_to_ms = keep
+    last_ms = keep_from_ms if keep_to_ms is None else keep_to_ms
+    if last_ms >= seconds * 1000:
+        raise WorkerRequestError(
+            400,
+            f"the kept stretch ends at {last_ms} ms, but the audio is {seconds * 1000:.0f} ms long",
+            code="invalid_value",
+        )
+    return keep_units(units, keep_from_ms, keep_to_ms)
+
+
+def _encode(stack: SpeechStack, data: bytearray, limits: AudioLimits) -> tuple[Units, float]:
+    wav = _check_audio(partial(decode_audio, limits=limits), data)
+    return stack.encode_units(wav), len(wav) / stack.sample_rate
+
+
+def _encode_f32le(stack: SpeechStack, data: bytearray, limits: AudioLimits) -> tuple[Units, float]:
+    wav = _check_audio(partial(decode_f32le, limits=limits), data)
     return stack.encode_units(wav), len(wav) / stack.sample_rate
 
 

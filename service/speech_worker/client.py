@@ -9,7 +9,7 @@ a worker that refuses the internal credential (`api_key`, docs/security.md) rais
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from service.audio.decode import F32LE_CONTENT_TYPE, DecodedAudio
 from service.internal_auth import REFUSED_STATUS, bearer_headers
 from service.speech_worker.protocol import (
     CLOSE_INTERNAL,
@@ -119,15 +120,20 @@ class SpeechClient:
 
     # ---- one-shot
 
-    async def encode(self, audio: bytes, model: str | None = None) -> EncodeResult:
-        """Units and token string of an audio file's bytes (any format the worker decodes)."""
+    async def encode(self, audio: bytes | DecodedAudio, model: str | None = None) -> EncodeResult:
+        """Units and token string of an audio file's bytes (any format the worker decodes), or
+        of audio the caller has decoded already, sent as raw samples the worker does not decode
+        again (F32LE_CONTENT_TYPE, docs/architecture.md)."""
         params = {"model": model} if model else {}
+        body: bytes | AsyncIterator[memoryview]
+        if isinstance(audio, DecodedAudio):
+            # Slices of the samples, not a copy of them; with the length given, not chunked.
+            body = _async_chunks(audio.f32le_chunks())
+            headers = {"Content-Type": F32LE_CONTENT_TYPE, "Content-Length": str(audio.nbytes)}
+        else:
+            body, headers = audio, {"Content-Type": "application/octet-stream"}
         response = await self._request(
-            "POST",
-            "/v1/encode",
-            params=params,
-            content=audio,
-            headers={"Content-Type": "application/octet-stream"},
+            "POST", "/v1/encode", params=params, content=body, headers=headers
         )
         _raise_for_error(response)
         try:
@@ -305,6 +311,11 @@ class SpeechStream:
             raise SpeechWorkerMalformedAnswer(
                 f"unexpected message from the speech worker: {frame[:200]!r}"
             )
+
+
+async def _async_chunks(chunks: Iterator[memoryview]) -> AsyncIterator[memoryview]:
+    for chunk in chunks:
+        yield chunk
 
 
 def _raise_for_error(response: httpx.Response) -> None:

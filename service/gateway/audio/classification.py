@@ -18,7 +18,7 @@ from service.gateway.audio.protocol import ClassificationForm, ClassificationOut
 from service.gateway.errors import APIError
 from service.gateway.state import GatewayState
 from service.gateway.tasks import check_text
-from service.gateway.uploads import check_audio, read_upload
+from service.gateway.uploads import decode_upload, read_upload
 from service.lm.prompt import classification_prompt
 from service.lm.tokenizer import SpiritTokenizer
 
@@ -32,9 +32,9 @@ async def classify(form: ClassificationForm, state: GatewayState) -> Classificat
     bank = state.classification
     labels = candidate_labels(form.labels or [e.text for e in bank.exemplars])
     data = await read_upload(form.file)
-    await check_audio(data, state.settings, form.file.filename)
+    audio = await decode_upload(data, state.settings, form.file.filename)
     shots = await bank.shots_for(model, engine.encode)
-    encoded = await engine.encode(data, model)
+    encoded = await engine.encode(audio, model)
     prompt = classification_prompt([(shot.tokens, shot.text) for shot in shots], encoded.tokens)
     # One thread for all the encoding: request-sized CPU work stays off the event loop.
     prompt_ids, answers = await asyncio.to_thread(

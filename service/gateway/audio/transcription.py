@@ -28,7 +28,7 @@ from service.gateway.sse import SSE_HEADERS, sse
 from service.gateway.state import GatewayState
 from service.gateway.tasks import asr_budget, check_text
 from service.gateway.timings import Timings
-from service.gateway.uploads import check_audio, read_upload
+from service.gateway.uploads import decode_upload, read_upload
 from service.lm.client import SamplingParams
 from service.lm.ending import ONE_LINE, line_end_ids
 from service.lm.generation import GenerationResult, PreparedPrompt
@@ -103,8 +103,9 @@ async def start(form: TranscriptionForm, state: GatewayState) -> Job:
     if form.max_tokens is not None:
         engine.check_max_tokens(form.max_tokens)
     data = await read_upload(form.file)
-    seconds = await check_audio(data, state.settings, form.file.filename)
-    encoded = await engine.encode(data, model)
+    audio = await decode_upload(data, state.settings, form.file.filename)
+    seconds = audio.seconds
+    encoded = await engine.encode(audio, model)
     prepared = await state.tasks.asr_prompt(model, encoded.tokens, context)
     params = SamplingParams(
         max_tokens=engine.max_tokens_or(form.max_tokens, asr_budget(encoded.tokens)),

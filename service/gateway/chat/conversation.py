@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service.audio.decode import DecodedAudio
 from service.gateway.chat.memory import AudioIdError, ChatMemory
 from service.gateway.chat.protocol import ChatMessage
 from service.gateway.engine import Engine
@@ -110,13 +111,16 @@ class _Source:
     model: str
     memory: ChatMemory
     where: str
-    # Audio bytes already decoded and checked by `_checked_audio`, by `where`.
-    checked: dict[str, bytes]
+    # Audio already decoded and checked by `_checked_audio`, by `where`: the part's bytes (the
+    # key of the memory's cache) and their decoded samples (what the speech worker encodes).
+    checked: dict[str, tuple[bytes, DecodedAudio]]
 
 
-async def _checked_audio(messages: Sequence[ChatMessage], budget: AudioBudget) -> dict[str, bytes]:
-    """The bytes of every input_audio part, by field path, each checked against the budget."""
-    checked: dict[str, bytes] = {}
+async def _checked_audio(
+    messages: Sequence[ChatMessage], budget: AudioBudget
+) -> dict[str, tuple[bytes, DecodedAudio]]:
+    """Every input_audio part, by field path, each decoded within the budget."""
+    checked: dict[str, tuple[bytes, DecodedAudio]] = {}
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if message.role in _TEXT_ONLY_ROLES:
@@ -126,8 +130,8 @@ async def _checked_audio(messages: Sequence[ChatMessage], budget: AudioBudget) -
                 continue
             field = f"{where}.content[{number}].input_audio"
             audio = _input_audio_bytes(part.get("input_audio"), field)
-            await budget.check(audio, f"{field}.data")
-            checked[f"{where}.content[{number}]"] = audio
+            decoded = await budget.decode(audio, f"{field}.data")
+            checked[f"{where}.content[{number}]"] = (audio, decoded)
     return checked
 
 
@@ -175,14 +179,15 @@ async def _add_part(parts: _Parts, part: dict[str, Any], role: str, source: _Sou
 
 async def _encode_input_audio(value: object, source: _Source) -> str:
     field = f"{source.where}.input_audio"
-    audio = source.checked.get(source.where)
-    if audio is None:
-        audio = _input_audio_bytes(value, field)
+    checked = source.checked.get(source.where)
+    audio = checked[0] if checked is not None else _input_audio_bytes(value, field)
     cached = source.memory.encoded(source.model, audio)
     if cached is not None:
         return cached
     try:
-        encoded = await source.engine.encode(audio, source.model)
+        encoded = await source.engine.encode(
+            checked[1] if checked is not None else audio, source.model
+        )
     except APIError as error:
         if error.status >= 500:
             raise

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from fastapi.responses import StreamingResponse
 
+from service.audio.decode import DecodedAudio
 from service.audio.encode import check_output_format
 from service.gateway.engine import (
     AudioOut,
@@ -46,12 +47,11 @@ async def prompt_for(request: GenerateRequest, state: GatewayState, model: str) 
         return explicit_prompt(request.prompt, request.output_modality)
     # Every audio input is checked (alone and all together, AudioBudget) before any is encoded.
     budget = AudioBudget(state.settings)
-    audio: dict[int, bytes] = {}
+    audio: dict[int, DecodedAudio] = {}
     for index, item in enumerate(request.inputs):
         if item.type != "text" and item.tokens is None:
             param = f"inputs[{index}].audio"
-            audio[index] = b64decode_field(item.audio or "", param)
-            await budget.check(audio[index], param)
+            audio[index] = await budget.decode(b64decode_field(item.audio or "", param), param)
     parts: list[PromptInput] = []
     for index, item in enumerate(request.inputs):
         if item.type == "text":

@@ -34,6 +34,7 @@ from fastapi import WebSocket
 from starlette import status
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from service.checkpoints.layout import EXPRESSIVE
 from service.errors import SpiritError
 from service.gateway.errors import APIError
 from service.gateway.realtime.audio_format import item_audio_to_pcm16
@@ -80,11 +81,14 @@ from service.gateway.realtime.transcription import (
     session_event,
     transcribe_input,
 )
+from service.gateway.realtime.turn_encoder import TurnEncoder
 from service.gateway.realtime.unhonoured import check_response
 from service.gateway.realtime.vad import SpeechStarted, VadStream, load_model
 from service.gateway.state import GatewayState
 from service.gateway.uploads import b64decode_field
 from service.gateway.voices import Voice, model_voices
+from service.units.tokens import Units
+from service.units.windows import WindowPlan
 
 log = logging.getLogger("spiritlm.gateway.realtime")
 
@@ -104,6 +108,10 @@ class Limits:
     max_buffer_seconds: float
     max_message_bytes: int
     context_tokens: int
+    # Encoding turns while spoken (turn_encoder.py); window 0 = each turn encoded whole.
+    encode_window_seconds: float = 0.0
+    encode_left_seconds: float = 0.0
+    encode_right_seconds: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
@@ -114,6 +122,9 @@ class Limits:
             max_buffer_seconds=settings.realtime_max_buffer_seconds,
             max_message_bytes=settings.realtime_max_message_bytes,
             context_tokens=settings.realtime_context_tokens,
+            encode_window_seconds=settings.realtime_encode_window_seconds,
+            encode_left_seconds=settings.realtime_encode_left_seconds,
+            encode_right_seconds=settings.realtime_encode_right_seconds,
         )
 
 
@@ -148,6 +159,7 @@ class RealtimeConnection:
         self.input = InputAudio(
             self.config.input_rate, limits.max_buffer_seconds, fmt=self.config.input_format
         )
+        self.turn_encoder = self._new_turn_encoder()
         self.outbox = Outbox(max_bytes=self.budget.max_outbox_bytes)
         self.idle = IdleTimeout()
         self.response: Response | None = None
@@ -316,6 +328,7 @@ class RealtimeConnection:
             return
         if not self.input.runs_off_loop:
             self.input.append(pcm)
+            self._advance_turn_encoding()
             return
         detected = await asyncio.to_thread(self.input.append, pcm)
         for happened in detected:
@@ -325,6 +338,7 @@ class RealtimeConnection:
                 self._speech_stopped(happened)
             elif isinstance(happened, PauseDetected):
                 self._encode_early(happened.utterance)
+        self._advance_turn_encoding()
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -375,10 +389,46 @@ class RealtimeConnection:
         )
         self._commit(turn.utterance, "vad")
 
+    def _new_turn_encoder(self) -> TurnEncoder:
+        limits = self.limits
+        expressive = self.model == EXPRESSIVE
+        plan = None
+        if limits.encode_window_seconds > 0:
+            plan = WindowPlan(
+                rate=self.input.rate,
+                expressive=expressive,
+                window=limits.encode_window_seconds,
+                left=limits.encode_left_seconds,
+                right=limits.encode_right_seconds,
+            )
+        return TurnEncoder(
+            self.input.rate,
+            plan,
+            expressive=expressive,
+            encode_window=self._encode_window,
+            encode_whole=self._encode,
+            spawn=self._spawn,
+            more_ready=self._advance_turn_encoding,
+        )
+
+    def _advance_turn_encoding(self) -> None:
+        """Send the growing turn's next window to a speech worker if its audio is here."""
+        turn = self.input.growing_turn()
+        if turn is None:
+            return
+        sent = self.turn_encoder.windows_sent
+        self.turn_encoder.advance(turn[0], turn[1], self.input.audio)
+        if self.turn_encoder.windows_sent > sent:
+            self.state.metrics.realtime_encode_windows.inc()
+
+    async def _encode_window(self, wav: bytes, keep_from_ms: int, keep_to_ms: int | None) -> Units:
+        result = await self.engine.encode(wav, self.model, keep_ms=(keep_from_ms, keep_to_ms))
+        return Units.from_dict(result.units)
+
     def _encode_early(self, utterance: Utterance) -> None:
         """Start encoding at a pause: if the pause ends the turn, the encoding is ready sooner."""
         self._drop_early_encoding()
-        task = self._start_encoding(utterance.wav(self.input.rate))
+        task = self._spawn(self._turn_tokens(utterance))
         self._early = ((utterance.start_ms, utterance.end_ms), task)
 
     def _drop_early_encoding(self) -> None:
@@ -387,12 +437,27 @@ class RealtimeConnection:
             self._early = None
 
     def _encoding_of(self, utterance: Utterance) -> asyncio.Task[str]:
+        ended = time.perf_counter()
+        how = "windows" if self.turn_encoder.windowed(utterance.first_sample) else "whole"
         early, self._early = self._early, None
         if early is not None and early[0] == (utterance.start_ms, utterance.end_ms):
-            return early[1]
-        if early is not None:
-            early[1].cancel()
-        return self._start_encoding(utterance.wav(self.input.rate))
+            encoding = early[1]
+        else:
+            if early is not None:
+                early[1].cancel()
+            encoding = self._spawn(self._turn_tokens(utterance))
+        return self._spawn(self._timed_encoding(encoding, how, ended))
+
+    async def _turn_tokens(self, utterance: Utterance) -> str:
+        """A turn's speech tokens: from its windows and tail when it was windowed while spoken
+        (turn_encoder.py), else encoded whole."""
+        return await self.turn_encoder.tokens(utterance.first_sample, utterance.pcm16)
+
+    async def _timed_encoding(self, encoding: asyncio.Task[str], how: str, ended: float) -> str:
+        tokens = await encoding
+        wait = time.perf_counter() - ended
+        self.state.metrics.realtime_turn_encode_wait.labels(how).observe(wait)
+        return tokens
 
     def _commit(self, utterance: Utterance, trigger: str) -> None:
         ended = time.perf_counter()
@@ -510,6 +575,7 @@ class RealtimeConnection:
                 offset_ms=self.input.now_ms(),
                 fmt=new.input_format,
             )
+            self.turn_encoder = self._new_turn_encoder()
         self.config = new
         problem = None
         if reformatted or new.turn_detection != old.turn_detection:

@@ -14,13 +14,9 @@ input format; G.711 is expanded to pcm16 here (audio_format.py), so the buffer i
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
-import numpy as np
-import soundfile
-
-from service.audio.pcm import pcm16_to_float
+from service.audio.pcm import pcm16_to_float, pcm16_wav
 from service.gateway.realtime import audio_format
 from service.gateway.realtime.protocol import ProtocolError
 from service.gateway.realtime.vad import (
@@ -43,13 +39,11 @@ class Utterance:
     pcm16: bytes
     start_ms: int
     end_ms: int
+    first_sample: int | None = None  # its first sample's position in the input buffer
 
     def wav(self, rate: int) -> bytes:
         """The utterance as a WAV file at its own rate (the speech worker resamples it whole)."""
-        buffer = io.BytesIO()
-        samples = np.frombuffer(self.pcm16, dtype="<i2")
-        soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
-        return buffer.getvalue()
+        return pcm16_wav(self.pcm16, rate)
 
 
 @dataclass(frozen=True)
@@ -155,7 +149,9 @@ class InputAudio:
                 f"buffer too small: expected at least {MIN_COMMIT_MS} ms of audio, "
                 f"have {self._samples_to_ms(self.buffered_samples)} ms",
             )
-        utterance = Utterance(bytes(self._data), self._to_ms(self._start), self._to_ms(self._total))
+        utterance = Utterance(
+            bytes(self._data), self._to_ms(self._start), self._to_ms(self._total), self._start
+        )
         self._drop_before(self._total)
         self._turn_start = None
         if self.vad is not None:
@@ -175,7 +171,7 @@ class InputAudio:
             return event
         end = min(self._at_ms(event.audio_end_ms), self._total)
         start = self._start if self._turn_start is None else self._turn_start
-        utterance = Utterance(self._slice(start, end), self._to_ms(start), self._to_ms(end))
+        utterance = Utterance(self.audio(start, end), self._to_ms(start), self._to_ms(end), start)
         if isinstance(event, SpeechPaused):
             return PauseDetected(utterance)
         self._turn_start = None
@@ -185,7 +181,15 @@ class InputAudio:
         start = self._start if self._turn_start is None else self._turn_start
         return self._total - start
 
-    def _slice(self, start: int, end: int) -> bytes:
+    def growing_turn(self) -> tuple[int, int] | None:
+        """(first sample, end) of the turn being heard: the speech the VAD is following, or
+        without turn detection the whole buffer; None when there is none."""
+        if self.vad is not None:
+            return (self._turn_start, self._total) if self._turn_start is not None else None
+        return (self._start, self._total) if self._data else None
+
+    def audio(self, start: int, end: int) -> bytes:
+        """The buffered pcm16 of samples [start, end) (positions as in `growing_turn`)."""
         begin = max(0, start - self._start) * BYTES_PER_SAMPLE
         stop = max(0, end - self._start) * BYTES_PER_SAMPLE
         return bytes(self._data[begin:stop])

@@ -19,7 +19,7 @@ from service.gateway.errors import APIError
 from service.gateway.speech_units.protocol import DetokenizeRequest, TokenizeResponse
 from service.gateway.state import GatewayState
 from service.gateway.uploads import (
-    check_audio,
+    decode_upload,
     is_raw_audio,
     media_type,
     read_upload,
@@ -33,8 +33,8 @@ MAX_FORM_FIELDS = 16
 async def tokenize(request: Request, model: str | None, state: GatewayState) -> TokenizeResponse:
     data, filename, model = await _audio_and_model(request, model)
     name = state.engine.resolve_model(model)
-    await check_audio(data, state.settings, filename)
-    encoded = await state.engine.encode(data, name)
+    audio = await decode_upload(data, state.settings, filename)
+    encoded = await state.engine.encode(audio, name)
     return TokenizeResponse(**encoded.model_dump())
 
 

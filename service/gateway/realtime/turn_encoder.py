@@ -1,0 +1,145 @@
+"""Encoding a realtime turn while it is spoken, so that little is left when it ends.
+
+While a turn grows (server VAD heard speech, or a manual-mode buffer fills), `TurnEncoder`
+sends the speech worker one window at a time as soon as the audio covers it and its right
+context (service/units/windows.py plans them); each answer keeps the units of the window's
+middle. When the turn is committed, or a pause makes it a candidate, only the tail is left: it
+is encoded with its left context and joined to the windows' units. One window per session is
+in flight at a time; the next one is sent when it finishes or when more audio arrives.
+
+A turn too short to have been windowed is encoded whole, exactly as REST endpoints encode
+(`WindowPlan.next_window` sends none until the tail would no longer start at the first sample).
+Setting `realtime_encode_window_seconds` to 0 turns windowing off: every turn is encoded whole.
+Units of a windowed turn can differ from whole-turn units, since the encoders see less context:
+docs/realtime.md#encoding-while-the-user-speaks has the measured agreement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.audio.pcm import pcm16_wav
+from service.units.tokens import Units, units_to_string
+from service.units.windows import Window, WindowPlan, join_units
+
+logger = logging.getLogger(__name__)
+
+# The speech worker's encode of a window: (WAV bytes, keep_from_ms, keep_to_ms) -> kept units.
+EncodeWindow = Callable[[bytes, int, int | None], Awaitable[Units]]
+EncodeWhole = Callable[[bytes], Coroutine[Any, Any, str]]
+Spawn = Callable[[Any], "asyncio.Task[Any]"]
+
+
+@dataclass
+class _TurnWindows:
+    """The windows of one turn: those encoded, in order, and the one in flight."""
+
+    start: int  # the turn's first sample in the input buffer
+    encoded: list[tuple[Window, Units]] = field(default_factory=list)
+    running: asyncio.Task[None] | None = None
+    failed: bool = False
+
+    @property
+    def kept_to(self) -> int:
+        if not self.encoded:
+            return 0
+        return self.encoded[-1][0].keep_to or 0
+
+
+class TurnEncoder:
+    """Windows of the turn in progress for one realtime session (see the module docstring)."""
+
+    def __init__(
+        self,
+        rate: int,
+        plan: WindowPlan | None,
+        *,
+        expressive: bool,
+        encode_window: EncodeWindow,
+        encode_whole: EncodeWhole,
+        spawn: Spawn,
+        more_ready: Callable[[], None],
+    ) -> None:
+        self.rate = rate
+        self.plan = plan
+        self.expressive = expressive
+        self._encode_window = encode_window
+        self._encode_whole = encode_whole
+        self._spawn = spawn
+        self._more_ready = more_ready  # called when a window finished: the next may be ready
+        self._turn: _TurnWindows | None = None
+        self.windows_sent = 0
+
+    def advance(
+        self, turn_start: int | None, available: int, audio: Callable[[int, int], bytes]
+    ) -> None:
+        """Send the next window of the turn starting at `turn_start` if the audio covers it.
+
+        `available` is the input buffer's end (in samples, like `turn_start`); `audio(a, b)`
+        returns the buffer's pcm16 of samples [a, b).
+        """
+        if self.plan is None or turn_start is None:
+            return
+        turn = self._turn
+        if turn is None or turn.start != turn_start:
+            turn = self._turn = _TurnWindows(turn_start)
+        if turn.failed or (turn.running is not None and not turn.running.done()):
+            return
+        window = self.plan.next_window(turn.kept_to, available - turn_start)
+        if window is None or window.end is None:
+            return
+        wav = pcm16_wav(audio(turn_start + window.start, turn_start + window.end), self.rate)
+        turn.running = self._spawn(self._run_window(turn, window, wav))
+        self.windows_sent += 1
+
+    async def _run_window(self, turn: _TurnWindows, window: Window, wav: bytes) -> None:
+        assert self.plan is not None
+        keep_from_ms, keep_to_ms = window.keep_ms(self.plan.rate)
+        try:
+            units = await self._encode_window(wav, keep_from_ms, keep_to_ms)
+        except Exception as error:  # noqa: BLE001 - any failure: the turn is encoded whole
+            logger.warning("encoding a turn window failed, the turn is encoded whole: %s", error)
+            turn.failed = True
+            return
+        turn.encoded.append((window, units))
+        if self._turn is turn:
+            self._more_ready()
+
+    def windowed(self, turn_start: int | None) -> bool:
+        """Whether windows of the turn starting at `turn_start` were sent."""
+        turn = self._turn
+        return turn is not None and turn.start == turn_start and bool(turn.encoded or turn.running)
+
+    def tokens(self, turn_start: int | None, pcm16: bytes) -> Coroutine[Any, Any, str]:
+        """The token string of an utterance starting at `turn_start` (sample in the input
+        buffer) with samples `pcm16`: its windows and tail, or the whole when none were sent.
+        The turn's windows are taken now, so the turn may end before the coroutine runs."""
+        turn = self._turn
+        if turn is None or turn.start != turn_start or self.plan is None:
+            return self._encode_whole(pcm16_wav(pcm16, self.rate))
+        return self._tokens(turn, self.plan, pcm16)
+
+    async def _tokens(self, turn: _TurnWindows, plan: WindowPlan, pcm16: bytes) -> str:
+        if turn.running is not None:
+            await asyncio.wait({turn.running})
+        length = len(pcm16) // 2
+        # The windows that lie inside this utterance (a pause candidate may end before the
+        # right context of the last one).
+        encoded = [(w, u) for w, u in turn.encoded if w.keep_to is not None and w.keep_to <= length]
+        if turn.failed or not encoded:
+            return await self._encode_whole(pcm16_wav(pcm16, self.rate))
+        tail = plan.last_window(encoded[-1][0].keep_to or 0)
+        wav = pcm16_wav(pcm16[tail.start * 2 :], self.rate)
+        keep_from_ms, _ = tail.keep_ms(self.rate)
+        try:
+            tail_units = await self._encode_window(wav, keep_from_ms, None)
+        except Exception as error:  # noqa: BLE001 - the whole encode reports what is wrong
+            logger.warning("encoding a turn's tail failed, the turn is encoded whole: %s", error)
+            return await self._encode_whole(pcm16_wav(pcm16, self.rate))
+        parts = [] if tail.keep_from == 0 else [units for _, units in encoded]
+        joined = join_units([*parts, tail_units], self.expressive)
+        return units_to_string(joined, expressive=self.expressive)

@@ -1,0 +1,152 @@
+"""`bench realtime`: per-stream speed, peak memory of the stack, and the table that holds them."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import psutil
+import soundfile
+
+from service.bench.processes import listening_pid
+from service.bench.realtime import (
+    COLUMNS,
+    LevelResult,
+    PeakRss,
+    Report,
+    SessionResult,
+    markdown_section,
+    markdown_table,
+    run_benchmark,
+    stream_speed,
+)
+from service.checkpoints.layout import BASE
+
+MIB = 2**20
+
+
+def test_stream_speed_is_audio_after_the_first_delta_per_wall_second() -> None:
+    # 0.5 s deltas every 0.5 s: exactly playback speed, whatever the first delta's size.
+    assert stream_speed([(10.0, 2.0), (10.5, 0.5), (11.0, 0.5), (11.5, 0.5)]) == 1.0
+    assert stream_speed([(0.0, 0.5), (0.25, 0.5), (0.5, 0.5)]) == 2.0
+    assert stream_speed([(0.0, 1.0), (2.0, 1.0)]) == 0.5
+    assert stream_speed([(3.0, 6.0)]) is None  # a whole reply at once has no rate
+    assert stream_speed([]) is None
+
+
+def test_peak_rss_sees_a_freed_allocation_and_resets_per_level() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys\n"
+         "sys.stdin.readline(); a = bytearray(300 * 2**20); del a; print('freed', flush=True)\n"
+         "sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        peak = PeakRss([child.pid])
+        peak.start()
+        child.stdin.write("allocate\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "freed"
+        now = psutil.Process(child.pid).memory_info().rss
+        first = peak.peak()
+        assert first is not None and first >= 300 * MIB > now + 200 * MIB
+        peak.start()  # the next level: the earlier peak no longer counts
+        second = peak.peak()
+        assert second is not None and second < 100 * MIB
+    finally:
+        child.kill()
+        child.wait()
+    assert PeakRss([child.pid]).peak() is None  # gone: nothing to read
+
+
+def level(sessions: int, streaming: bool, speeds: list[float | None]) -> LevelResult:
+    results = [
+        SessionResult(status="completed", latency=0.4 + 0.1 * i, audio_seconds=5.0,
+                      stall=0.01 * i, speed=speed)
+        for i, speed in enumerate(speeds)
+    ]  # fmt: skip
+    return LevelResult(sessions, streaming, results, wall=12.0, speech_rss=1536 * MIB,
+                       gateway_rss=(250 * MIB if streaming else None))  # fmt: skip
+
+
+def rows_of(table: str) -> list[dict[str, str]]:
+    lines = [line.strip().strip("|") for line in table.strip().splitlines()]
+    header = [cell.strip() for cell in lines[0].split("|")]
+    return [
+        dict(zip(header, (c.strip() for c in line.split("|")), strict=True)) for line in lines[2:]
+    ]
+
+
+def test_table_has_the_speed_and_memory_of_every_level() -> None:
+    one = Report("http://127.0.0.1:1", "a stack", Path("a.flac"), 9.1, 100, label="per-stream",
+                 speech_cores=2)  # fmt: skip
+    one.levels = [level(2, True, [1.8, 1.2]), level(2, False, [None, None])]
+    other = Report("http://127.0.0.1:2", "b stack", Path("a.flac"), 9.1, 100, label="batched")
+    other.levels = [level(1, True, [3.0])]
+    rows = rows_of(markdown_table(one, other))
+    assert list(rows[0]) == ["Stack", *COLUMNS]
+    assert [(r["Stack"], r["Sessions"], r["Audio out"]) for r in rows] == [
+        ("per-stream", "2", "streamed"), ("per-stream", "2", "whole reply, then sent"),
+        ("batched", "1", "streamed"),
+    ]  # fmt: skip
+    assert rows[0]["Slowest stream (x real time)"] == "1.20"  # the worst, not the mean
+    assert rows[1]["Slowest stream (x real time)"] == "–"
+    assert rows[0]["Speech worker peak RSS (MiB)"] == "1536"
+    assert rows[0]["Gateway peak RSS (MiB)"] == "250" and rows[1]["Gateway peak RSS (MiB)"] == "–"
+    assert rows[0]["Worst stall (s)"] == "0.01" and rows[0]["Keeps up with real time"] == "yes"
+    section = markdown_section("spiritlm-serve bench realtime", one, other)
+    assert "2 concurrent session(s)** (per-stream)" in section
+    assert "1 real-time session(s) per speech core (the speech worker may run on 2 core(s))" in (
+        section
+    )
+    assert "**1 concurrent session(s)** (batched) is the largest" in section
+
+
+def test_levels_measure_first_audio_speed_and_memory(
+    servers,
+    speech_file: Path,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    gateway = servers.gateway(BASE)
+    # The first 3.5 s of the speech file: one short turn keeps each level brief.
+    wave, rate = soundfile.read(str(speech_file), dtype="float32")
+    short = tmp_path / "turn.wav"
+    soundfile.write(str(short), wave[: int(3.5 * rate)], rate)
+    report = asyncio.run(
+        run_benchmark(
+            gateway,
+            short,
+            [2],
+            max_tokens=40,
+            time_budget=600.0,
+            progress=lambda _: None,
+            label="test",
+        )  # fmt: skip
+    )
+    assert [(lv.sessions, lv.streaming) for lv in report.levels] == [(2, True), (2, False)]
+    streamed, whole = report.levels
+    assert len(streamed.completed) == 2, [r.error for r in streamed.results]
+    assert all(r.latency is not None and 0 < r.latency < 60 for r in streamed.completed)
+    slowest = streamed.slowest_stream
+    assert slowest is not None and 0 < slowest < 1000 and not math.isinf(streamed.worst_stall)
+    assert whole.slowest_stream is None  # one piece, no rate
+    # Memory: the speech worker behind the gateway, a plausible size, its own and not the gateway's.
+    speech_pid = listening_pid(servers.speech())
+    assert speech_pid is not None
+    speech_now = psutil.Process(speech_pid).memory_info().rss
+    for lv in report.levels:
+        assert lv.speech_rss is not None and 50 * MIB < lv.speech_rss < 64 * 2**30
+        assert lv.gateway_rss is not None and 20 * MIB < lv.gateway_rss < 64 * 2**30
+    # The last level's peak is not below what the worker holds now, after it.
+    last = report.levels[-1].speech_rss
+    assert last is not None and last >= 0.9 * speech_now
+    assert report.speech_cores is not None and report.speech_cores >= 1
+    rows = rows_of(markdown_table(report))
+    assert float(rows[0]["Speech worker peak RSS (MiB)"]) == round(streamed.speech_rss / MIB)
+    assert np.isclose(float(rows[0]["Slowest stream (x real time)"]), slowest, atol=0.006)

@@ -1,0 +1,93 @@
+"""Realtime turns encoded while spoken, against the real processes: the speech worker's kept
+stretch (`keep_from_ms`/`keep_to_ms` on POST /v1/encode) and a gateway whose VAD turns are
+windowed (service/gateway/realtime/turn_encoder.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.checkpoints.layout import BASE, EXPRESSIVE
+from service.units.tokens import Units
+from service.units.windows import keep_units
+from tests.support.realtime_client import RATE, Client, open_client, run
+from tests.test_realtime import ONE_TURN, metric, silence, speech_pcm
+
+WINDOWS = (
+    "--realtime-encode-window-seconds",
+    "2",
+    "--realtime-encode-left-seconds",
+    "2",
+    "--realtime-encode-right-seconds",
+    "1",
+)
+
+
+def encode(worker: str, audio: bytes, model: str, **keep: int) -> httpx.Response:
+    return httpx.post(
+        worker + "/v1/encode", params={"model": model, **keep}, content=audio, timeout=120
+    )
+
+
+@pytest.mark.parametrize("model", [BASE, EXPRESSIVE])
+def test_worker_returns_the_kept_stretch(servers, speech_file: Path, model: str) -> None:  # noqa: ANN001
+    worker = servers.speech()
+    audio = speech_file.read_bytes()
+    whole = encode(worker, audio, model)
+    assert whole.status_code == 200, whole.text
+    units = Units.from_dict(whole.json()["units"])
+    kept = encode(worker, audio, model, keep_from_ms=2000, keep_to_ms=6000)
+    assert kept.status_code == 200, kept.text
+    assert Units.from_dict(kept.json()["units"]) == keep_units(units, 2000, 6000)
+    assert len(kept.json()["units"]["hubert"].split()) == 100  # 4 s at 25 units per second
+    tail = encode(worker, audio, model, keep_from_ms=8000)
+    assert Units.from_dict(tail.json()["units"]) == keep_units(units, 8000, None)
+
+
+def test_worker_refuses_stretches_off_the_grid_or_past_the_end(servers, speech_file: Path) -> None:  # noqa: ANN001
+    worker = servers.speech()
+    audio = speech_file.read_bytes()
+    refusals = [
+        (EXPRESSIVE, {"keep_from_ms": 1000, "keep_to_ms": 4000}, "multiple of 2000 ms"),
+        (BASE, {"keep_from_ms": 50}, "multiple of 40 ms"),
+        (BASE, {"keep_to_ms": 4000}, "keep_to_ms needs keep_from_ms"),
+        (BASE, {"keep_from_ms": 4000, "keep_to_ms": 4000}, "after keep_from_ms"),
+        (BASE, {"keep_from_ms": 0, "keep_to_ms": 12000}, "audio is 9135 ms long"),
+    ]
+    for model, keep, message in refusals:
+        response = encode(worker, audio, model, **keep)
+        assert response.status_code == 400, (keep, response.text)
+        assert message in response.json()["error"]["message"], response.text
+
+
+def test_vad_turn_is_encoded_while_spoken(servers, speech_file: Path) -> None:  # noqa: ANN001
+    gateway = servers.gateway(BASE, *WINDOWS, name="windows")
+    before = httpx.get(gateway + "/metrics", timeout=10).text
+
+    async def scenario() -> Client:
+        client = await open_client(gateway)
+        await client.update(
+            audio={"input": {"turn_detection": ONE_TURN}}, max_output_tokens=16, temperature=0.0
+        )
+        await client.append(speech_pcm(speech_file) + silence(3.0))
+        await client.until("response.done")
+        await client.ws.close()
+        return client
+
+    client = run(scenario())
+    after = httpx.get(gateway + "/metrics", timeout=10).text
+    done = client.of("response.done")[0]["response"]
+    assert done["status"] in ("completed", "incomplete")
+    assert done["usage"]["input_tokens"] > 100
+    assert client.audio_samples(done["id"]) > RATE // 10
+    # About 9.4 s of turn: windows keeping up to 2, 4, 6 and 8 s are sent while it is spoken,
+    # one at a time (the audio arrives faster than real time here, so the last may not be).
+    sent = metric(after, "spiritlm_realtime_encode_windows_total") - metric(
+        before, "spiritlm_realtime_encode_windows_total"
+    )
+    assert 1 <= sent <= 4
+    waits = "spiritlm_realtime_turn_encode_wait_seconds_count"
+    assert metric(after, waits, 'how="windows"') - metric(before, waits, 'how="windows"') == 1
+    assert metric(after, waits, 'how="whole"') == metric(before, waits, 'how="whole"')
