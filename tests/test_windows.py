@@ -155,7 +155,7 @@ def run_turn_encoder(
             available = min(end, len(pcm)) // 2
             encoder.advance(0, available, lambda a, b: pcm[2 * a : 2 * b])
             await asyncio.gather(*tasks)  # an encoder fast enough to keep up
-        return await encoder.tokens(0, pcm), encoder.windows_sent
+        return (await encoder.tokens(0, pcm)).tokens, encoder.windows_sent
 
     return asyncio.run(scenario())
 

@@ -216,10 +216,16 @@ class Engine:
 
     # ---- speech worker ----------------------------------------------------------------------
 
-    async def encode(self, audio: bytes | DecodedAudio, model: str) -> EncodeResult:
-        """Audio file bytes, or an upload already decoded (service/gateway/uploads.py), -> units;
-        retried on another speech worker if one is unreachable."""
-        return await self._with_speech_worker(lambda client: client.encode(audio, model))
+    async def encode(
+        self,
+        audio: bytes | DecodedAudio,
+        model: str,
+        keep_ms: tuple[int, int | None] | None = None,
+    ) -> EncodeResult:
+        """Audio file bytes, or an upload already decoded (service/gateway/uploads.py), -> units
+        (of the `keep_ms` stretch only, when given); retried on another speech worker if one is
+        unreachable."""
+        return await self._with_speech_worker(lambda client: client.encode(audio, model, keep_ms))
 
     async def decode(self, **request: object) -> bytes:
         return await self._with_speech_worker(lambda client: client.decode(**request))

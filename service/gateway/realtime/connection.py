@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +82,7 @@ from service.gateway.realtime.transcription import (
     session_event,
     transcribe_input,
 )
-from service.gateway.realtime.turn_encoder import TurnEncoder
+from service.gateway.realtime.turn_encoder import TurnEncoder, TurnTokens
 from service.gateway.realtime.unhonoured import check_response
 from service.gateway.realtime.vad import SpeechStarted, VadStream, load_model
 from service.gateway.state import GatewayState
@@ -168,7 +169,7 @@ class RealtimeConnection:
         self._pending_item_id: str | None = None
         self._last_turn: tuple[str, float] | None = None  # (trigger, perf_counter) of a commit
         # Encoding started at a pause: ((start_ms, end_ms) of the candidate turn, task).
-        self._early: tuple[tuple[int, int], asyncio.Task[str]] | None = None
+        self._early: tuple[tuple[int, int], asyncio.Task[TurnTokens]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._client_gone = False
 
@@ -438,7 +439,6 @@ class RealtimeConnection:
 
     def _encoding_of(self, utterance: Utterance) -> asyncio.Task[str]:
         ended = time.perf_counter()
-        how = "windows" if self.turn_encoder.windowed(utterance.first_sample) else "whole"
         early, self._early = self._early, None
         if early is not None and early[0] == (utterance.start_ms, utterance.end_ms):
             encoding = early[1]
@@ -446,15 +446,16 @@ class RealtimeConnection:
             if early is not None:
                 early[1].cancel()
             encoding = self._spawn(self._turn_tokens(utterance))
-        return self._spawn(self._timed_encoding(encoding, how, ended))
+        return self._spawn(self._timed_encoding(encoding, ended))
 
-    async def _turn_tokens(self, utterance: Utterance) -> str:
+    def _turn_tokens(self, utterance: Utterance) -> Coroutine[Any, Any, TurnTokens]:
         """A turn's speech tokens: from its windows and tail when it was windowed while spoken
         (turn_encoder.py), else encoded whole."""
-        return await self.turn_encoder.tokens(utterance.first_sample, utterance.pcm16)
+        return self.turn_encoder.tokens(utterance.first_sample, utterance.pcm16)
 
-    async def _timed_encoding(self, encoding: asyncio.Task[str], how: str, ended: float) -> str:
-        tokens = await encoding
+    async def _timed_encoding(self, encoding: asyncio.Task[TurnTokens], ended: float) -> str:
+        tokens, windows = await encoding
+        how = "windows" if windows else "whole"
         wait = time.perf_counter() - ended
         self.state.metrics.realtime_turn_encode_wait.labels(how).observe(wait)
         return tokens

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from service.audio.pcm import pcm16_wav
 from service.units.tokens import Units, units_to_string
@@ -32,6 +32,13 @@ logger = logging.getLogger(__name__)
 EncodeWindow = Callable[[bytes, int, int | None], Awaitable[Units]]
 EncodeWhole = Callable[[bytes], Coroutine[Any, Any, str]]
 Spawn = Callable[[Any], "asyncio.Task[Any]"]
+
+
+class TurnTokens(NamedTuple):
+    """A turn's token string, and how many windows went into it (0: encoded whole)."""
+
+    tokens: str
+    windows: int
 
 
 @dataclass
@@ -114,16 +121,19 @@ class TurnEncoder:
         turn = self._turn
         return turn is not None and turn.start == turn_start and bool(turn.encoded or turn.running)
 
-    def tokens(self, turn_start: int | None, pcm16: bytes) -> Coroutine[Any, Any, str]:
+    def tokens(self, turn_start: int | None, pcm16: bytes) -> Coroutine[Any, Any, TurnTokens]:
         """The token string of an utterance starting at `turn_start` (sample in the input
         buffer) with samples `pcm16`: its windows and tail, or the whole when none were sent.
         The turn's windows are taken now, so the turn may end before the coroutine runs."""
         turn = self._turn
         if turn is None or turn.start != turn_start or self.plan is None:
-            return self._encode_whole(pcm16_wav(pcm16, self.rate))
+            return self._whole(pcm16)
         return self._tokens(turn, self.plan, pcm16)
 
-    async def _tokens(self, turn: _TurnWindows, plan: WindowPlan, pcm16: bytes) -> str:
+    async def _whole(self, pcm16: bytes) -> TurnTokens:
+        return TurnTokens(await self._encode_whole(pcm16_wav(pcm16, self.rate)), 0)
+
+    async def _tokens(self, turn: _TurnWindows, plan: WindowPlan, pcm16: bytes) -> TurnTokens:
         if turn.running is not None:
             await asyncio.wait({turn.running})
         length = len(pcm16) // 2
@@ -131,7 +141,7 @@ class TurnEncoder:
         # right context of the last one).
         encoded = [(w, u) for w, u in turn.encoded if w.keep_to is not None and w.keep_to <= length]
         if turn.failed or not encoded:
-            return await self._encode_whole(pcm16_wav(pcm16, self.rate))
+            return await self._whole(pcm16)
         tail = plan.last_window(encoded[-1][0].keep_to or 0)
         wav = pcm16_wav(pcm16[tail.start * 2 :], self.rate)
         keep_from_ms, _ = tail.keep_ms(self.rate)
@@ -139,7 +149,7 @@ class TurnEncoder:
             tail_units = await self._encode_window(wav, keep_from_ms, None)
         except Exception as error:  # noqa: BLE001 - the whole encode reports what is wrong
             logger.warning("encoding a turn's tail failed, the turn is encoded whole: %s", error)
-            return await self._encode_whole(pcm16_wav(pcm16, self.rate))
+            return await self._whole(pcm16)
         parts = [] if tail.keep_from == 0 else [units for _, units in encoded]
         joined = join_units([*parts, tail_units], self.expressive)
-        return units_to_string(joined, expressive=self.expressive)
+        return TurnTokens(units_to_string(joined, expressive=self.expressive), len(parts))
