@@ -427,6 +427,31 @@ def test_a_burst_of_tokens_gives_a_small_first_chunk_then_large_ones(
     assert_pcm_close(as_samples(b"".join(received)), want)
 
 
+def test_a_stream_ahead_of_its_listener_renders_larger_chunks(
+    worker: str, stacks: dict[str, SpeechStack], token_lists: dict[str, list[str]]
+) -> None:
+    # Units arriving at about 4x real time, 5 at a time: once the listener has more than
+    # stream_lead_seconds (default 1 s) of audio, the stream waits and renders what queued in
+    # chunks of up to max_chunk_units, not one CHUNK_UNITS chunk at a time; same audio.
+    tokens = token_lists[BASE]
+    stack = stacks[BASE]
+    pieces = in_pieces(tokens, 5)
+
+    async def frames() -> list[bytes]:
+        async with SpeechClient(worker) as client, client.stream(BASE, 2, 16000) as stream:
+            for piece, _ in pieces:
+                await stream.send_tokens(piece)
+                await asyncio.sleep(0.05)
+            await stream.end()
+            return [chunk async for chunk in stream]
+
+    received = run(frames())
+    units = stack.decode_units("".join(tokens)).hubert
+    assert len(received) < (len(units) - FIRST_CHUNK_UNITS) // CHUNK_UNITS
+    want = pcm16(stack.decode("".join(tokens)))
+    assert_pcm_close(as_samples(b"".join(received)), want)
+
+
 def test_concurrent_streams_share_forward_passes_and_keep_their_audio(
     worker: str, stacks: dict[str, SpeechStack], token_lists: dict[str, list[str]]
 ) -> None:

@@ -96,28 +96,12 @@ def decode_audio(
     data: bytes, *, limits: AudioLimits | None = None, filename: str | None = None
 ) -> np.ndarray:
     """Decode an uploaded audio file to 1-D float32 mono 16 kHz samples."""
-    samples, _ = _decode_named(data, limits or AudioLimits(), filename, keep=True)
-    assert samples is not None
-    return samples
+    return _decode_named(data, limits or AudioLimits(), filename)
 
 
-def audio_seconds(
-    data: bytes, *, limits: AudioLimits | None = None, filename: str | None = None
-) -> float:
-    """Seconds of 16 kHz audio ``decode_audio`` would return, with the same checks and errors.
-
-    The file is decoded block by block but nothing is kept or resampled: memory is one block,
-    whatever the length.
-    """
-    _, length = _decode_named(data, limits or AudioLimits(), filename, keep=False)
-    return length / TARGET_RATE
-
-
-def _decode_named(
-    data: bytes, limits: AudioLimits, filename: str | None, *, keep: bool
-) -> tuple[np.ndarray | None, int]:
+def _decode_named(data: bytes, limits: AudioLimits, filename: str | None) -> np.ndarray:
     try:
-        return _decode(bytes(data), limits, keep)
+        return _decode(bytes(data), limits)
     except AudioTooLong as error:
         if filename:
             raise AudioTooLong(error.seconds, error.limit, filename) from None
@@ -267,8 +251,8 @@ def _sniff_mpeg_audio(data: bytes) -> str | None:
     return "aac" if layer == 0 else "mp3"
 
 
-def _decode(data: bytes, limits: AudioLimits, keep: bool) -> tuple[np.ndarray | None, int]:
-    """The 16 kHz samples (when ``keep``) and their count."""
+def _decode(data: bytes, limits: AudioLimits) -> np.ndarray:
+    """The 16 kHz mono samples."""
     if not data:
         raise AudioError("audio is empty")
     if len(data) > limits.max_bytes:
@@ -278,12 +262,12 @@ def _decode(data: bytes, limits: AudioLimits, keep: bool) -> tuple[np.ndarray | 
         raise AudioError(
             f"could not decode audio: unrecognised format (supported: {SUPPORTED_INPUTS})"
         )
-    samples, length = _decode_container(data, container, _Sink(limits, keep))
-    _check_length(length, limits)
-    return samples, length
+    samples = _decode_container(data, container, _Sink(limits))
+    _check_length(samples.size, limits)
+    return samples
 
 
-def _decode_container(data: bytes, container: str, sink: _Sink) -> tuple[np.ndarray | None, int]:
+def _decode_container(data: bytes, container: str, sink: _Sink) -> np.ndarray:
     reasons: list[str] = []
     if container in _SOUNDFILE_CONTAINERS:
         try:
@@ -311,7 +295,7 @@ def _describe(error: Exception) -> str:
     return text
 
 
-def _decode_soundfile(data: bytes, sink: _Sink) -> tuple[np.ndarray | None, int]:
+def _decode_soundfile(data: bytes, sink: _Sink) -> np.ndarray:
     with soundfile.SoundFile(io.BytesIO(data)) as source:
         rate = int(source.samplerate)
         _check_rate(rate)
@@ -329,7 +313,7 @@ def _soundfile_blocks(source: soundfile.SoundFile) -> Iterator[np.ndarray]:
         yield block.T
 
 
-def _decode_pyav(data: bytes, demuxer: str, sink: _Sink) -> tuple[np.ndarray | None, int]:
+def _decode_pyav(data: bytes, demuxer: str, sink: _Sink) -> np.ndarray:
     with av.open(io.BytesIO(data), mode="r", format=demuxer) as source:
         if not source.streams.audio:
             raise AudioError("could not decode audio: the file has no audio stream")
@@ -375,20 +359,19 @@ def _frame_to_float(frame: av.AudioFrame) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Sink:
-    """What happens to decoded blocks: kept as 16 kHz mono (decode_audio) or only counted."""
+    """Decoded blocks made 16 kHz mono as they arrive, within the limits."""
 
     limits: AudioLimits
-    keep: bool
 
-    def collect(self, blocks: Iterator[np.ndarray], rate: int) -> tuple[np.ndarray | None, int]:
+    def collect(self, blocks: Iterator[np.ndarray], rate: int) -> np.ndarray:
         """16 kHz mono of (channels, n) blocks, downmixed and resampled as they arrive.
 
         Stops once the duration limit is passed. A signal of up to EXACT_RESAMPLE_SAMPLES is
         resampled whole, exactly as the reference does; a longer one streams through a batched
         `StreamResampler` (equal to float rounding), so only the 16 kHz output and one window are
-        held. Not keeping, only the count ``ceil(n * 16000 / rate)`` of those samples is made.
+        held.
         """
-        resample_now = self.keep and rate != TARGET_RATE
+        resample_now = rate != TARGET_RATE
         resampler: StreamResampler | None = None
         parts: list[np.ndarray] = []
         waiting: list[np.ndarray] = []
@@ -397,10 +380,6 @@ class _Sink:
         for block in blocks:
             total += block.shape[1]
             _check_duration(total, rate, self.limits)
-            if not self.keep:
-                # A mean is finite exactly when every channel's sample is.
-                finite = finite and bool(np.isfinite(block).all())
-                continue
             mono = _downmix(block)
             finite = finite and bool(np.isfinite(mono).all())
             if not resample_now:
@@ -418,8 +397,6 @@ class _Sink:
         if not finite:
             raise AudioError("audio contains NaN or infinite samples")
         length = -(-total * TARGET_RATE // rate)
-        if not self.keep:
-            return None, length
         if resampler is not None:
             if waiting:
                 parts.append(resampler.write(np.concatenate(waiting)))
@@ -428,7 +405,7 @@ class _Sink:
             parts = [resample(np.concatenate(waiting), rate, TARGET_RATE)]
         samples = np.concatenate(parts)
         assert samples.size == length
-        return samples, length
+        return samples
 
 
 def _downmix(channels: np.ndarray) -> np.ndarray:

@@ -47,6 +47,7 @@ from service.config import Settings
 from service.errors import AudioError, UnitFormatError, error_body
 from service.internal_auth import SPEECH_WORKER_OPEN_PATHS, InternalAuthMiddleware
 from service.speech.pipeline import SpeechStack
+from service.speech_worker.disconnect import unless_disconnected
 from service.speech_worker.metrics import METRICS_MEDIA_TYPE, RequestMetrics
 from service.speech_worker.models import SpeechModels
 from service.speech_worker.protocol import (
@@ -211,7 +212,8 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
             _check_audio(check_f32le_size, int(declared), limits)
         data = await read_body(request, state.settings.speech_max_body_bytes)
         started = time.perf_counter()
-        units, seconds = await state.run(_encode_f32le if raw else _encode, stack, data, limits)
+        encode = _encode_f32le if raw else _encode
+        units, seconds = await unless_disconnected(request, state.run(encode, stack, data, limits))
         if keep is not None:
             units = _keep(units, keep, seconds)
         elapsed = time.perf_counter() - started

@@ -42,10 +42,20 @@ class SpeechWorkerSettings(Settings):
     max_chunk_units: int = Field(
         default=0,
         ge=0,
-        description="Most HuBERT units one streaming chunk may take when a stream has fallen "
-        "behind (units waiting): one vocoder window then covers them all instead of one per "
-        "chunk_units; the audio is the same. 0 = 4 x chunk_units (100 at the default); equal "
-        "to chunk_units = no coalescing; less than chunk_units is refused.",
+        description="Most HuBERT units one streaming chunk may take when units are waiting (a "
+        "stream that fell behind, or one that held back: stream_lead_seconds): one vocoder "
+        "window then covers them all instead of one per chunk_units; the audio is the same. "
+        "0 = 4 x chunk_units (100 at the default); equal to chunk_units = no coalescing; less "
+        "than chunk_units is refused.",
+    )
+    stream_lead_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=30,
+        description="A stream whose listener has more than this many seconds of audio left to "
+        "play waits before rendering more, so the units that arrive meanwhile go into fewer, "
+        "larger chunks (each chunk recomputes the vocoder's receptive field). 0 = render "
+        "units as soon as they arrive. The first chunk never waits.",
     )
     vocoder_batch_size: int = Field(
         default=0,

@@ -259,9 +259,10 @@ async def _vocode(
     timer = _StreamTimer()
     try:
         async for message in inbox:
+            await _hold_while_ahead(session, state.settings.stream_lead_seconds)
             timer.start()
-            # Everything that queued while this stream waited for the worker goes in at once,
-            # so a stream that fell behind catches up in larger chunks (`max_chunk_units`).
+            # Everything that queued while this stream waited (for the worker, or while ahead)
+            # goes in at once, in larger chunks (`max_chunk_units`).
             messages = [message, *_waiting(inbox)]
             tokens = []
             for queued in messages:
@@ -306,6 +307,22 @@ async def _render(
         # Wall time, waiting for other streams' chunks included: the stream's own cost is not
         # separable from a batched forward pass.
         timer.compute += time.perf_counter() - started
+
+
+async def _hold_while_ahead(session: StreamSession, lead_seconds: float) -> None:
+    """Wait while the listener has more than `lead_seconds` of audio left to play.
+
+    Every chunk recomputes the vocoder's receptive field on both sides (about 0.8 s of frames
+    each, docs/benchmarks.md), so one large chunk costs much less than several small ones. A
+    stream that is ahead lets its units queue (the gateway sends them as the LM makes them) and
+    renders them together when its buffered audio gets down to `lead_seconds`. Its first chunk
+    never waits, and a cancel still ends the stream at once (its reader cancels this).
+    """
+    if lead_seconds <= 0:
+        return
+    started, runs_out = session.urgency()
+    if started:
+        await anyio.sleep(max(0.0, runs_out - time.monotonic() - lead_seconds))
 
 
 def _waiting(
