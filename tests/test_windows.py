@@ -223,3 +223,38 @@ def test_bench_windows_prints_and_writes_its_table(layout, speech_file: Path, tm
     assert narrow[5] == "3.13 s"  # the tail: 2 s of left context and 9.13 - 8 s
     assert wide[3] == "100.0%" and wide[4] == "100.0%" and wide[5] == "9.13 s"
     assert "bench-windows" in output.read_text() and rows[0] in output.read_text()
+
+
+def test_a_tail_that_would_cover_the_whole_turn_is_an_exact_whole_encode(
+    stacks: dict[str, SpeechStack], speech: np.ndarray
+) -> None:
+    """A 12.3 s turn ends while its first 4/4/4 window is still being encoded: the tail would
+    start at the first sample, so the turn is encoded whole (exact) and no window is used."""
+    stack = stacks[BASE]
+    turn = np.concatenate([speech, speech[: int(3.2 * RATE)]])
+    pcm = float_to_pcm16(turn)
+
+    async def encode_window(wav: bytes, keep_from_ms: int, keep_to_ms: int | None) -> Units:
+        units = await asyncio.to_thread(stack.encode_units, decode_audio(wav))
+        return keep_units(units, keep_from_ms, keep_to_ms)
+
+    async def encode_whole(wav: bytes) -> str:
+        return stack.encode_string(decode_audio(wav))
+
+    async def scenario() -> tuple[str, int, int]:
+        encoder = TurnEncoder(
+            RATE,
+            WindowPlan(rate=RATE, expressive=False, window=4, left=4, right=4),
+            expressive=False,
+            encode_window=encode_window,
+            encode_whole=encode_whole,
+            spawn=asyncio.ensure_future,
+            more_ready=lambda: None,
+        )
+        encoder.advance(0, len(pcm) // 2, lambda a, b: pcm[2 * a : 2 * b])
+        result = await encoder.tokens(0, pcm)
+        return result.tokens, result.windows, encoder.windows_sent
+
+    tokens, windows, sent = asyncio.run(scenario())
+    assert sent == 1 and windows == 0
+    assert tokens == stack.encode_string(pcm16_to_float(pcm))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +53,11 @@ def parse_plans(text: str) -> list[PlanSpec]:
     plans = []
     for item in filter(None, (part.strip() for part in text.split(";"))):
         numbers = [float(value) for value in item.split("/")]
-        if len(numbers) != 3 or numbers[0] <= 0 or min(numbers) < 0:
-            raise ValueError(f"plan {item!r}: expected window/left/right seconds, window > 0")
+        if len(numbers) != 3 or numbers[0] <= 0 or numbers[1] < 1 or numbers[2] < 0.1:
+            raise ValueError(
+                f"plan {item!r}: expected window/left/right seconds, window > 0, left >= 1 "
+                "and right >= 0.1 (the realtime settings' bounds)"
+            )
         plans.append(PlanSpec(*numbers))
     return plans
 
@@ -64,7 +68,9 @@ def encode_window(stack: SpeechStack, wav: np.ndarray, window: Window) -> Units:
     return keep_units(stack.encode_units(wav[window.start : window.end]), keep_from_ms, keep_to_ms)
 
 
-def windowed_units(stack: SpeechStack, wav: np.ndarray, plan: WindowPlan) -> tuple[Units, list]:
+def windowed_units(
+    stack: SpeechStack, wav: np.ndarray, plan: WindowPlan
+) -> tuple[Units, list[tuple[float, float]]]:
     """The turn's units window by window, and (seconds encoded, seconds taken) per window."""
     parts: list[Units] = []
     timings: list[tuple[float, float]] = []
@@ -101,7 +107,7 @@ def measure(
     plans: Sequence[PlanSpec],
     variants: Sequence[str],
     progress: Progress,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     rows = []
     for variant in variants:
         stack = SpeechStack(layout, variant)
@@ -141,7 +147,7 @@ def measure(
     return rows
 
 
-def format_table(rows: Sequence[dict]) -> str:
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
         "| Variant | Audio | Plan | Frames equal (HuBERT / pitch / style) | Tokens similar "
         "| Left at turn end | Tail / whole encode | All windows / whole |",

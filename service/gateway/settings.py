@@ -211,7 +211,7 @@ class GatewaySettings(Settings):
     )
     realtime_encode_right_seconds: float = Field(
         default=4.0,
-        ge=0,
+        ge=0.1,
         le=60,
         description="Seconds of audio after each window that the encoders see; a window is "
         "sent once the turn's audio covers it.",

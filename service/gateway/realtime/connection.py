@@ -171,6 +171,7 @@ class RealtimeConnection:
         # Encoding started at a pause: ((start_ms, end_ms) of the candidate turn, task).
         self._early: tuple[tuple[int, int], asyncio.Task[TurnTokens]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._appending = False
         self._client_gone = False
 
     # ---- the loop
@@ -331,7 +332,11 @@ class RealtimeConnection:
             self.input.append(pcm)
             self._advance_turn_encoding()
             return
-        detected = await asyncio.to_thread(self.input.append, pcm)
+        self._appending = True  # the input buffer changes in a thread: no window cut meanwhile
+        try:
+            detected = await asyncio.to_thread(self.input.append, pcm)
+        finally:
+            self._appending = False
         for happened in detected:
             if isinstance(happened, SpeechStarted):
                 self._speech_started(happened)
@@ -413,7 +418,11 @@ class RealtimeConnection:
         )
 
     def _advance_turn_encoding(self) -> None:
-        """Send the growing turn's next window to a speech worker if its audio is here."""
+        """Send the growing turn's next window to a speech worker if its audio is here.
+
+        Not while an append runs in its thread (it calls this when it is done)."""
+        if self._appending:
+            return
         turn = self.input.growing_turn()
         if turn is None:
             return

@@ -24,9 +24,16 @@ from typing import Any, NamedTuple
 
 from service.audio.pcm import pcm16_wav
 from service.units.tokens import Units, units_to_string
-from service.units.windows import Window, WindowPlan, join_units
+from service.units.windows import (
+    UNIT_HOP_SAMPLES,
+    WORKER_RATE,
+    Window,
+    WindowPlan,
+    join_units,
+)
 
 logger = logging.getLogger(__name__)
+HUBERT_HOP_MS = UNIT_HOP_SAMPLES["hubert"] * 1000 // WORKER_RATE  # 40 ms per HuBERT unit
 
 # The speech worker's encode of a window: (WAV bytes, keep_from_ms, keep_to_ms) -> kept units.
 EncodeWindow = Callable[[bytes, int, int | None], Awaitable[Units]]
@@ -47,7 +54,7 @@ class _TurnWindows:
 
     start: int  # the turn's first sample in the input buffer
     encoded: list[tuple[Window, Units]] = field(default_factory=list)
-    running: asyncio.Task[None] | None = None
+    running: tuple[Window, asyncio.Task[None]] | None = None
     failed: bool = False
 
     @property
@@ -55,6 +62,10 @@ class _TurnWindows:
         if not self.encoded:
             return 0
         return self.encoded[-1][0].keep_to or 0
+
+    @property
+    def busy(self) -> bool:
+        return self.running is not None and not self.running[1].done()
 
 
 class TurnEncoder:
@@ -94,32 +105,38 @@ class TurnEncoder:
         turn = self._turn
         if turn is None or turn.start != turn_start:
             turn = self._turn = _TurnWindows(turn_start)
-        if turn.failed or (turn.running is not None and not turn.running.done()):
+        if turn.failed or turn.busy:
             return
         window = self.plan.next_window(turn.kept_to, available - turn_start)
-        if window is None or window.end is None:
+        if window is None:
             return
-        wav = pcm16_wav(audio(turn_start + window.start, turn_start + window.end), self.rate)
-        turn.running = self._spawn(self._run_window(turn, window, wav))
+        end = turn_start + (window.end or available)
+        wav = pcm16_wav(audio(turn_start + window.start, end), self.rate)
+        turn.running = (window, self._spawn(self._run_window(turn, window, wav)))
         self.windows_sent += 1
 
     async def _run_window(self, turn: _TurnWindows, window: Window, wav: bytes) -> None:
-        assert self.plan is not None
-        keep_from_ms, keep_to_ms = window.keep_ms(self.plan.rate)
+        keep_from_ms, keep_to_ms = window.keep_ms(self.rate)
         try:
             units = await self._encode_window(wav, keep_from_ms, keep_to_ms)
         except Exception as error:  # noqa: BLE001 - any failure: the turn is encoded whole
             logger.warning("encoding a turn window failed, the turn is encoded whole: %s", error)
             turn.failed = True
             return
+        assert keep_to_ms is not None  # only the tail keeps to the end
+        expected = (keep_to_ms - keep_from_ms) // HUBERT_HOP_MS
+        if len(units.hubert) != expected:
+            # E.g. a worker that ignores the kept stretch (an older version): not joinable.
+            logger.warning(
+                "a turn window came back with %d units instead of %d: the turn is encoded whole",
+                len(units.hubert),
+                expected,
+            )
+            turn.failed = True
+            return
         turn.encoded.append((window, units))
         if self._turn is turn:
             self._more_ready()
-
-    def windowed(self, turn_start: int | None) -> bool:
-        """Whether windows of the turn starting at `turn_start` were sent."""
-        turn = self._turn
-        return turn is not None and turn.start == turn_start and bool(turn.encoded or turn.running)
 
     def tokens(self, turn_start: int | None, pcm16: bytes) -> Coroutine[Any, Any, TurnTokens]:
         """The token string of an utterance starting at `turn_start` (sample in the input
@@ -134,15 +151,20 @@ class TurnEncoder:
         return TurnTokens(await self._encode_whole(pcm16_wav(pcm16, self.rate)), 0)
 
     async def _tokens(self, turn: _TurnWindows, plan: WindowPlan, pcm16: bytes) -> TurnTokens:
-        if turn.running is not None:
-            await asyncio.wait({turn.running})
         length = len(pcm16) // 2
+        running = turn.running
+        if running is not None and (running[0].keep_to or 0) <= length:
+            await asyncio.wait({running[1]})  # a window this utterance can use
         # The windows that lie inside this utterance (a pause candidate may end before the
         # right context of the last one).
         encoded = [(w, u) for w, u in turn.encoded if w.keep_to is not None and w.keep_to <= length]
         if turn.failed or not encoded:
             return await self._whole(pcm16)
         tail = plan.last_window(encoded[-1][0].keep_to or 0)
+        if tail.start == 0:
+            # The tail would cover the whole turn anyway (windows were still to come when it
+            # ended): encoding it whole is as cheap, and exact.
+            return await self._whole(pcm16)
         wav = pcm16_wav(pcm16[tail.start * 2 :], self.rate)
         keep_from_ms, _ = tail.keep_ms(self.rate)
         try:
@@ -150,6 +172,10 @@ class TurnEncoder:
         except Exception as error:  # noqa: BLE001 - the whole encode reports what is wrong
             logger.warning("encoding a turn's tail failed, the turn is encoded whole: %s", error)
             return await self._whole(pcm16)
-        parts = [] if tail.keep_from == 0 else [units for _, units in encoded]
+        most = (length - tail.keep_from) * 1000 // self.rate // HUBERT_HOP_MS + 1
+        if len(tail_units.hubert) > most:
+            logger.warning("a turn's tail came back with too many units: encoded whole")
+            return await self._whole(pcm16)
+        parts = [units for _, units in encoded]
         joined = join_units([*parts, tail_units], self.expressive)
         return TurnTokens(units_to_string(joined, expressive=self.expressive), len(parts))
