@@ -290,6 +290,8 @@ class Ours:
         self.stack = stack
         # One vocoder thread, like one speech worker; torch releases the GIL while it runs.
         self.vocoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder")
+        # Kernels built before the first request, as a speech worker does before serving.
+        stack.vocoder.warm_up_streams(stack.streaming_vocoder().max_chunk_units)
 
     def close(self) -> None:
         self.vocoding.shutdown(wait=True)

@@ -3,7 +3,7 @@ with the whole-turn units, and how much encoding is left when the turn ends.
 
 For each audio file and each window plan, the file is encoded whole (what REST endpoints and
 the CLI do) and window by window as a realtime session does it while the user speaks. Printed
-per plan and variant:
+per plan and variant (with `--join`, also for all files joined into one long turn):
 
 * agreement: the share of unit frames equal to the whole-turn ones, per stream;
 * tokens: the similarity of the two token strings (difflib ratio over tokens);
@@ -107,13 +107,16 @@ def measure(
     plans: Sequence[PlanSpec],
     variants: Sequence[str],
     progress: Progress,
+    join: bool = False,
 ) -> list[dict[str, Any]]:
     rows = []
+    recordings = [(path.name, load_audio_file(path)) for path in files]
+    if join and len(recordings) > 1:
+        recordings.append(("all joined", np.concatenate([wav for _, wav in recordings])))
     for variant in variants:
         stack = SpeechStack(layout, variant)
         stack.load()
-        for path in files:
-            wav = load_audio_file(path)
+        for name, wav in recordings:
             stack.encode_units(wav[:WORKER_RATE])  # warm-up
             started = time.perf_counter()
             whole = stack.encode_units(wav)
@@ -132,7 +135,7 @@ def measure(
                 rows.append(
                     {
                         "variant": variant,
-                        "file": path.name,
+                        "file": name,
                         "audio_seconds": len(wav) / WORKER_RATE,
                         "plan": spec.label,
                         "agreement": agreement(whole, windowed, stack.expressive),
@@ -143,7 +146,7 @@ def measure(
                         "whole_seconds": whole_seconds,
                     }
                 )
-                progress(f"{variant} {path.name} {spec.label}: done")
+                progress(f"{variant} {name} {spec.label}: done")
     return rows
 
 
@@ -174,6 +177,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", default=f"{BASE},{EXPRESSIVE}", help="comma-separated")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
+        "--join",
+        action="store_true",
+        help="also measure the files joined into one long turn (long turns are where windows "
+        "start to pay)",
+    )
+    parser.add_argument(
         "--output", type=Path, help=f"also write the table into this file's {SECTION} section"
     )
 
@@ -187,6 +196,7 @@ def run(args: argparse.Namespace, progress: Progress, command: str) -> str:
         parse_plans(args.plans),
         [v.strip() for v in args.variants.split(",") if v.strip()],
         progress,
+        join=args.join,
     )
     section = f"`{command}` ({args.threads} torch thread(s)):\n\n{format_table(rows)}\n"
     print(section)

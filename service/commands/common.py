@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import shlex
 import sys
 
 from service.checkpoints.layout import CheckpointLayout
@@ -58,3 +60,23 @@ def pin_to_configured_cores(settings: Settings) -> bool:
     if cores is not None:
         log(f"running on CPU core(s) {core_list(cores)}")
     return True
+
+
+def register_in_process_bench(
+    commands: argparse._SubParsersAction, name: str, help_text: str, module: str
+) -> None:
+    """`bench <name>` for a benchmark that runs in this process, without servers: `module`
+    (imported when used, it needs torch) has `add_arguments(parser)` and
+    `run(args, progress, command)`; a ValueError of its arguments is a clean CLI error."""
+
+    def run(args: argparse.Namespace) -> int:
+        command = "spiritlm-serve " + shlex.join(sys.argv[1:])
+        try:
+            importlib.import_module(module).run(args, log, command)
+        except ValueError as error:
+            raise SpiritError(str(error)) from None
+        return 0
+
+    parser = commands.add_parser(name, help=help_text)
+    importlib.import_module(module).add_arguments(parser)
+    parser.set_defaults(handler=run)

@@ -193,14 +193,15 @@ class GatewaySettings(Settings):
         "stops reading its events (a client that does not read holds no more than this).",
     )
     realtime_encode_window_seconds: float = Field(
-        default=4.0,
+        default=0.0,
         ge=0,
         le=60,
-        description="Realtime turns are encoded while spoken, in windows of this many seconds "
-        "of kept units (rounded up to the model's unit grid: 0.04 s base, 2 s expressive), so "
-        "that only the tail is left when the turn ends. 0 = each turn is encoded whole when it "
-        "ends, exactly as REST endpoints encode. See docs/realtime.md#encoding-while-the-user-"
-        "speaks for the measured agreement with whole-turn units.",
+        description="When above 0, realtime turns are encoded while spoken, in windows of this "
+        "many seconds of kept units (rounded up to the model's unit grid: 0.04 s base, 2 s "
+        "expressive), so that only the tail is left when the turn ends; the units can differ "
+        "from whole-turn units (docs/realtime.md#encoding-while-the-user-speaks has the "
+        "measured agreement). 0 (default) = each turn is encoded whole when it ends, exactly "
+        "as REST endpoints encode.",
     )
     realtime_encode_left_seconds: float = Field(
         default=4.0,

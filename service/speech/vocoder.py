@@ -486,6 +486,12 @@ class UnitVocoder:
         hop = self.hop_length
         return [wavs[i, 0, : x.shape[2] * hop].numpy() for i, x in enumerate(inputs)]
 
+    def warm_up_streams(self, max_chunk_units: int) -> int:
+        """`warm_up` for the windows of streams whose chunks take up to `max_chunk_units` units
+        (about two frames each: HuBERT units are de-duplicated) plus the receptive field."""
+        left, right = self.frame_context
+        return self.warm_up(2 * max_chunk_units + left + right)
+
     def warm_up(self, longest: int) -> int:
         """Run one pass at every bucketed length up to `longest` frames (`shape_bucket`), so no
         stream pays for building kernels; returns how many lengths were run."""

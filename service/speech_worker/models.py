@@ -68,11 +68,7 @@ class SpeechModels:
     def _warm_up(self, stack: SpeechStack) -> None:
         """Build the vocoder's kernels for the window lengths streams use, before serving."""
         started = time.monotonic()
-        left, right = stack.vocoder.frame_context
-        # A streaming window: up to max_chunk_units units (about two frames each: HuBERT units
-        # are de-duplicated) plus the receptive field on both sides.
-        longest = 2 * self.settings.max_chunk_units + left + right
-        lengths = stack.vocoder.warm_up(longest)
+        lengths = stack.vocoder.warm_up_streams(self.settings.max_chunk_units)
         seconds = _since(started)
         log.info("%s: vocoder warmed up at %d lengths in %.1f s", stack.variant, lengths, seconds)
 
