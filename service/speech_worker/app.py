@@ -212,10 +212,9 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
             _check_audio(check_f32le_size, int(declared), limits)
         data = await read_body(request, state.settings.speech_max_body_bytes)
         started = time.perf_counter()
-        encode = _encode_f32le if raw else _encode
-        units, seconds = await unless_disconnected(request, state.run(encode, stack, data, limits))
-        if keep is not None:
-            units = _keep(units, keep, seconds)
+        decode = partial(decode_f32le if raw else decode_audio, limits=limits)
+        work = state.run(_encode, stack, decode, data, keep)
+        units, seconds = await unless_disconnected(request, work)
         elapsed = time.perf_counter() - started
         inputs.labels(stack.variant, "f32le" if raw else "file").inc()
         state.metrics.encode_seconds.labels(stack.variant).observe(elapsed)
@@ -323,26 +322,27 @@ def _kept_stretch(
     return keep_from_ms, keep_to_ms
 
 
-def _keep(units: Units, keep: tuple[int, int | None], seconds: float) -> Units:
+def _encode(
+    stack: SpeechStack,
+    decode: Callable[[bytearray], np.ndarray],
+    data: bytearray,
+    keep: tuple[int, int | None] | None,
+) -> tuple[Units, float]:
+    """Decode, check the kept stretch against the signal's length, then run the model."""
+    wav = _check_audio(decode, data)
+    seconds = len(wav) / stack.sample_rate
+    if keep is None:
+        return stack.encode_units(wav), seconds
     keep_from_ms, keep_to_ms = keep
     last_ms = keep_from_ms if keep_to_ms is None else keep_to_ms
     if last_ms >= seconds * 1000:
         raise WorkerRequestError(
             400,
             f"the kept stretch ends at {last_ms} ms, but the audio is {seconds * 1000:.0f} ms long",
+            param="keep_to_ms" if keep_to_ms is not None else "keep_from_ms",
             code="invalid_value",
         )
-    return keep_units(units, keep_from_ms, keep_to_ms)
-
-
-def _encode(stack: SpeechStack, data: bytearray, limits: AudioLimits) -> tuple[Units, float]:
-    wav = _check_audio(partial(decode_audio, limits=limits), data)
-    return stack.encode_units(wav), len(wav) / stack.sample_rate
-
-
-def _encode_f32le(stack: SpeechStack, data: bytearray, limits: AudioLimits) -> tuple[Units, float]:
-    wav = _check_audio(partial(decode_f32le, limits=limits), data)
-    return stack.encode_units(wav), len(wav) / stack.sample_rate
+    return keep_units(stack.encode_units(wav), keep_from_ms, keep_to_ms), seconds
 
 
 def check_decode_units(body: DecodeRequest, limit: int) -> None:
