@@ -14,6 +14,15 @@ import time
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
+# Headless and offline: no sandbox (containers), no GPU, no background traffic.
+HEADLESS_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium_args(microphone: str) -> list[str]:
@@ -22,12 +31,7 @@ def chromium_args(microphone: str) -> list[str]:
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={microphone}",
         "--autoplay-policy=no-user-gesture-required",
-        "--no-sandbox",
-        "--headless",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *HEADLESS_ARGS,
     ]
 
 

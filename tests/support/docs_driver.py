@@ -12,17 +12,9 @@ import json
 import sys
 from urllib.parse import urlsplit
 
+# Run as a script: its own directory is on sys.path, so the voice page's driver is importable.
+from browser_driver import CHROMIUM, HEADLESS_ARGS
 from playwright.sync_api import Route, sync_playwright
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def main(url: str, timeout: float) -> None:
@@ -39,7 +31,9 @@ def main(url: str, timeout: float) -> None:
             route.abort("internetdisconnected")
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=HEADLESS_ARGS
+        )
         page = browser.new_page()
         page.route("**/*", only_the_gateway)
         page.on("requestfailed", lambda request: failed.append(request.url))

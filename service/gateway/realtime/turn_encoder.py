@@ -108,10 +108,9 @@ class TurnEncoder:
         if turn.failed or turn.busy:
             return
         window = self.plan.next_window(turn.kept_to, available - turn_start)
-        if window is None:
+        if window is None or window.end is None:  # next_window always gives the end
             return
-        end = turn_start + (window.end or available)
-        wav = pcm16_wav(audio(turn_start + window.start, end), self.rate)
+        wav = pcm16_wav(audio(turn_start + window.start, turn_start + window.end), self.rate)
         turn.running = (window, self._spawn(self._run_window(turn, window, wav)))
         self.windows_sent += 1
 
