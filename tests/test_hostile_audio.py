@@ -97,8 +97,10 @@ def watching(pids: dict[str, int], gateway: str) -> Iterator[Watch]:
     stop = threading.Event()
 
     def probe_health() -> None:
+        # At least one probe, even when the request is over before the thread first runs (a
+        # refusal can take a few milliseconds): the loop tests `stop` after probing.
         with httpx.Client(timeout=10.0) as client:
-            while not stop.is_set():
+            while True:
                 started = time.perf_counter()
                 try:
                     status = client.get(watch.health_url).status_code
@@ -108,7 +110,8 @@ def watching(pids: dict[str, int], gateway: str) -> Iterator[Watch]:
                     watch.health_seconds.append(time.perf_counter() - started)
                     if status != 200:
                         watch.health_failures.append(f"/health {status}")
-                stop.wait(0.1)
+                if stop.wait(0.1):
+                    break
 
     prober = threading.Thread(target=probe_health, daemon=True)
     prober.start()
