@@ -109,6 +109,10 @@ def worker(layout: CheckpointLayout, cache_dir: Path, tmp_path_factory) -> Itera
         # check the scheduler's batched path against one-shot synthesis too.
         "--vocoder-batch-size",
         "4",
+        # Streams ahead of their listener hold back (off by default), so the streaming tests
+        # check that path too.
+        "--stream-lead-seconds",
+        "1",
     )
     log_dir = tmp_path_factory.mktemp("speech-worker")
     yield from running_worker("speech worker", argv, port, worker_env(cache_dir), log_dir)
@@ -431,7 +435,7 @@ def test_a_stream_ahead_of_its_listener_renders_larger_chunks(
     worker: str, stacks: dict[str, SpeechStack], token_lists: dict[str, list[str]]
 ) -> None:
     # Units arriving at about 4x real time, 5 at a time: once the listener has more than
-    # stream_lead_seconds (default 1 s) of audio, the stream waits and renders what queued in
+    # stream_lead_seconds (1 s here) of audio, the stream waits and renders what queued in
     # chunks of up to max_chunk_units, not one CHUNK_UNITS chunk at a time; same audio.
     tokens = token_lists[BASE]
     stack = stacks[BASE]

@@ -49,13 +49,15 @@ class SpeechWorkerSettings(Settings):
         "than chunk_units is refused.",
     )
     stream_lead_seconds: float = Field(
-        default=1.0,
+        default=0.0,
         ge=0,
         le=30,
         description="A stream whose listener has more than this many seconds of audio left to "
         "play waits before rendering more, so the units that arrive meanwhile go into fewer, "
-        "larger chunks (each chunk recomputes the vocoder's receptive field). 0 = render "
-        "units as soon as they arrive. The first chunk never waits.",
+        "larger chunks (each chunk recomputes the vocoder's receptive field). 0 (default) = "
+        "render units as soon as they arrive: held-back chunks are large, and a gateway whose "
+        "client stops reading then holds more audio (tests/test_faults.py). The first chunk "
+        "never waits.",
     )
     vocoder_batch_size: int = Field(
         default=0,
