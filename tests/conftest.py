@@ -95,3 +95,22 @@ def reference_python() -> Path:
         f"no reference tokenizer interpreter: set {REFERENCE_ENV} or run "
         "scripts/make_tokenizer_reference_venv.sh"
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Name the failed tests once more, last and one per line.
+
+    CI keeps only the tail of the log, and a failed comparison of audio bytes can fill the
+    short summary with kilobytes of its message; this list comes after all of it.
+    """
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    failed = {
+        report.nodeid: outcome
+        for outcome in ("failed", "error")
+        for report in reporter.stats.get(outcome, [])
+        if getattr(report, "nodeid", "")
+    }
+    for nodeid, outcome in failed.items():
+        reporter.write_line(f"{outcome.upper()}: {nodeid}")
