@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from service.checkpoints.layout import CheckpointLayout
+from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.checkpoints.tiny_encoders import write_encoders
 from service.errors import AudioError, CheckpointError
 from service.speech.fcpe_compat import spawn_fcpe
 from service.speech.hubert import load_hubert
 from service.speech.pitch import load_pitch_tokenizer
+from service.speech.precision import Float32Island
 from service.speech.quantizer import load_quantizer, replace_blanks
 from service.speech.style import load_style_encoder
 
@@ -577,3 +578,53 @@ def test_pitch_of_unvoiced_audio_is_all_unvoiced(pitch, kind: str) -> None:
     assert not vuv.any() and not f0.any()
     codes = pitch(wav)
     assert len(codes) == pitch.frame_count(16000)
+
+
+# --- reduced precision (encoder_dtype) ---------------------------------------------------------
+
+
+def test_bfloat16_encoders_stay_close_to_float32(layout: CheckpointLayout, hubert, wav) -> None:
+    fast = load_hubert(layout.hubert, dtype="bfloat16")
+    assert fast.dtype == torch.bfloat16
+    want = hubert.extract(wav)
+    got = fast.extract(wav)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    # 8 bits of mantissa through 12 layers: close, never exact (official size with random
+    # weights: 1.7-1.9 % relative error, 95-96 % of units equal; docs/benchmarks.md).
+    error = float((got - want).norm() / want.norm())
+    assert 1e-4 < error < 0.05
+    quantizer = load_quantizer(layout.hubert_quantizer)
+    assert (quantizer(got) == quantizer(want)).float().mean() > 0.9
+    exact_style = load_style_encoder(layout.style_dir)
+    fast_style = load_style_encoder(layout.style_dir, dtype="bfloat16")
+    assert next(fast_style._model.wav2vec2.parameters()).dtype == torch.bfloat16
+    assert next(fast_style._model.classifier.parameters()).dtype == torch.float32
+    fast_units, exact_units = fast_style(wav), exact_style(wav)
+    assert fast_units.shape == exact_units.shape == (10,)
+    assert (fast_units == exact_units).sum() >= 8
+
+
+def test_bfloat16_grouped_positional_convolution_runs_in_float32() -> None:
+    # torch's CPU bfloat16 grouped convolution is wrong for this geometry (the tiny HuBERT's
+    # positional convolution); Float32Island keeps such a layer exact inside a bfloat16 model.
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(48, 48, kernel_size=16, padding=8, groups=4)
+    x = torch.randn(1, 48, 228).bfloat16()
+    want = conv(x.float())
+    island = Float32Island(torch.nn.Conv1d(48, 48, kernel_size=16, padding=8, groups=4))
+    island.inner.load_state_dict(conv.state_dict())
+    got = island(x)
+    assert got.dtype == torch.bfloat16
+    assert float((got.float() - want).norm() / want.norm()) < 0.01
+
+
+def test_the_worker_setting_chooses_the_encoders_precision(layout: CheckpointLayout) -> None:
+    from service.speech.pipeline import SpeechStack
+    from service.speech_worker.settings import SpeechWorkerSettings
+
+    assert SpeechWorkerSettings().encoder_dtype == "float32"  # the reference's units by default
+    chosen = SpeechWorkerSettings(encoder_dtype="bfloat16").encoder_dtype
+    stack = SpeechStack(layout, EXPRESSIVE, encoder_dtype=chosen)
+    assert stack.hubert.dtype == torch.bfloat16
+    assert stack.style._model.wav2vec2.dtype == torch.bfloat16
+    assert SpeechStack(layout, BASE).hubert.dtype == torch.float32

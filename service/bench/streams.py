@@ -42,8 +42,9 @@ import torch
 
 from service.bench.report import percentile, stall_of
 from service.checkpoints.layout import BASE, VARIANTS, CheckpointLayout
+from service.speech.precision import DTYPES
 from service.speech.streaming import StreamingVocoder
-from service.speech.vocoder import VOCODER_DTYPES, UnitVocoder, load_vocoder
+from service.speech.vocoder import UnitVocoder, load_vocoder
 from service.speech_worker.batcher import VocoderBatcher, default_batch_size, urgency
 
 SECTION = "bench-streams"
@@ -375,7 +376,7 @@ def parse_config(text: str) -> StreamConfig:
         raise ValueError(f"{text!r}: expected 'label: --flag value ...'")
     parser = argparse.ArgumentParser(prog=label.strip(), add_help=False, exit_on_error=False)
     parser.add_argument("--vocoder-batch-size", type=int, default=0)
-    parser.add_argument("--vocoder-dtype", choices=sorted(VOCODER_DTYPES), default="float32")
+    parser.add_argument("--vocoder-dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--first-chunk-units", type=int, default=10)
     parser.add_argument("--chunk-units", type=int, default=25)
     parser.add_argument("--max-chunk-units", type=int, default=100)

@@ -8,6 +8,7 @@ from service.commands import (
     bench_hostile,
     bench_lm,
     bench_load,
+    bench_precision,
     bench_realtime,
     bench_report,
     bench_speech,
@@ -19,6 +20,7 @@ KINDS = (
     bench_speech,
     bench_streams,
     bench_windows,
+    bench_precision,
     bench_lm,
     bench_realtime,
     bench_load,
@@ -30,9 +32,9 @@ KINDS = (
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "bench",
-        help="benchmarks: speech, streams, windows, lm, realtime, load, hostile, report",
+        help="benchmarks: speech, streams, windows, precision, lm, realtime, load, hostile, report",
         description="Measure the speech stack, concurrent vocoder streams, windowed turn "
-        "encoding, LM generation, "
+        "encoding, reduced precision, LM generation, "
         "realtime sessions or a mixed load, probe it with hostile clients, or write "
         "docs/performance.md. docs/benchmarks.md and docs/performance.md hold results.",
     )

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import HubertConfig, HubertModel
 
 from service.errors import AudioError, CheckpointError
+from service.speech.precision import Precision, cast_transformer
 from service.speech.torch_files import (
     check_state_dict,
     fold_weight_norm,
@@ -412,6 +413,7 @@ class HubertFeatureReader:
         self._model = model
         self.settings = settings
         self.device = device
+        self.dtype = next(model.parameters()).dtype
 
     @property
     def hop_length(self) -> int:
@@ -434,11 +436,17 @@ class HubertFeatureReader:
             x = wav.to(self.device, torch.float32)
             if self.settings.normalize:
                 x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-5)
-            return self._model(input_values=x[None]).last_hidden_state[0]
+            hidden = self._model(input_values=x[None].to(self.dtype)).last_hidden_state[0]
+            return hidden.float()
 
 
-def load_hubert(path: Path, device: torch.device | str = "cpu") -> HubertFeatureReader:
-    """Load mhubert_base_25hz.pt (converted or legacy fairseq format), verified strictly."""
+def load_hubert(
+    path: Path, device: torch.device | str = "cpu", dtype: Precision = "float32"
+) -> HubertFeatureReader:
+    """Load mhubert_base_25hz.pt (converted or legacy fairseq format), verified strictly.
+
+    ``dtype`` is the precision the model runs in; features come out in float32 either way.
+    """
     path = Path(path)
     model_cfg, task_cfg, weights = _read_checkpoint(path)
     settings = parse_settings(path, model_cfg, task_cfg)
@@ -459,4 +467,5 @@ def load_hubert(path: Path, device: torch.device | str = "cpu") -> HubertFeature
         model.encoder.layer_norm = nn.Identity()
     target = torch.device(device)
     model.to(target).eval()
+    cast_transformer(model, model.encoder, dtype)
     return HubertFeatureReader(model, settings, target)

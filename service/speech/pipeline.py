@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout, check_variant
+from service.speech.precision import Precision
 from service.speech.streaming import StreamingVocoder
 from service.units.tokens import Units, string_to_units, units_to_string
 
@@ -37,10 +38,10 @@ ROOM_TONE_LEVEL = 1e-4
 
 
 @cache
-def _hubert(path: str, device: str):  # noqa: ANN202 - loader types live in their modules
+def _hubert(path: str, device: str, dtype: Precision):  # noqa: ANN202 - types in their modules
     from service.speech.hubert import load_hubert
 
-    return load_hubert(Path(path), device=device)
+    return load_hubert(Path(path), device=device, dtype=dtype)
 
 
 @cache
@@ -58,14 +59,14 @@ def _pitch(path: str, device: str):  # noqa: ANN202
 
 
 @cache
-def _style(path: str, device: str):  # noqa: ANN202
+def _style(path: str, device: str, dtype: Precision):  # noqa: ANN202
     from service.speech.style import load_style_encoder
 
-    return load_style_encoder(Path(path), device=device)
+    return load_style_encoder(Path(path), device=device, dtype=dtype)
 
 
 @cache
-def _vocoder(path: str, device: str, default_style: int | None, dtype: str):  # noqa: ANN202
+def _vocoder(path: str, device: str, default_style: int | None, dtype: Precision):  # noqa: ANN202
     from service.speech.vocoder import load_vocoder
 
     return load_vocoder(Path(path), device=device, default_style=default_style, dtype=dtype)
@@ -91,11 +92,13 @@ class SpeechStack:
         variant: str,
         device: str = "cpu",
         *,
-        vocoder_dtype: str = "float32",
+        encoder_dtype: Precision = "float32",
+        vocoder_dtype: Precision = "float32",
     ) -> None:
         self.layout = layout
         self.variant = check_variant(variant)
         self.device = device
+        self.encoder_dtype = encoder_dtype
         self.vocoder_dtype = vocoder_dtype
         self._silence_units: frozenset[int] | None = None
 
@@ -105,7 +108,7 @@ class SpeechStack:
 
     @cached_property
     def hubert(self):  # noqa: ANN201
-        return _hubert(str(self.layout.hubert), self.device)
+        return _hubert(str(self.layout.hubert), self.device, self.encoder_dtype)
 
     @cached_property
     def quantizer(self):  # noqa: ANN201
@@ -117,7 +120,7 @@ class SpeechStack:
 
     @cached_property
     def style(self):  # noqa: ANN201
-        return _style(str(self.layout.style_dir), self.device)
+        return _style(str(self.layout.style_dir), self.device, self.encoder_dtype)
 
     @cached_property
     def vocoder(self):  # noqa: ANN201

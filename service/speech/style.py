@@ -16,6 +16,7 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
 
 from service.errors import AudioError, CheckpointError
+from service.speech.precision import Precision, cast_transformer
 from service.speech.torch_files import check_state_dict, load_torch_file, require_state_dict
 
 POOL_SIZE = 50  # wav2vec2 frames (50 Hz) per style unit
@@ -115,16 +116,24 @@ class StyleEncoder:
         x = wav.detach().cpu().numpy().astype(np.float32)
         x = (x - x.mean()) / np.sqrt(x.var() + NORM_EPS)
         with torch.inference_mode():
-            hidden = self._model.wav2vec2(torch.from_numpy(x)[None].to(self.device))
-            projected = self._model.projector(hidden.last_hidden_state)[0]
+            body = self._model.wav2vec2
+            hidden = body(torch.from_numpy(x)[None].to(self.device, body.dtype))
+            projected = self._model.projector(hidden.last_hidden_state.float())[0]
             pooled = torch.stack(
                 [window.mean(dim=0) for window in projected.split(POOL_SIZE, dim=0)]
             )
             return self._model.classifier(pooled).argmax(dim=-1)
 
 
-def load_style_encoder(style_dir: Path, device: torch.device | str = "cpu") -> StyleEncoder:
-    """Load style_encoder_w2v2/{config.json, pytorch_model.bin}."""
+def load_style_encoder(
+    style_dir: Path, device: torch.device | str = "cpu", dtype: Precision = "float32"
+) -> StyleEncoder:
+    """Load style_encoder_w2v2/{config.json, pytorch_model.bin}.
+
+    ``dtype`` is the precision of the wav2vec2 body; the projection, pooling and classifier
+    stay in float32 (they are a few small matrices).
+    """
     target = torch.device(device)
     model = load_model(Path(style_dir)).to(target)
+    cast_transformer(model.wav2vec2, model.wav2vec2.encoder, dtype)
     return StyleEncoder(model, target)

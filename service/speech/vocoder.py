@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from service.errors import CheckpointError, UnitFormatError
 from service.speech.hifigan import CodeHiFiGAN, DurationParams, HiFiGANConfig
+from service.speech.precision import DTYPES, Precision
 from service.speech.torch_files import fold_weight_norm
 
 SAMPLE_RATE = 16000
@@ -604,10 +605,6 @@ def shape_bucket(frames: int) -> int:
     return -(-frames // SHAPE_BUCKET_FRAMES) * SHAPE_BUCKET_FRAMES
 
 
-# Precisions the vocoder's conv stack can run in (the `vocoder_dtype` setting).
-VOCODER_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
 def _repeat(codes: Sequence[int], durations: Sequence[int]) -> list[int]:
     return [c for c, d in zip(codes, durations, strict=True) for _ in range(d)]
 
@@ -617,7 +614,7 @@ def load_vocoder(
     device: torch.device | str = "cpu",
     *,
     default_style: int | None = BASE_DEFAULT_STYLE,
-    dtype: str = "float32",
+    dtype: Precision = "float32",
 ) -> UnitVocoder:
     """Load one official vocoder directory.
 
@@ -634,7 +631,7 @@ def load_vocoder(
     styles = _read_names(vocoder_dir / "styles.txt", required=False)
     target = torch.device(device)
     model = model.to(target).float().eval()
-    compute_dtype = VOCODER_DTYPES[dtype]
+    compute_dtype = DTYPES[dtype]
     if compute_dtype != torch.float32:
         model.cast_conv_stack(compute_dtype)
     return UnitVocoder(model, speakers, styles, target, default_style, compute_dtype)

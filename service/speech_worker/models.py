@@ -33,7 +33,7 @@ class SpeechModels:
     def load(self) -> None:
         """Blocking: resolve the checkpoints and load every model (run it in a thread)."""
         started = time.monotonic()
-        _log_precision(self.device, self.settings.vocoder_dtype)
+        _log_precision(self.device, self.settings.encoder_dtype, self.settings.vocoder_dtype)
         try:
             self.loading = "checkpoints"
             layout = resolve_layout(
@@ -47,7 +47,11 @@ class SpeechModels:
                 self.loading = name
                 log.info("loading %s speech models from %s on %s", name, layout.root, self.device)
                 stack = SpeechStack(
-                    layout, name, device=self.device, vocoder_dtype=self.settings.vocoder_dtype
+                    layout,
+                    name,
+                    device=self.device,
+                    encoder_dtype=self.settings.encoder_dtype,
+                    vocoder_dtype=self.settings.vocoder_dtype,
                 )
                 stack.load()
                 self._warm_up(stack)
@@ -97,16 +101,18 @@ class SpeechModels:
         return self.stacks[name]
 
 
-def _log_precision(device: str, dtype: str) -> None:
-    """Say what the CPU offers for the vocoder's precision (docs/benchmarks.md measures both)."""
+def _log_precision(device: str, encoder_dtype: str, vocoder_dtype: str) -> None:
+    """Say what the CPU offers for the models' precisions (docs/benchmarks.md measures both)."""
+    chosen = f"encoders {encoder_dtype}, vocoder {vocoder_dtype}"
     if not device.startswith("cpu"):
-        log.info("vocoder precision: %s on %s", dtype, device)
+        log.info("precision: %s on %s", chosen, device)
         return
     native = native_bfloat16(cpu_flags())
     offer = f"native bfloat16 ({', '.join(native)})" if native else "no native bfloat16"
-    log.info("vocoder precision: %s; this CPU has %s", dtype, offer)
-    if dtype == "bfloat16" and not native:
-        log.warning("vocoder_dtype=bfloat16 without native bfloat16 is slower than float32")
+    log.info("precision: %s; this CPU has %s", chosen, offer)
+    for setting, dtype in (("encoder_dtype", encoder_dtype), ("vocoder_dtype", vocoder_dtype)):
+        if dtype == "bfloat16" and not native:
+            log.warning("%s=bfloat16 without native bfloat16 is slower than float32", setting)
 
 
 def _since(started: float) -> float:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from service.checkpoints.layout import VARIANTS
 from service.config import ModelName, Settings
+from service.speech.precision import Precision
 
 
 class SpeechWorkerSettings(Settings):
@@ -65,11 +66,18 @@ class SpeechWorkerSettings(Settings):
         description="Most stream chunks rendered in one vocoder forward pass (the most urgent "
         "first); 0 = 1 on a CPU, where batching saves nothing, and 32 on a GPU.",
     )
-    vocoder_dtype: Literal["float32", "bfloat16"] = Field(
+    vocoder_dtype: Precision = Field(
         default="float32",
         description="Precision of the vocoder's conv stack. float32 matches the reference; "
         "bfloat16 is about 2x faster on CPUs with AMX or AVX512-BF16 and on GPUs, with a small "
         "audio error (docs/benchmarks.md).",
+    )
+    encoder_dtype: Precision = Field(
+        default="float32",
+        description="Precision of the speech tokenizer's two transformers (HuBERT and the "
+        "expressive style encoder). float32 matches the reference's units; bfloat16 encodes "
+        "about 2x faster on CPUs with AMX or AVX512-BF16 and on GPUs, and some units change "
+        "(docs/benchmarks.md, 'Reduced precision').",
     )
     # The gateway's setting of the same name bounds /v1/speech/detokenize, which calls
     # /v1/decode; one name, so `up`'s shared environment sets both.
