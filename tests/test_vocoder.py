@@ -651,11 +651,15 @@ def test_a_stream_that_fell_behind_catches_up_in_larger_chunks(base):
     stream = StreamingVocoder(base, first_chunk_units=5, chunk_units=5, max_chunk_units=30)
     count, first = push_until_audio(stream, units)
     assert [len(c) for c in first] == [ends[4] * HOP]  # the first chunk stays small
-    # 100 units arrive at once: the chunks take up to 30 units each, not 5.
+    assert stream.slice_units() == stream.chunk_cap() == 5  # a worker pushes one chunk's worth
+    # 100 units arrive at once: the chunks take more than 5 units each, each at most as many
+    # as the stream emitted before it (the cap doubles: 5, 10, 20) and at most 30.
     later = stream.push(units[count : count + 100])
-    sizes = [len(c) // HOP for c in later]
-    assert len(later) < 100 // 5
-    assert max(sizes) > ends[34] - ends[4] - 1
+    chunk_ends = np.cumsum([len(c) // HOP for c in [*first, *later]])
+    unit_counts = np.diff(np.searchsorted(ends, chunk_ends) + 1, prepend=0)
+    assert unit_counts[:5].tolist() == [5, 5, 10, 20, 30]
+    assert len(later) < 100 // 5 and max(unit_counts) == 30
+    assert stream.slice_units() == 30
     rest = stream.push(units[count + 100 :]) + stream.finish()
     assert sum(len(c) for c in first + later + rest) == ends[-1] * HOP
 

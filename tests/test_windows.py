@@ -12,7 +12,8 @@ import pytest
 
 from service.audio.decode import decode_audio, load_audio_file
 from service.audio.pcm import float_to_pcm16, pcm16_to_float
-from service.bench.windows import agreement, windowed_units
+from service.bench.agreement import frames_equal
+from service.bench.windows import windowed_units
 from service.checkpoints.layout import BASE, EXPRESSIVE, VARIANTS
 from service.gateway.realtime.turn_encoder import TurnEncoder
 from service.speech.pipeline import SpeechStack
@@ -90,8 +91,8 @@ def test_windows_give_every_frame_and_agree_with_context(
     plan = WindowPlan(rate=RATE, expressive=stack.expressive, window=2, left=2, right=1)
     windowed, timings = windowed_units(stack, speech, plan)
     assert len(timings) == 5  # four windows and the tail
-    # Same frame count per stream (`agreement` raises otherwise), units not all equal.
-    shares = agreement(whole, windowed, stack.expressive)
+    # Same frame count per stream (`frames_equal` raises otherwise), units not all equal.
+    shares = frames_equal(whole, windowed, stack.expressive)
     assert all(0.3 < share < 1.0 for share in shares.values()), shares
     # Context as long as the turn: every window sees the whole turn's audio except what lies
     # after its right context; the last window's right context is the turn's end.

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from service.audio.decode import load_audio_file
+from service.bench.agreement import format_shares, frames_equal
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.speech.pipeline import SpeechStack
-from service.units.tokens import Units, units_to_string
+from service.units.tokens import units_to_string
 
 SECTION = "bench-precision"
 Progress = Callable[[str], None]
@@ -44,16 +45,6 @@ def median_seconds(work: Callable[[], Any], repeats: int) -> tuple[float, Any]:
         result = work()
         times.append(time.perf_counter() - started)
     return statistics.median(times), result
-
-
-def frames_equal(exact: Units, fast: Units, expressive: bool) -> dict[str, float]:
-    shares: dict[str, float] = {}
-    for kind in ("hubert", "pitch", "style") if expressive else ("hubert",):
-        a, b = exact.stream(kind) or [], fast.stream(kind) or []  # type: ignore[arg-type]
-        if len(a) != len(b):
-            raise AssertionError(f"{kind}: {len(b)} bfloat16 frames against {len(a)} float32")
-        shares[kind] = float(np.mean(np.equal(a, b))) if a else 1.0
-    return shares
 
 
 def signal_to_error_db(exact: np.ndarray, fast: np.ndarray) -> float:
@@ -108,7 +99,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     ]
     for row in rows:
         (encode32, encode16), (decode32, decode16) = row["encode"], row["decode"]
-        shares = " / ".join(f"{100 * share:.1f}%" for share in row["frames_equal"].values())
+        shares = format_shares(row["frames_equal"])
         lines.append(
             f"| {row['variant']} | {encode32:.3f} | {encode16:.3f} | {encode32 / encode16:.2f}x "
             f"| {shares} | {decode32:.3f} | {decode16:.3f} | {decode32 / decode16:.2f}x "

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from service.audio.decode import load_audio_file
+from service.bench.agreement import format_shares, frames_equal
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.speech.pipeline import SpeechStack
 from service.units.tokens import Units, units_to_string
@@ -86,16 +87,6 @@ def windowed_units(
         kept = window.keep_to
 
 
-def agreement(whole: Units, windowed: Units, expressive: bool) -> dict[str, float]:
-    shares: dict[str, float] = {}
-    for kind in ("hubert", "pitch", "style") if expressive else ("hubert",):
-        a, b = whole.stream(kind) or [], windowed.stream(kind) or []  # type: ignore[arg-type]
-        if len(a) != len(b):
-            raise AssertionError(f"{kind}: {len(b)} windowed frames against {len(a)} whole")
-        shares[kind] = float(np.mean(np.equal(a, b))) if a else 1.0
-    return shares
-
-
 def token_similarity(a: str, b: str) -> float:
     split = lambda s: s.replace("][", "]\n[").split("\n")  # noqa: E731
     return difflib.SequenceMatcher(None, split(a), split(b), autojunk=False).ratio()
@@ -138,7 +129,7 @@ def measure(
                         "file": name,
                         "audio_seconds": len(wav) / WORKER_RATE,
                         "plan": spec.label,
-                        "agreement": agreement(whole, windowed, stack.expressive),
+                        "agreement": frames_equal(whole, windowed, stack.expressive),
                         "tokens": token_similarity(whole_string, string),
                         "tail_audio": timings[-1][0],
                         "tail_ratio": timings[-1][1] / whole_seconds,
@@ -157,7 +148,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        shares = " / ".join(f"{100 * share:.1f}%" for share in row["agreement"].values())
+        shares = format_shares(row["agreement"])
         lines.append(
             f"| {row['variant']} | {row['file']} ({row['audio_seconds']:.1f} s) | {row['plan']} "
             f"| {shares} | {100 * row['tokens']:.1f}% | {row['tail_audio']:.2f} s "

@@ -2,7 +2,8 @@
 
 Units (and, for the expressive vocoder, pitch/style codes) arrive a few at a time. Audio is
 released in chunks of whole units: the first after ``first_chunk_units`` units, then every
-``chunk_units`` units (more at once, up to ``max_chunk_units``, for a stream that fell behind).
+``chunk_units`` units (more at once for a stream that fell behind: up to as many as it emitted
+before, at most ``max_chunk_units``).
 Each chunk is synthesized from a window of frames that adds the generator's exact left/right
 receptive field (derived from the loaded kernel sizes, dilations and up-sampling, see
 `CodeHiFiGAN.frame_context`) and only the chunk's own samples are kept, so the concatenated
@@ -132,9 +133,27 @@ class StreamingVocoder:
         """Most units to push at once so that audio goes out between pushes.
 
         Until the first chunk is out, the vocoder's latency in units: the push that releases
-        the first chunk then releases nothing bigger with it. Afterwards `max_chunk_units`.
+        the first chunk then releases nothing bigger with it. Afterwards the next chunk's cap
+        (`chunk_cap`): a burst of units goes in about one chunk per push, and each chunk's
+        audio can be sent before the next one is rendered.
         """
-        return self.max_chunk_units if self.started else self.latency_units
+        return self.chunk_cap() if self.started else self.latency_units
+
+    def chunk_cap(self) -> int:
+        """Most units the next chunk may take.
+
+        `first_chunk_units` for the first; then as many as the stream has emitted so far,
+        at least `chunk_units` and at most `max_chunk_units`. So the cap doubles from chunk to
+        chunk: a young stream's listener, who holds little audio yet, is not kept waiting by
+        one long window, while a stream that runs well ahead renders large, cheap ones (each
+        window pays the receptive field once). At four official-size streams on one core,
+        coalescing straight to 100 units after a 10-unit first chunk stalled every player
+        after its first chunk (docs/benchmarks.md).
+        """
+        emitted = self._emitted_units
+        if emitted == 0:
+            return self.first_chunk_units
+        return min(self.max_chunk_units, max(self.chunk_units, emitted))
 
     def unit_end_sample(self, count: int) -> int | None:
         """Sample index where the first `count` units end, once their frames are final."""
@@ -308,14 +327,12 @@ class StreamingVocoder:
 
         A chunk holds `first_chunk_units` units at first, then `chunk_units`. When more units
         wait (the stream fell behind: its vocoding shares the worker with other streams), the
-        chunk takes them too, up to `max_chunk_units`: one window then pays the receptive field
+        chunk takes them too, up to `chunk_cap` units: one window then pays the receptive field
         once for all of them, and the samples are the same whatever the chunking.
         """
         start = self._emitted_units
-        if start == 0:
-            smallest = largest = self.first_chunk_units
-        else:
-            smallest, largest = self.chunk_units, self.max_chunk_units
+        smallest = self.first_chunk_units if start == 0 else self.chunk_units
+        largest = self.chunk_cap()
         if self._finished:
             return min(framed, start + largest)
         end_unit = min(framed, start + largest)

@@ -1,4 +1,4 @@
-"""State shared by the worker's routes: settings, models, metrics and the inference limiter."""
+"""State shared by the worker's routes: settings, models, metrics and the thread limiters."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class WorkerState:
     active_streams: int = 0
     # Created on the event loop at start-up (anyio limiters belong to a running loop).
     limiter: anyio.CapacityLimiter | None = None
+    planning_limiter: anyio.CapacityLimiter | None = None
     _batcher: VocoderBatcher | None = None
 
     @property
@@ -44,3 +45,17 @@ class WorkerState:
         if self.limiter is None:
             self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
         return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
+
+    async def plan(self, function: Callable[..., T], *args: object) -> T:
+        """Run a stream's planning step in a worker thread, one at a time, beside `run`'s.
+
+        Planning (parsing tokens, predicting the durations of at most `max_chunk_units` units,
+        cutting windows: milliseconds) used to queue on the inference threads behind vocoder
+        passes and encodes of a few hundred milliseconds each, so a stream under load waited
+        that long for every token batch before its chunk could even be queued for rendering
+        (measured with four official-size sessions on one core: 0.13-0.40 s per step,
+        docs/benchmarks.md). Its own single thread keeps it off the event loop and bounded.
+        """
+        if self.planning_limiter is None:
+            self.planning_limiter = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(function, *args, limiter=self.planning_limiter)

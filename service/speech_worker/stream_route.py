@@ -14,10 +14,11 @@ Errors: ``{"type": "error", "message", "status"}`` and a close with 1008 (bad in
 generated unit (see `session`), not by the reference's token-count proportion.
 
 Two tasks serve a session: one reads frames (so cancel and disconnect are seen at once), one
-vocodes. The vocoding task takes the tokens in slices of at most `max_chunk_units` units: it
-plans their chunks in a worker thread (`StreamSession.plan`), has the worker's vocoder
-scheduler render them (service/speech_worker/batcher.py: with other streams' chunks, most
-urgent first), and sends the audio. Cancelling waits for one slice at most.
+vocodes. The vocoding task takes the tokens in slices of about one chunk
+(`StreamingVocoder.slice_units`): it plans their chunks on the worker's planning thread
+(`StreamSession.plan`, `WorkerState.plan`), has the worker's vocoder scheduler render them
+(service/speech_worker/batcher.py: with other streams' chunks, most urgent first), and sends
+the audio. Cancelling waits for one slice at most.
 """
 
 from __future__ import annotations
@@ -262,20 +263,20 @@ async def _vocode(
             await _hold_while_ahead(session, state.settings.stream_lead_seconds)
             timer.start()
             # Everything that queued while this stream waited (for the worker, or while ahead)
-            # goes in at once, in larger chunks (`max_chunk_units`).
+            # goes in at once, in larger chunks (`StreamingVocoder.chunk_cap`).
             messages = [message, *_waiting(inbox)]
             tokens = []
             for queued in messages:
                 if isinstance(queued, TokensMessage):
                     tokens += session.accept(queued.tokens, context=queued.context)
             for batch in session.batches(tokens):
-                jobs = await state.run(timer.timed, session.plan, batch)
+                jobs = await state.plan(timer.timed, session.plan, batch)
                 chunks = await _render(session, jobs, state, timer)
                 data = await anyio.to_thread.run_sync(session.deliver, chunks)
                 await _send_audio(websocket, data, timer, state, model)
             if not isinstance(messages[-1], EndMessage):
                 continue
-            jobs = await state.run(timer.timed, session.plan_finish)
+            jobs = await state.plan(timer.timed, session.plan_finish)
             chunks = await _render(session, jobs, state, timer)
             data = await anyio.to_thread.run_sync(session.deliver_last, chunks)
             await _send_audio(websocket, data, timer, state, model)
