@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import anyio
+import anyio.to_thread
 
 from service.speech_worker.models import SpeechModels
 from service.speech_worker.settings import SpeechWorkerSettings
@@ -16,10 +17,11 @@ def test_planning_does_not_wait_behind_inference() -> None:
     # encode on the inference thread: it has a thread of its own.
     settings = SpeechWorkerSettings(inference_threads=1)
     state = WorkerState(settings=settings, models=SpeechModels(settings))
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
     order: list[str] = []
 
     def long_inference() -> None:
+        started.set()
         release.wait(timeout=30)
         order.append("inference done")
 
@@ -31,8 +33,46 @@ def test_planning_does_not_wait_behind_inference() -> None:
     async def main() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(state.run, long_inference)
-            await anyio.sleep(0.05)  # the inference call holds the only inference thread
+            # The inference call holds the only inference thread before planning starts.
+            assert await anyio.to_thread.run_sync(started.wait, 30)
             assert await state.plan(planning) == "jobs"
 
     anyio.run(main)
     assert order == ["planned", "inference done"]
+
+
+def test_plans_run_one_at_a_time() -> None:
+    settings = SpeechWorkerSettings(inference_threads=4)
+    state = WorkerState(settings=settings, models=SpeechModels(settings))
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def planning() -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        threading.Event().wait(0.02)
+        with lock:
+            running[0] -= 1
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            for _ in range(4):
+                group.start_soon(state.plan, planning)
+
+    anyio.run(main)
+    assert most[0] == 1
+
+
+def test_the_worker_loads_its_encoders_in_the_configured_precision(layout) -> None:  # noqa: ANN001
+    import torch
+
+    from service.checkpoints.layout import BASE
+
+    settings = SpeechWorkerSettings(
+        checkpoints_dir=layout.root, models=[BASE], encoder_dtype="bfloat16"
+    )
+    models = SpeechModels(settings)
+    models.load()
+    assert models.get(BASE).hubert.dtype == torch.bfloat16
+    assert models.get(BASE).vocoder.compute_dtype == torch.float32  # vocoder_dtype's default

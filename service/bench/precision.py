@@ -4,8 +4,8 @@ For each variant, on one speech file, both precisions in one run:
 
 * encoders: the file encoded with the tokenizer in float32 (the reference's precision) and in
   bfloat16; the median time of each, the speed-up, and the share of unit frames equal to the
-  float32 ones, per stream (HuBERT, and for the expressive model pitch and style: the pitch
-  tokenizer always runs in float32, so its frames change only where HuBERT's input does not);
+  float32 ones, per stream (HuBERT, and for the expressive model pitch and style; the pitch
+  tokenizer always runs in float32, so its column is a control and reads 100 %);
 * vocoder: the float32 units vocoded one-shot in float32 and in bfloat16; the median time of
   each, the speed-up, the signal-to-error ratio and the largest sample error.
 

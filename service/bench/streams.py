@@ -3,8 +3,9 @@
 Each simulated stream receives HuBERT units at an LM's pace (`unit_rate` units per second, in
 pieces of `piece` units) and vocodes them the way the speech worker's streams do: the units that
 arrived are pushed in `StreamingVocoder.slice_units` slices, each slice's chunks are planned on
-the inference thread (duration prediction) and rendered by the worker's `VocoderBatcher` (most
-urgent chunk first, batched across streams up to the batch size), on one inference thread.
+a planning thread of their own (duration prediction; `WorkerState.plan`) and rendered by the
+worker's `VocoderBatcher` (most urgent chunk first, batched across streams up to the batch
+size), on one inference thread.
 There is no HTTP, WebSocket or LM here: the figures are the speech side's own, so the
 benchmark needs only torch and numpy and runs as it is on a GPU machine
 (`python -m service.bench.streams --device cuda`).
@@ -123,7 +124,7 @@ class Report:
 async def run_stream(
     vocoder: UnitVocoder,
     batcher: VocoderBatcher,
-    in_thread: Callable[..., Any],
+    planning: Callable[..., Any],
     units: Sequence[int],
     config: StreamConfig,
     *,
@@ -171,10 +172,10 @@ async def run_stream(
             continue
         while fed < available:
             size = min(stream.slice_units(), available - fed)
-            jobs = await in_thread(stream.push_jobs, list(units[fed : fed + size]))
+            jobs = await planning(stream.push_jobs, list(units[fed : fed + size]))
             fed += size
             await render(jobs)
-    await render(await in_thread(stream.finish_jobs))
+    await render(await planning(stream.finish_jobs))
     result.stall = stall_of(arrivals)
     result.audio_seconds = sent
     return result
@@ -198,11 +199,18 @@ async def run_level(
         batches.append(size)
         busy[0] += seconds
 
-    # One inference thread, as the worker's `inference_threads` default.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference") as executor:
+    # One inference thread, as the worker's `inference_threads` default, and one planning
+    # thread, as the worker's `WorkerState.plan`.
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference") as executor,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="planning") as planner,
+    ):
 
         def in_thread(function: Callable[..., Any], *args: Any) -> Any:
             return loop.run_in_executor(executor, function, *args)
+
+        def planning(function: Callable[..., Any], *args: Any) -> Any:
+            return loop.run_in_executor(planner, function, *args)
 
         size = config.vocoder_batch_size or default_batch_size(device)
         batcher = VocoderBatcher(in_thread, size, on_batch)
@@ -214,7 +222,7 @@ async def run_level(
                 run_stream(
                     vocoder,
                     batcher,
-                    in_thread,
+                    planning,
                     rng.integers(0, vocoder.config.num_embeddings, units).tolist(),
                     config,
                     unit_rate=unit_rate,

@@ -1,12 +1,13 @@
 """The precisions the speech models may run in (settings `encoder_dtype`, `vocoder_dtype`).
 
 float32 is the reference's and the default everywhere: units and audio then match the official
-implementation. bfloat16 roughly halves the time on CPUs with AMX or AVX512-BF16 and on GPUs,
-at a measured cost (docs/benchmarks.md, "Reduced precision").
+implementation. bfloat16 is about 1.6x faster on a CPU with AMX (GPUs not measured), at a
+measured cost (docs/benchmarks.md, "Reduced precision").
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -37,5 +38,7 @@ def cast_transformer(model: nn.Module, positional_conv_owner: nn.Module, dtype: 
     """Cast a HuBERT / wav2vec2 body to `dtype`, keeping its positional convolution in float32."""
     if dtype == "float32":
         return
+    # Copied before the cast, so the island keeps the float32 weights, not bfloat16-rounded ones.
+    positional_conv = copy.deepcopy(positional_conv_owner.pos_conv_embed)
     model.to(DTYPES[dtype])
-    positional_conv_owner.pos_conv_embed = Float32Island(positional_conv_owner.pos_conv_embed)
+    positional_conv_owner.pos_conv_embed = Float32Island(positional_conv)

@@ -38,7 +38,9 @@ class SpeechWorkerSettings(Settings):
     inference_threads: int = Field(
         default=1,
         ge=1,
-        description="Model calls run at once (each in a worker thread); bounds torch's load.",
+        description="Model calls run at once (each in a worker thread): encodes, one-shot "
+        "decodes and vocoder passes; bounds torch's load. Streams plan their chunks (duration "
+        "prediction of at most max_chunk_units units) on one more thread of their own.",
     )
     max_chunk_units: int = Field(
         default=0,
@@ -46,8 +48,8 @@ class SpeechWorkerSettings(Settings):
         description="Most HuBERT units one streaming chunk may take when units are waiting (a "
         "stream that fell behind, or one that held back: stream_lead_seconds): one vocoder "
         "window then covers them all instead of one per chunk_units; the audio is the same. "
-        "A chunk takes at most as many units as its stream emitted before it, so a stream "
-        "reaches this cap by doubling. 0 = 4 x chunk_units (100 at the default); equal to "
+        "A chunk takes at most max(chunk_units, units its stream emitted before it), so a "
+        "stream reaches this cap by doubling. 0 = 4 x chunk_units (100 at the default); equal to "
         "chunk_units = no coalescing; less than chunk_units is refused.",
     )
     stream_lead_seconds: float = Field(
@@ -70,14 +72,14 @@ class SpeechWorkerSettings(Settings):
     vocoder_dtype: Precision = Field(
         default="float32",
         description="Precision of the vocoder's conv stack. float32 matches the reference; "
-        "bfloat16 is about 2x faster on CPUs with AMX or AVX512-BF16 and on GPUs, with a small "
-        "audio error (docs/benchmarks.md).",
+        "bfloat16 is about 1.6x faster on a CPU with AMX (not measured on GPUs), with a small "
+        "audio error (docs/benchmarks.md, 'Reduced precision').",
     )
     encoder_dtype: Precision = Field(
         default="float32",
         description="Precision of the speech tokenizer's two transformers (HuBERT and the "
         "expressive style encoder). float32 matches the reference's units; bfloat16 encodes "
-        "about 2x faster on CPUs with AMX or AVX512-BF16 and on GPUs, and some units change "
+        "about 1.6x faster on a CPU with AMX (not measured on GPUs), and some units change "
         "(docs/benchmarks.md, 'Reduced precision').",
     )
     # The gateway's setting of the same name bounds /v1/speech/detokenize, which calls

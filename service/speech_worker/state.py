@@ -54,7 +54,9 @@ class WorkerState:
         passes and encodes of a few hundred milliseconds each, so a stream under load waited
         that long for every token batch before its chunk could even be queued for rendering
         (measured with four official-size sessions on one core: 0.13-0.40 s per step,
-        docs/benchmarks.md). Its own single thread keeps it off the event loop and bounded.
+        docs/benchmarks.md). Its own single thread keeps it off the event loop and bounded:
+        torch runs on at most `inference_threads` + 1 threads. On a GPU the duration predictor
+        still shares the device's stream with the vocoder passes.
         """
         if self.planning_limiter is None:
             self.planning_limiter = anyio.CapacityLimiter(1)
