@@ -509,7 +509,9 @@ def test_converse_command_saves_the_reply(gateway: str, speech_file: Path, tmp_p
     clients = Path(__file__).resolve().parent.parent / "clients" / "python"
     done = subprocess.run(
         [sys.executable, "-m", "spiritlm_client", "--base-url", gateway, "converse"]
-        + ["--input", str(question), "-o", str(reply), "--speed", "0", "--max-tokens", "30"],
+        + ["--input", str(question), "-o", str(reply), "--speed", "0", "--max-tokens", "30"]
+        # Greedy: a sampled reply of the random LM may end at its first token, with no audio.
+        + ["--temperature", "0"],
         capture_output=True,
         text=True,
         timeout=300,

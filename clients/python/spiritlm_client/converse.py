@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     command.add_argument("--model")
     command.add_argument("--voice", help="speaker index or name")
     command.add_argument("--max-tokens", type=int, help="longest reply, in tokens")
+    command.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
     command.add_argument(
         "--speed", type=float, default=1.0, help="x real time to stream the file (0 = at once)"
     )
@@ -45,6 +46,7 @@ def run(client: SpiritLM, args: argparse.Namespace) -> int:
             speed=args.speed,
             server_vad=args.vad,
             max_output_tokens=args.max_tokens,
+            temperature=args.temperature,
             on_event=show,
         )
     )

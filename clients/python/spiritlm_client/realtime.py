@@ -352,6 +352,7 @@ async def converse(
     speed: float = 1.0,
     server_vad: bool = False,
     max_output_tokens: int | None = None,
+    temperature: float | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> Reply:
     """Say the WAV file to the model and return its reply.
@@ -376,6 +377,8 @@ async def converse(
             update["audio"]["output"]["voice"] = voice
         if max_output_tokens is not None:
             update["max_output_tokens"] = max_output_tokens
+        if temperature is not None:
+            update["temperature"] = temperature
         await session.update(**update)
         await stream_audio(session, pcm, rate, speed=speed)
         if server_vad:
