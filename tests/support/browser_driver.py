@@ -37,8 +37,13 @@ def chromium_args(microphone: str) -> list[str]:
 
 def replied(stats: dict) -> bool:
     # A reply of the random test LM runs to its token cap: "incomplete" is a finished reply too.
+    # The user's transcript is made beside the reply and may come after it (the random LM's
+    # transcript can run to its budget, longer than a short reply): wait for both.
     finished = {"completed", "incomplete"}
-    return stats["playedBuffers"] > 0 and bool(finished & set(stats["responsesDone"]))
+    transcribed = any(entry["role"] == "user" for entry in stats["transcripts"])
+    return (
+        stats["playedBuffers"] > 0 and bool(finished & set(stats["responsesDone"])) and transcribed
+    )
 
 
 def main(url: str, microphone: str, screenshot: str, timeout: float) -> None:
