@@ -15,8 +15,6 @@ Runs in-process on the speech stack (torch and numpy only, no servers).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -27,24 +25,20 @@ import torch
 
 from service.audio.decode import load_audio_file
 from service.bench.agreement import format_shares, frames_equal
+from service.bench.speech import SAMPLE_RATE, BenchSettings, median_time
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.speech.pipeline import SpeechStack
 from service.units.tokens import units_to_string
 
 SECTION = "bench-precision"
 Progress = Callable[[str], None]
-SAMPLE_RATE = 16000
 
 
 def median_seconds(work: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median wall time of `repeats` runs after one untimed warm-up, and the last result."""
-    result = work()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = work()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+    """Median wall time over `repeats` runs after one untimed warm-up (bench speech's rule),
+    and the last result."""
+    elapsed, result = median_time(work, BenchSettings(repeats=repeats))
+    return elapsed.wall, result
 
 
 def signal_to_error_db(exact: np.ndarray, fast: np.ndarray) -> float:
@@ -78,10 +72,8 @@ def measure(
         rows.append(
             {
                 "variant": variant,
-                "audio_seconds": len(wav) / SAMPLE_RATE,
                 "encode": (exact_seconds, fast_seconds),
                 "frames_equal": frames_equal(exact_units, fast_units, exact.expressive),
-                "vocoded_seconds": len(exact_audio) / SAMPLE_RATE,
                 "decode": (exact_decode, fast_decode),
                 "snr_db": signal_to_error_db(exact_audio, fast_audio),
                 "max_error": float(np.max(np.abs(fast_audio - exact_audio))),
