@@ -281,7 +281,10 @@ def test_speech_worker_killed_mid_realtime_response(stack: FaultStack) -> None:
         async with connect(url, max_size=None, open_timeout=30) as ws:
             client = RealtimeClient(ws)
             await client.until("session.created")
+            # Greedy: a sampled reply of the random test LM may end after a few units, before
+            # the kill lands; the greedy one runs to its budget.
             session = {"output_modalities": ["audio"], "max_output_tokens": 1000,
+                       "temperature": 0.0,
                        "audio": {"input": {"turn_detection": None}}}  # fmt: skip
             await client.send(type="session.update", session=session)
             await client.until("session.updated")
@@ -292,6 +295,8 @@ def test_speech_worker_killed_mid_realtime_response(stack: FaultStack) -> None:
             errors = [event for event in client.seen if event["type"] == "error"]
             # The session survives the fault: once the worker is back, the next turn works.
             await asyncio.to_thread(stack.restart_speech)
+            await client.send(type="session.update", session={"max_output_tokens": 40})
+            await client.until("session.updated")
             await client.respond()
             recovered = await client.until("response.done")
             return failed, errors, recovered
