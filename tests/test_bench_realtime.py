@@ -21,10 +21,13 @@ from service.bench.realtime import (
     SessionResult,
     markdown_section,
     markdown_table,
+    mean_phases,
+    phase_table,
     run_benchmark,
     stream_speed,
 )
 from service.checkpoints.layout import BASE
+from service.gateway.realtime.response import FIRST_AUDIO_PHASES
 
 MIB = 2**20
 
@@ -106,6 +109,21 @@ def test_table_has_the_speed_and_memory_of_every_level() -> None:
         section
     )
     assert "**1 concurrent session(s)** (batched) is the largest" in section
+    assert "by phase" not in section  # no level measured its phases
+
+
+def test_phase_table_has_a_row_per_streamed_level_in_phase_order() -> None:
+    report = Report("http://127.0.0.1:1", "a stack", Path("a.flac"), 9.1, 100, label="x")
+    streamed, whole = level(4, True, [1.0] * 4), level(4, False, [None] * 4)
+    streamed.phases = {"encode": 0.1, "prompt": 0.01, "lm": 0.2, "vocoder": 0.3, "send": 0.004}
+    report.levels = [streamed, whole]
+    rows = rows_of(phase_table(report))
+    assert rows == [{"Stack": "x", "Sessions": "4", "encode": "0.10", "prompt": "0.01",
+                     "lm": "0.20", "vocoder": "0.30", "send": "0.00"}]  # fmt: skip
+    assert "mean seconds per phase" in markdown_section("bench", report)
+    assert mean_phases({"lm": (1.0, 2.0)}, {"lm": (2.5, 5.0), "send": (0.5, 2.0)}) == {
+        "lm": 0.5, "send": 0.25
+    }  # fmt: skip
 
 
 def test_levels_measure_first_audio_speed_and_memory(
@@ -136,6 +154,12 @@ def test_levels_measure_first_audio_speed_and_memory(
     slowest = streamed.slowest_stream
     assert slowest is not None and 0 < slowest < 1000 and not math.isinf(streamed.worst_stall)
     assert whole.slowest_stream is None  # one piece, no rate
+    # Where the streamed first audio went, from the gateway's phase histogram: every phase, and
+    # together about the first audio the client saw (it starts the clock at speech_stopped).
+    assert list(streamed.phases) == list(FIRST_AUDIO_PHASES) and whole.phases == {}
+    assert all(seconds >= 0 for seconds in streamed.phases.values())
+    client_mean = float(np.mean(streamed.latencies))
+    assert abs(sum(streamed.phases.values()) - client_mean) < 0.3 + 0.2 * client_mean
     # Memory: the speech worker behind the gateway, a plausible size, its own and not the gateway's.
     speech_pid = listening_pid(servers.speech())
     assert speech_pid is not None

@@ -38,6 +38,7 @@ from service.gateway.realtime.conversation import (
 )
 from service.gateway.realtime.input_audio import InputAudio, PauseDetected, TurnDetected
 from service.gateway.realtime.protocol import ProtocolError, parse_client_event
+from service.gateway.realtime.response import FIRST_AUDIO_PHASES
 from service.gateway.realtime.vad import (
     SpeechPaused,
     SpeechStarted,
@@ -183,6 +184,14 @@ def test_server_vad_turn_gets_a_spoken_reply(gateway: str, speech_file: Path) ->
     assert order.index("response.output_audio.delta") < order.index("response.done")
     metrics = httpx.get(gateway + "/metrics", timeout=10).text
     assert metric(metrics, "spiritlm_realtime_first_audio_seconds_count", 'trigger="vad"') >= 1
+    # Every reply's first audio is split into phases that add up to it.
+    replies = metric(metrics, "spiritlm_realtime_first_audio_seconds_count", "trigger=")
+    phases = "spiritlm_realtime_first_audio_phase_seconds"
+    for phase in FIRST_AUDIO_PHASES:
+        assert metric(metrics, f"{phases}_count", f'phase="{phase}"') == replies
+    assert metric(metrics, f"{phases}_sum", 'phase="vocoder"') > 0
+    first_audio = metric(metrics, "spiritlm_realtime_first_audio_seconds_sum", "trigger=")
+    assert abs(metric(metrics, f"{phases}_sum", "phase=") - first_audio) < 0.01 * replies
 
 
 def test_manual_commit_at_16khz_gives_a_text_reply(gateway: str, speech_file: Path) -> None:

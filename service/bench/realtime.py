@@ -12,6 +12,10 @@ answers in speech. Measured per session, on the client's clock:
 * stream speed: the audio seconds that came after the first delta per wall second from the
   first delta to the last (1 = exactly as fast as playback; below 1 a player runs dry).
 
+Per streamed level, from the gateway's /metrics: where the first audio time went, as the mean of
+each phase of spiritlm_realtime_first_audio_phase_seconds (encode, prompt, lm, vocoder, send;
+service/gateway/realtime/response.py) over the level's replies.
+
 Per level, on the gateway's machine (when the gateway runs on this one): the peak resident
 memory of the speech worker(s) and of the gateway, from /proc (`PeakRss`).
 
@@ -43,6 +47,7 @@ import httpx
 import numpy as np
 import psutil
 import soundfile
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
@@ -51,6 +56,7 @@ from service.audio.resample import resample
 from service.bench.processes import listening_pid
 from service.bench.report import load_average, machine_description, percentile, stall_of
 from service.gateway.realtime.config import DEFAULT_TEMPERATURE, TOP_P
+from service.gateway.realtime.response import FIRST_AUDIO_PHASES
 from service.lm.prompt import SpeechInput, TurnEnd, build_prompt
 
 SECTION = "bench-realtime"
@@ -84,6 +90,7 @@ class LevelResult:
     wall: float
     speech_rss: int | None = None  # peak bytes of the (largest) speech worker during the level
     gateway_rss: int | None = None  # peak bytes of the gateway during the level
+    phases: dict[str, float] = field(default_factory=dict)  # mean s per first-audio phase
 
     @property
     def completed(self) -> list[SessionResult]:
@@ -414,6 +421,7 @@ async def run_level(
         ) as error:  # fmt: skip
             return SessionResult(status="failed", error=repr(error))
 
+    phases_before = await phase_totals(url) if streaming else {}
     sampler = None
     if memory is not None:
         memory.start()
@@ -424,9 +432,47 @@ async def run_level(
         if sampler is not None:
             sampler.cancel()
     level = LevelResult(sessions, streaming, list(results), time.perf_counter() - started)
+    if streaming:
+        level.phases = mean_phases(phases_before, await phase_totals(url))
     if memory is not None:
         level.speech_rss, level.gateway_rss = memory.speech.peak(), memory.gateway.peak()
     return level
+
+
+PHASE_METRIC = "spiritlm_realtime_first_audio_phase_seconds"
+
+
+async def phase_totals(url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the gateway's first-audio phases by phase; {} when /metrics is closed."""
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            response = await http.get("/metrics")
+    except httpx.HTTPError:
+        return {}
+    if response.status_code != 200:
+        return {}
+    totals: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(response.text):
+        if family.name != PHASE_METRIC:
+            continue
+        for sample in family.samples:
+            index = {f"{PHASE_METRIC}_sum": 0, f"{PHASE_METRIC}_count": 1}.get(sample.name)
+            if index is not None:
+                totals.setdefault(sample.labels["phase"], [0.0, 0.0])[index] = sample.value
+    return {phase: (pair[0], pair[1]) for phase, pair in totals.items()}
+
+
+def mean_phases(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Mean seconds per phase of the replies counted between two `phase_totals`."""
+    means = {}
+    for phase in FIRST_AUDIO_PHASES:
+        total, count = after.get(phase, (0.0, 0.0))
+        total_before, count_before = before.get(phase, (0.0, 0.0))
+        if count > count_before:
+            means[phase] = (total - total_before) / (count - count_before)
+    return means
 
 
 async def _sample_every(memory: StackMemory, interval: float) -> None:
@@ -485,9 +531,11 @@ def describe(level: LevelResult) -> str:
     mode = "streaming" if level.streaming else "non-streaming"
     latencies = level.latencies
     p50 = f"{percentile(latencies, 50):.2f}" if latencies else "-"
+    phases = ", ".join(f"{phase} {mean:.2f}" for phase, mean in level.phases.items())
     return (
         f"{level.sessions} session(s), {mode}: {len(level.completed)}/{level.sessions} replied, "
         f"first audio p50 {p50} s, worst stall {level.worst_stall:.2f} s"
+        + (f" (mean s by phase: {phases})" if phases else "")
     )
 
 
@@ -535,6 +583,23 @@ def markdown_table(*reports: Report) -> str:
                 "yes" if level.keeps_up else "no",
             )
             lines.append("| " + " | ".join(((report.label,) if labelled else ()) + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def phase_table(*reports: Report) -> str:
+    """Mean first-audio seconds by phase for each streamed level ('' when no level has them)."""
+    rows = [(report, level) for report in reports for level in report.levels if level.phases]
+    if not rows:
+        return ""
+    labelled = any(report.label for report, _ in rows)
+    header = (("Stack",) if labelled else ()) + ("Sessions",) + FIRST_AUDIO_PHASES
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(("---",) * labelled + ("---:",) * (len(header) - labelled)) + "|",
+    ]
+    for report, level in rows:
+        cells = [str(level.sessions)] + [_seconds(level.phases.get(p)) for p in FIRST_AUDIO_PHASES]
+        lines.append("| " + " | ".join(((report.label,) if labelled else ()) + tuple(cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -589,6 +654,22 @@ def markdown_section(command: str, *reports: Report) -> str:
             "",
             markdown_table(*reports).rstrip(),
             "",
+            *_phase_lines(*reports),
             *[_verdict(r) for r in reports],
         ]
     )
+
+
+def _phase_lines(*reports: Report) -> list[str]:
+    table = phase_table(*reports)
+    if not table:
+        return []
+    return [
+        "Where the streamed replies' first audio went (mean seconds per phase, from the "
+        "gateway's `spiritlm_realtime_first_audio_phase_seconds`: the user's turns encoded, the "
+        "prompt built, the first speech token, the first audio from the vocoder, its delta sent; "
+        "on the gateway's clock, from the turn's commit):",
+        "",
+        table.rstrip(),
+        "",
+    ]

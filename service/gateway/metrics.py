@@ -62,6 +62,16 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.realtime_first_audio_phase = Histogram(
+            "spiritlm_realtime_first_audio_phase_seconds",
+            "Where a realtime reply's first audio time goes, by phase: the user's turns encoded "
+            "(encode), the prompt built (prompt), the first speech token (lm), the first audio "
+            "(vocoder), its delta sent (send); they add up to "
+            "spiritlm_realtime_first_audio_seconds.",
+            ["phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.realtime_encode_windows = Counter(
             "spiritlm_realtime_encode_windows_total",
             "Windows of realtime turns sent to a speech worker while the turn was spoken "

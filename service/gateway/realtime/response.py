@@ -52,6 +52,12 @@ from service.lm.prompt import OutputModality
 
 log = logging.getLogger("spiritlm.gateway.realtime")
 
+# Where a reply's first audio time goes, phase by phase, each ending when: the user's turns are
+# encoded (encode), the prompt is built (prompt), the LM's first speech token is here (lm), the
+# vocoder's first audio is here (vocoder), its delta is on the wire (send). Their times add up to
+# spiritlm_realtime_first_audio_seconds (metrics.py).
+FIRST_AUDIO_PHASES = ("encode", "prompt", "lm", "vocoder", "send")
+
 
 @dataclass(frozen=True)
 class ResponseRequest:
@@ -104,6 +110,7 @@ class Response:
         self._open: Part | None = None
         self._closed_parts: set[int] = set()
         self._first_audio_seen = False
+        self._phase_ends: dict[str, float] = {}
         self._item_added = False
         self._prompt_tokens = 0
         self._result = GenerationResult()
@@ -184,6 +191,7 @@ class Response:
         ctx, request = self.ctx, self.request
         items = list(ctx.conversation.items)
         turns = await history_inputs(items)
+        self._phase_ended("encode")
         prepared = await ctx.prompts.prepare(
             request.instructions, turns, request.modality, request.max_tokens
         )
@@ -206,6 +214,7 @@ class Response:
             ending = ONE_LINE  # a text turn ends at its line end
         else:
             ending = await ctx.tasks.spoken_turn_end(ctx.model)
+        self._phase_ended("prompt")
         outputs = ctx.engine.run(
             prepared,
             params,
@@ -224,8 +233,10 @@ class Response:
                 elif isinstance(out, TextOut):
                     self._text(out.text)
                 elif isinstance(out, SpeechTokensOut) and self._open is not None:
+                    self._phase_ended("lm")
                     self._open.tokens += out.tokens
                 elif isinstance(out, AudioOut) and self._open is not None:
+                    self._phase_ended("vocoder")
                     await self._audio(self._open, out.pcm16)
         await self._close_part()
 
@@ -254,11 +265,25 @@ class Response:
         def sent() -> None:
             part.samples_sent += samples
             if not self._first_audio_seen:
+                self._phase_ended("send")
                 self._first_audio_seen = True
                 elapsed = time.perf_counter() - self.request.turn_ended_at
                 self.ctx.metrics.realtime_first_audio.labels(self.request.trigger).observe(elapsed)
+                self._observe_phases()
 
         await self.ctx.send_audio(event, sent)
+
+    def _phase_ended(self, phase: str) -> None:
+        if not self._first_audio_seen:
+            self._phase_ends.setdefault(phase, time.perf_counter())
+
+    def _observe_phases(self) -> None:
+        started = self.request.turn_ended_at
+        histogram = self.ctx.metrics.realtime_first_audio_phase
+        for phase in FIRST_AUDIO_PHASES:
+            ended = self._phase_ends.get(phase, started)
+            histogram.labels(phase).observe(max(0.0, ended - started))
+            started = ended
 
     async def _close_part(self) -> None:
         """Finish the open part normally: its transcript, done events."""
