@@ -158,8 +158,9 @@ def test_secrets_are_refused_once_expired_and_outside_the_websocket(
         ({"session": {"audio": {"output": {"voice": "nobody"}}}}, "session.audio.output.voice"),
         ({"session": {"model": "no-such-model"}}, "session.model"),
         ({"sesion": {}}, "sesion"),
+        ({"session": {"turn_detection": {"eagerness": "low"}}}, "session.turn_detection.eagerness"),
     ],
-    ids=["too-short", "too-long", "anchor", "voice", "model", "unknown-field"],
+    ids=["too-short", "too-long", "anchor", "voice", "model", "unknown-field", "unknown-setting"],
 )
 def test_bad_requests_name_the_field(replicas: tuple[str, str], body: dict, param: str) -> None:
     answer = httpx.post(

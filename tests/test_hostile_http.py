@@ -204,6 +204,40 @@ def test_slow_bodies_take_no_slots_and_get_408(gateway: str) -> None:
             connection.close()
 
 
+def test_only_bytes_that_arrived_count_against_the_reading_budget(servers: Servers) -> None:
+    """Bodies that declare more than the whole budget and then stall (to a route, and to a
+    public path, open to anyone) leave it to the others; bytes that really arrived do count."""
+    budget = 1_000_000
+    gateway = servers.gateway(
+        BASE, *TIMEOUT_FLAGS, "--max-reading-body-bytes", str(budget), name="reading-budget"
+    )
+    declared = [
+        open_request(gateway, post_head(path, budget), b'{"prompt": ')
+        for path in ("/v1/generate", "/health", "/v1/generate")
+    ]
+    time.sleep(0.3)  # their headers are in
+    started = time.monotonic()
+    try:
+        normal = httpx.post(
+            f"{gateway}/v1/generate",
+            json={"prompt": "[Text]Hello", "output_modality": "text", "max_tokens": 2},
+            timeout=60,
+        )
+        assert normal.status_code == 200, normal.text
+        # 700 kB that arrived and stall, then 400 kB more on another request: over the budget.
+        holding = open_request(gateway, post_head("/v1/generate", 900_000), b" " * 700_000)
+        time.sleep(0.3)
+        over = open_request(gateway, post_head("/v1/generate", 400_000), b" " * 400_000)
+        data, _ = read_all(over, started + 20)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 429"), data[:300]
+        assert "max_reading_body_bytes" in json.loads(body)["error"]["message"]
+        holding.close()
+    finally:
+        for connection in declared:
+            connection.close()
+
+
 def test_multipart_uploads_pass_the_body_reader(gateway: str, speech_file: Path) -> None:
     with httpx.Client(base_url=gateway, timeout=120) as client, speech_file.open("rb") as audio:
         response = client.post("/v1/speech/tokenize", files={"file": ("speech.flac", audio)})

@@ -353,6 +353,9 @@ def test_bad_events_get_errors_and_the_session_survives(gateway: str) -> None:
         await client.until("error")
         await client.send(type="response.cancel", event_id="evt-cancel")
         await client.until("error")
+        misspelt = {"instructions": "not applied", "temprature": 0.5}
+        await client.send(type="session.update", session=misspelt, event_id="evt-unknown-field")
+        await client.until("error")
         oversized = "A" * (5 * 1024 * 1024)
         await client.send(type="input_audio_buffer.append", audio=oversized, event_id="evt-big")
         await client.until("error")
@@ -371,10 +374,14 @@ def test_bad_events_get_errors_and_the_session_survives(gateway: str) -> None:
         "invalid_value",
         "invalid_value",
         "response_cancel_not_active",
+        "unknown_parameter",
         "message_too_large",
         "invalid_event",
     ]
     by_event = {e["event_id"]: e for e in errors}
+    assert by_event["evt-unknown-field"]["param"] == "session.temprature"
+    # Nothing of the refused update was applied.
+    assert updated["session"]["instructions"] == "still here"
     assert by_event["evt-b64"]["param"] == "audio"
     assert by_event["evt-odd"]["param"] == "audio"
     assert by_event["evt-range"]["param"] == "session.temperature"
@@ -550,6 +557,36 @@ def test_parser_raises_only_protocol_errors(frame: str, code: str) -> None:
     with pytest.raises(ProtocolError) as caught:
         parse_client_event(frame)
     assert caught.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("event", "param"),
+    [
+        ({"type": "response.create", "respons": {}}, "respons"),
+        ({"type": "session.update", "session": {"voise": "1"}}, "session.voise"),
+        ({"type": "session.update", "session": {"turn_detection": {"eagerness": "low"}}},
+         "session.turn_detection.eagerness"),
+        ({"type": "session.update", "session": {"audio": {"output": {"volume": 2}}}},
+         "session.audio.output.volume"),
+        ({"type": "response.create", "response": {"max_tokens": 5}}, "response.max_tokens"),
+        ({"type": "conversation.item.create",
+          "item": {"role": "user",
+                   "content": [{"type": "input_text", "text": "hi", "lang": "en"}]}},
+         "item.content.0.lang"),
+    ],
+)  # fmt: skip
+def test_parser_refuses_unknown_fields_by_name(event: dict[str, Any], param: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_event(json.dumps(event))
+    assert (caught.value.code, caught.value.param) == ("unknown_parameter", param)
+    assert param in caught.value.message
+
+
+def test_parser_accepts_an_items_object_and_status_as_openai_does() -> None:
+    item = {"object": "realtime.item", "status": "completed", "role": "user",
+            "content": [{"type": "input_text", "text": "hi"}]}  # fmt: skip
+    event = parse_client_event(json.dumps({"type": "conversation.item.create", "item": item}))
+    assert event.item.content[0].text == "hi"
 
 
 def test_parser_accepts_ga_and_beta_session_fields() -> None:

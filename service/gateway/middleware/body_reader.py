@@ -8,9 +8,14 @@ only its connection until `body_read_timeout_seconds` (the whole body) or
 The layers inside see the body as one complete ``http.request`` message, then the connection's
 own messages (a disconnect).
 
-The bodies being read at once are bounded together by `max_reading_body_bytes`: a body declared
-(``content-length``) or read beyond what is left of it is refused with 429. Each body alone is
-bounded by `max_body_bytes` outside this layer (`body_limit.py`), whose 413 passes through.
+The bodies being read at once are bounded together by `max_reading_body_bytes`: a body read
+beyond what is left of it is refused with 429. Only bytes that arrived count: reserving a
+declared ``content-length`` up front let a client that declares a large body and then stalls
+hold the whole budget, and everyone else got 429, with no byte sent. Each body alone is bounded
+by `max_body_bytes` outside this layer (`body_limit.py`), whose 413 passes through.
+
+Public paths (`public.py`: health checks, metrics, the docs and the web page) take no body, so
+none is read for them: a body sent to one never enters the budget.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ from __future__ import annotations
 import logging
 
 import anyio
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.gateway.errors import error_response
+from service.gateway.middleware.public import is_public
 
 log = logging.getLogger("spiritlm.gateway")
 
@@ -50,11 +55,11 @@ class BodyReaderMiddleware:
         self.reading_bytes = 0  # held by bodies being read now, all requests together
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         try:
-            message = await self._read(scope, receive)
+            message = await self._read(receive)
         except BodyReadTimeout as error:
             log.info("request body refused: %s", error)
             await _refusal(408, str(error))(scope, receive, send)
@@ -66,13 +71,11 @@ class BodyReaderMiddleware:
             return  # the client left while sending: there is no one to answer
         await self.app(scope, replaying(message, receive), send)
 
-    async def _read(self, scope: Scope, receive: Receive) -> Message | None:
+    async def _read(self, receive: Receive) -> Message | None:
         """The whole body as one message; None when the client left instead."""
-        declared = _declared_length(scope)
         reserved = received = 0
         chunks: list[bytes] = []
         try:
-            reserved = self._reserve(declared or 0, 0)
             with anyio.move_on_after(self.timeout) as whole:
                 while True:
                     with anyio.move_on_after(self.idle_timeout) as idle:
@@ -112,11 +115,6 @@ class BodyReaderMiddleware:
             )
         self.reading_bytes += wanted - reserved
         return wanted
-
-
-def _declared_length(scope: Scope) -> int | None:
-    value = Headers(scope=scope).get("content-length")
-    return int(value) if value is not None and value.isdigit() else None
 
 
 def _refusal(status: int, message: str) -> ASGIApp:

@@ -3,7 +3,8 @@
 The wire format is the OpenAI Realtime API's: JSON text frames, each an object with a `type`.
 `parse_client_event` turns a frame into one of the client event models and raises nothing but
 `ProtocolError` (which becomes an ``error`` event naming the offending `event_id`), whatever the
-frame holds.
+frame holds. A field that no event of the API has is refused (``unknown_parameter``, as OpenAI
+does), never ignored: a misspelt setting must not leave the session silently unchanged.
 
 Two dialects of server events exist: the GA names (``response.output_audio.delta``,
 ``conversation.item.added``, ...) and the beta names (``response.audio.delta``,
@@ -74,13 +75,13 @@ MaxTokens = Annotated[int, Field(ge=1)] | Literal["inf"]
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     event_id: str | None = Field(default=None, max_length=512)
 
 
 class TurnDetectionIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["server_vad", "semantic_vad"] = "server_vad"
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -93,14 +94,14 @@ class TurnDetectionIn(BaseModel):
 
 
 class AudioFormatIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["audio/pcm", "audio/pcmu", "audio/pcma"] = "audio/pcm"
     rate: int | None = None
 
 
 class InputAudioIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     format: AudioFormatIn | None = None
     transcription: dict[str, Any] | None = None
@@ -109,7 +110,7 @@ class InputAudioIn(BaseModel):
 
 
 class OutputAudioIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     format: AudioFormatIn | None = None
     voice: str | int | None = None
@@ -117,7 +118,7 @@ class OutputAudioIn(BaseModel):
 
 
 class AudioIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     input: InputAudioIn | None = None
     output: OutputAudioIn | None = None
@@ -126,7 +127,7 @@ class AudioIn(BaseModel):
 class SessionIn(BaseModel):
     """`session` of session.update: GA and beta fields; only the fields given are applied."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     type: str | None = None
     model: str | None = None
@@ -152,7 +153,6 @@ class SessionIn(BaseModel):
     prompt: dict[str, Any] | None = None
     speed: float | None = None
     input_audio_noise_reduction: dict[str, Any] | None = None
-    # Extension: False synthesises each speech part whole after generation (a baseline).
 
 
 class SessionUpdate(_Event):
@@ -181,7 +181,7 @@ class AudioClear(_Event):
 
 
 class ContentIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["input_text", "input_audio", "text", "output_text", "audio", "output_audio"]
     text: str | None = None
@@ -190,9 +190,13 @@ class ContentIn(BaseModel):
 
 
 class ItemIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(default=None, max_length=64)
+    # As in OpenAI's API, an item may carry the `object` and `status` of the item events it was
+    # copied from; they have no effect on the conversation.
+    object: Literal["realtime.item"] | None = None
+    status: Literal["completed", "incomplete", "in_progress"] | None = None
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system"]
     content: list[ContentIn] = Field(min_length=1, max_length=64)
@@ -226,7 +230,7 @@ class OutputAudioClear(_Event):
 
 
 class ResponseIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     output_modalities: list[Modality] | None = Field(default=None, min_length=1)
     modalities: list[Modality] | None = Field(default=None, min_length=1)
@@ -322,6 +326,10 @@ def _validation_error(error: ValidationError, event_id: str | None) -> ProtocolE
     # The discriminator tag is the first location element; it is not part of the field path.
     location = [str(part) for part in first.get("loc", ())][1:]
     param = ".".join(location) or None
+    if first.get("type") == "extra_forbidden":  # a field no event of the API has: never ignored
+        return ProtocolError(
+            "unknown_parameter", f"Unknown parameter: '{param}'.", param=param, event_id=event_id
+        )
     missing = first.get("type") == "missing"
     code = "missing_required_parameter" if missing else "invalid_value"
     message = f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "")
