@@ -802,6 +802,93 @@ def test_base64_and_json_bombs_are_refused(gateway: str) -> None:
     assert statuses[3] == 413
 
 
+LONE = "\\ud800"  # a JSON escape of half a surrogate pair: not Unicode text once parsed
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/generate", '{"prompt": "hi LONE there", "max_tokens": 2}', "prompt"),
+        ("/v1/generate", '{"inputs": [{"type": "text", "text": "LONE"}], "stream": true}',
+         "inputs.0.text"),
+        ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi LONE"}]}',
+         "messages.0.content"),
+        ("/v1/chat/completions",
+         '{"messages": [{"role": "user", "content": [{"type": "text", "text": "LONE"}]}]}',
+         "messages.0.content.0.text"),
+        ("/v1/speech/detokenize", '{"tokens": "[Hu1]LONE[Hu2]"}', "tokens"),
+        ("/v1/generate", '{"prompt": "hi", "LONE": 1}', "\\ud800"),
+    ],
+    ids=["prompt", "inputs-text", "chat-string", "chat-part", "detokenize", "key"],
+)  # fmt: skip
+def test_text_that_is_not_unicode_is_refused_by_name(
+    gateway: str, path: str, body: str, param: str
+) -> None:
+    content = body.replace("LONE", LONE).encode()
+    headers = {"Content-Type": "application/json"}
+    response = httpx.post(f"{gateway}{path}", content=content, headers=headers, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and "lone UTF-16 surrogate" in error["message"], error
+
+
+def test_a_surrogate_pair_and_an_escaped_backslash_are_text(gateway: str) -> None:
+    # An emoji spelt ASCII-only (two escapes), and the six characters \ud800 spelt literally.
+    text = "[Text]hi \\ud83d\\ude00 \\\\ud800"
+    body = '{"prompt": "' + text + '", "output_modality": "text", "max_tokens": 2}'
+    headers = {"Content-Type": "application/json"}
+    response = httpx.post(f"{gateway}/v1/generate", content=body, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": "user", "content": [{"type": ["text"]}]}]},
+         "messages[0].content[0].type"),
+        ({"messages": [{"role": "user", "content": [{"type": {"a": 1}, "text": "x"}]}]},
+         "messages[0].content[0].type"),
+        ({"messages": [{"role": "user", "content": "hi"}], "top_k": 2**64}, "top_k"),
+    ],
+    ids=["type-list", "type-object", "top-k"],
+)  # fmt: skip
+def test_odd_chat_values_are_refused_by_name(gateway: str, body: dict, param: str) -> None:
+    response = httpx.post(f"{gateway}/v1/chat/completions", json=body, timeout=60)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["param"] == param, response.text
+
+
+def test_realtime_text_that_is_not_unicode_is_refused_and_the_session_goes_on(
+    gateway: str,
+) -> None:
+    item = (
+        '{"type": "conversation.item.create", "event_id": "evt-lone", "item": {"role": "user", '
+        '"content": [{"type": "input_text", "text": "hi ' + LONE + '"}]}}'
+    )
+
+    async def scenario() -> tuple[dict[str, Any], list[str]]:
+        url = ws(gateway) + f"/v1/realtime?model={BASE}"
+        async with connect(url, max_size=None, open_timeout=30) as conn:
+            await recv_json(conn)  # session.created
+            await conn.send(item)
+            while (event := await recv_json(conn))["type"] != "error":
+                pass
+            update = {"output_modalities": ["text"], "max_output_tokens": 2}
+            await conn.send(json.dumps({"type": "session.update", "session": update}))
+            await conn.send(json.dumps({"type": "response.create"}))
+            seen = []
+            while (done := await recv_json(conn))["type"] != "response.done":
+                seen.append(done["type"] + ":" + done.get("item", {}).get("role", ""))
+            return event["error"], [*seen, done["response"]["status"]]
+
+    error, after = asyncio.run(scenario())
+    assert error["param"] == "item.content.0.text" and error["event_id"] == "evt-lone", error
+    assert "lone UTF-16 surrogate" in error["message"]
+    # The item was not added, so the next response runs.
+    assert "conversation.item.added:user" not in after and "error:" not in after, after
+    assert after[-1] in ("completed", "incomplete"), after
+
+
 # ---- fail closed: key settings, start-up posture, bounded metric labels ----------------------
 
 

@@ -411,6 +411,26 @@ def test_a_malformed_lm_answer_is_a_502_naming_the_lm_worker(
     assert worker_url not in response.text and "Error" not in response.text
 
 
+def test_a_request_vllm_fails_in_its_stream_leaves_the_worker_in_the_pool(
+    gateway_of_malformed_workers: tuple[str, str],
+) -> None:
+    """vLLM answered 200, then an error event (as when its serializer overflowed on a sampling
+    value): this request fails with a 502, and the worker serves the next one; a failure of the
+    worker itself would have ejected it, and the next request would get 503."""
+    gateway, worker_url = gateway_of_malformed_workers
+    error = {"error": {"object": "error", "message": "OverflowError: int too big", "code": 500}}
+    failed = f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
+    body = {"prompt": "[Text]hi", "output_modality": "text", "max_tokens": 4}
+    for _ in range(2):
+        _MalformedWorker.answers = {"/v1/completions": (SSE, failed)}
+        response = httpx.post(f"{gateway}/v1/generate", json=body, timeout=60)
+        assert response.status_code == 502, response.text
+        assert response.json()["error"]["message"] == "the LM worker failed to run this request"
+        assert worker_url not in response.text and "Overflow" not in response.text
+    healthy = httpx.get(f"{gateway}/ready", timeout=10).json()
+    assert healthy["status"] == "ready", healthy
+
+
 @pytest.mark.parametrize(
     "answer",
     [b"not json", b"[1, 2]", b'{"units": "nope"}'],

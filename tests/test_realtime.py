@@ -582,6 +582,24 @@ def test_parser_refuses_unknown_fields_by_name(event: dict[str, Any], param: str
     assert param in caught.value.message
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [{str(i): "v" for i in range(17)}, {"k" * 65: "v"}, {"k": "v" * 513}],
+    ids=["17-pairs", "long-key", "long-value"],
+)
+def test_response_metadata_is_bounded_as_openai_bounds_it(metadata: dict[str, str]) -> None:
+    event = {"type": "response.create", "response": {"metadata": metadata}}
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_event(json.dumps(event))
+    assert caught.value.code == "invalid_value"
+    assert (caught.value.param or "").startswith("response.metadata")
+    kept = {str(i): "v" * 512 for i in range(16)}
+    parsed = parse_client_event(
+        json.dumps({"type": "response.create", "response": {"metadata": kept}})
+    )
+    assert parsed.response.metadata == kept
+
+
 def test_parser_accepts_an_items_object_and_status_as_openai_does() -> None:
     item = {"object": "realtime.item", "status": "completed", "role": "user",
             "content": [{"type": "input_text", "text": "hi"}]}  # fmt: skip

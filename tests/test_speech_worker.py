@@ -605,6 +605,13 @@ BAD_HTTP = [
     ("decode", {"model": BASE, "tokens": "[Hu1]", "format": "ogg"}, 422, "format"),
     ("decode", {"model": BASE, "tokens": "[Hu1]", "sample_rate": 12345}, 400, "sample_rate"),
     ("decode", {"model": EXPRESSIVE, "tokens": "[Hu1][Hu2]"}, 400, "pitch"),
+    ("decode", {"model": BASE, "tokens": "[Hu1][Pi3][Hu2]"}, 400, "need the expressive model"),
+    (
+        "decode",
+        {"model": BASE, "units": {"hubert": "1 2", "style": "3"}},
+        400,
+        "units: pitch and style units",
+    ),
     ("decode", {"model": BASE, "tokens": "[Hu1]" * (MAX_TOKENS + 1)}, 400, "limit"),
 ]
 

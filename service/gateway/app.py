@@ -28,6 +28,7 @@ from service.gateway.middleware import (
     ConcurrencyLimitMiddleware,
     DisconnectMiddleware,
     DrainingMiddleware,
+    JSONTextMiddleware,
     JSONValuesLimitMiddleware,
     RequestIdMiddleware,
     WebSocketOriginMiddleware,
@@ -65,9 +66,9 @@ def _middleware(
     id and an access-log line, refusals included. CORS comes before every refusal, so that
     preflights are answered without a key and refusals carry CORS headers a browser can read;
     then WebSocket origins (403), the API key (401), draining (503), the body size (413), the
-    whole body read under its timeouts (408) and its JSON values counted (413) before the
-    concurrency limit (429), so a slow body holds no slot; innermost, a client disconnect
-    cancels the handler."""
+    whole body read under its timeouts (408), its JSON values counted (413) and its text checked
+    for lone surrogates (400) before the concurrency limit (429), so a slow body holds no slot;
+    innermost, a client disconnect cancels the handler."""
     stack = [
         Middleware(RequestIdMiddleware),
         Middleware(AccessLogMiddleware, metrics=metrics),
@@ -99,6 +100,7 @@ def _middleware(
             max_reading_bytes=settings.max_reading_body_bytes,
         ),
         Middleware(JSONValuesLimitMiddleware, max_values=settings.max_json_values),
+        Middleware(JSONTextMiddleware),
         Middleware(
             ConcurrencyLimitMiddleware,
             max_concurrent=settings.max_concurrent_requests,

@@ -25,7 +25,14 @@ from service.checkpoints.layout import EXPRESSIVE, CheckpointLayout
 from service.gateway.errors import APIError
 from service.gateway.models.aliases import target as alias_target
 from service.gateway.pools import Endpoint, NoHealthyWorker, WorkerPool
-from service.lm.client import LMClient, LMError, LMMalformedAnswer, SamplingParams, Usage
+from service.lm.client import (
+    LMClient,
+    LMError,
+    LMMalformedAnswer,
+    LMRequestFailed,
+    SamplingParams,
+    Usage,
+)
 from service.lm.ending import Ending
 from service.lm.generation import GenerationResult, Generator, PreparedPrompt, prepare_prompt
 from service.lm.parsing import Done, ModalitySwitch, SpeechTokens, TextDelta
@@ -433,13 +440,18 @@ def _lm_failure(error: Exception) -> tuple[APIError, bool] | None:
     """`_on_some_worker`'s classification of LM worker errors.
 
     A 4xx is the request's fault (vLLM refused it): it keeps its status and vLLM's message,
-    the worker is fine. Anything else (a 5xx, an unreachable worker) means the worker failed,
-    and is a 503 whose details (worker URL, exception text) are logged, not sent.
+    the worker is fine. A failure vLLM reports inside its stream is this request's too (a 502;
+    the worker answered, so it stays in the pool). Anything else (a 5xx, an unreachable worker)
+    means the worker failed, and is a 503. Details (worker URL, exception text) are logged, not
+    sent.
     """
     if not isinstance(error, LMError):
         return None
     if error.status < 500:
         return APIError(error.status, str(error)), False
+    if isinstance(error, LMRequestFailed):
+        log.warning("LM worker failed a request: %s", error)
+        return APIError(502, "the LM worker failed to run this request"), False
     if isinstance(error, LMMalformedAnswer):
         # Not a failure to reach it: no retry elsewhere; a 502 that names the role.
         log.warning("LM worker sent a malformed answer: %s", error)

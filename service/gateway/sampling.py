@@ -12,7 +12,8 @@ from service.lm.stops import stops_problem
 class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0, description="0 = no top-k filtering")
+    # Bounded like every number that reaches vLLM: past 2**64 its serializer overflows.
+    top_k: int = Field(default=0, ge=0, le=2**31 - 1, description="0 = no top-k filtering")
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 

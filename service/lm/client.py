@@ -26,6 +26,15 @@ class LMError(Exception):
         super().__init__(message)
 
 
+class LMRequestFailed(LMError):
+    """vLLM took the request, then reported in its stream that it failed (status >= 500).
+
+    The worker answered, so it is up: what failed is this request (an input vLLM could not
+    handle, e.g. a sampling value its serializer overflows), and it must not take the worker out
+    of the pool for everyone. A worker that is really down fails its health checks.
+    """
+
+
 class LMMalformedAnswer(LMError):
     """The LM worker answered with something that is not a vLLM completion (502)."""
 
@@ -205,10 +214,11 @@ class LMClient:
 
 def _stream_error(error: Any) -> LMError:
     if not isinstance(error, dict):
-        return LMError(500, f"LM worker error: {error}")
+        return LMRequestFailed(500, f"LM worker error: {error}")
     code = error.get("code")
     status = code if isinstance(code, int) and 400 <= code < 600 else 500
-    return LMError(status, f"LM worker error: {error.get('message', error)}")
+    message = f"LM worker error: {error.get('message', error)}"
+    return LMError(status, message) if status < 500 else LMRequestFailed(status, message)
 
 
 def _response_error(response: httpx.Response) -> LMError:

@@ -236,6 +236,7 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
         stack = state.models.get(body.model)
         check_decode_units(body, state.settings.max_detokenize_units)
         units, field = request_units(body, state.settings.max_tokens)
+        check_streams(stack.expressive, units, field)
         check_speaker(stack, body.speaker)
         check_output(body.format, body.sample_rate, formats)
         started = time.perf_counter()
@@ -378,6 +379,19 @@ def request_units(body: DecodeRequest, max_tokens: int) -> tuple[Units, str]:
             code="invalid_units",
         )
     return units, field
+
+
+def check_streams(expressive: bool, units: Units, field: str) -> None:
+    """Pitch and style units only mean something to the expressive vocoder; the base one would
+    drop them, so they are refused rather than ignored."""
+    if not expressive and (units.pitch or units.style):
+        raise WorkerRequestError(
+            400,
+            f"{field}: pitch and style units ([Pi<n>], [St<n>]) need the expressive model; the "
+            "base model's vocoder takes HuBERT units only",
+            param=field,
+            code="invalid_units",
+        )
 
 
 def _check_count(count: int, limit: int, field: str) -> None:

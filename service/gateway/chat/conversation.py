@@ -151,6 +151,8 @@ def _check_part_keys(messages: Sequence[ChatMessage]) -> None:
         for number, part in enumerate(message.content):
             where = f"messages[{index}].content[{number}]"
             kind = part.get("type")
+            if not isinstance(kind, str):
+                raise APIError(400, f"{where}.type must be a string", param=f"{where}.type")
             if kind in _PART_KEYS:
                 refuse_unknown_keys(part, _PART_KEYS[kind], where)
             inner = part.get("input_audio") if kind == "input_audio" else None
@@ -172,7 +174,7 @@ async def _add_part(parts: _Parts, part: dict[str, Any], role: str, source: _Sou
         allowed = "'text'" if role in _TEXT_ONLY_ROLES else "'text' or 'input_audio'"
         raise APIError(
             400,
-            f"{where}.type: {kind!r} is not supported in a {role} message; use {allowed}",
+            f"{where}.type: {kind[:80]!r} is not supported in a {role} message; use {allowed}",
             param=f"{where}.type",
         )
 

@@ -3,8 +3,8 @@
 Plain ASGI (not BaseHTTPMiddleware), so streamed responses and WebSockets pass through
 untouched. `service.gateway.app` stacks them, outermost first: request id, access log, CORS
 (Starlette's, when origins are set), WebSocket origin, auth, draining, body limit, body reader
-(the whole body under its timeouts), JSON values, concurrency limit, disconnect (cancels the
-handler).
+(the whole body under its timeouts), JSON values, JSON text, concurrency limit, disconnect
+(cancels the handler).
 """
 
 from service.gateway.middleware.access_log import AccessLogMiddleware
@@ -15,6 +15,7 @@ from service.gateway.middleware.concurrency import ConcurrencyLimitMiddleware
 from service.gateway.middleware.disconnect import DisconnectMiddleware
 from service.gateway.middleware.draining import DrainingMiddleware
 from service.gateway.middleware.json_limit import JSONValuesLimitMiddleware
+from service.gateway.middleware.json_text import JSONTextMiddleware
 from service.gateway.middleware.origin import WebSocketOriginMiddleware
 from service.gateway.middleware.request_id import RequestIdMiddleware
 
@@ -26,6 +27,7 @@ __all__ = [
     "ConcurrencyLimitMiddleware",
     "DisconnectMiddleware",
     "DrainingMiddleware",
+    "JSONTextMiddleware",
     "JSONValuesLimitMiddleware",
     "RequestIdMiddleware",
     "WebSocketOriginMiddleware",

@@ -27,7 +27,7 @@ class JSONValuesLimitMiddleware:
         self.max_values = max_values
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _is_json(Headers(scope=scope).get("content-type")):
+        if scope["type"] != "http" or not is_json(Headers(scope=scope).get("content-type")):
             await self.app(scope, receive, send)
             return
         message = await receive()
@@ -43,7 +43,7 @@ class JSONValuesLimitMiddleware:
         await self.app(scope, replaying(message, receive), send)
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json(content_type: str | None) -> bool:
     # FastAPI parses a body as JSON without a content type, and for application/json or
     # application/*+json.
     if content_type is None:

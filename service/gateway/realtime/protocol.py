@@ -21,6 +21,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from service.gateway.json_text import (
+    lone_surrogate_message,
+    lone_surrogate_path,
+    may_hold_surrogates,
+)
 from service.gateway.realtime.conversation import Item, Part
 
 Dialect = Literal["ga", "beta"]
@@ -72,6 +77,12 @@ def new_id(prefix: str) -> str:
 
 Modality = Literal["audio", "text"]
 MaxTokens = Annotated[int, Field(ge=1)] | Literal["inf"]
+# A response's metadata is kept with it and echoed in its events: bounded as OpenAI bounds it
+# (16 pairs, keys of 64 characters, values of 512).
+MAX_METADATA_PAIRS = 16
+MetadataKey = Annotated[str, Field(max_length=64)]
+MetadataValue = Annotated[str, Field(max_length=512)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)]
 
 
 class _Event(BaseModel):
@@ -236,7 +247,7 @@ class ResponseIn(BaseModel):
     modalities: list[Modality] | None = Field(default=None, min_length=1)
     instructions: str | None = Field(default=None, max_length=20000)
     conversation: Literal["auto", "none"] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_output_tokens: MaxTokens | None = None
     max_response_output_tokens: MaxTokens | None = None
@@ -313,6 +324,11 @@ def parse_client_event(frame: str) -> Any:
             param="type",
             event_id=event_id,
         )
+    if may_hold_surrogates(frame):  # text that is not Unicode (json_text.py)
+        path = lone_surrogate_path(data)
+        if path is not None:
+            message = lone_surrogate_message(path)
+            raise ProtocolError("invalid_value", message, param=path or None, event_id=event_id)
     try:
         return _CLIENT_EVENT.validate_python(data)
     except ValidationError as error:
