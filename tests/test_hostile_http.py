@@ -238,6 +238,34 @@ def test_only_bytes_that_arrived_count_against_the_reading_budget(servers: Serve
             connection.close()
 
 
+def test_a_compressed_body_is_refused_not_read_as_plain(gateway: str) -> None:
+    body = {"prompt": "[Text]Hello", "output_modality": "text", "max_tokens": 2}
+    for encoding in ("gzip", "br, gzip"):
+        headers = {"Content-Encoding": encoding}
+        response = httpx.post(f"{gateway}/v1/generate", json=body, headers=headers, timeout=60)
+        assert response.status_code == 415, response.text
+        assert "Content-Encoding" in response.json()["error"]["message"]
+    plain = {"Content-Encoding": "identity"}
+    response = httpx.post(f"{gateway}/v1/generate", json=body, headers=plain, timeout=60)
+    assert response.status_code == 200, response.text
+
+
+def test_a_multipart_field_sent_twice_is_refused_by_name(gateway: str, speech_file: Path) -> None:
+    audio = speech_file.read_bytes()
+    twice = [("file", ("a.flac", audio)), ("file", ("b.flac", audio))]
+    response = httpx.post(f"{gateway}/v1/audio/transcriptions", files=twice, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "file"
+    one: list[tuple[str, Any]] = [("file", ("a.flac", audio))]
+    labels = [("labels", (None, "yes")), ("labels", (None, "no"))]
+    models = [("model", (None, BASE)), ("model", (None, "whisper-1"))]
+    url = f"{gateway}/v1/audio/classifications"
+    response = httpx.post(url, files=one + models + labels, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "model"
+    # Repeating a list field is how it is sent.
+    response = httpx.post(url, files=one + labels, timeout=60)
+    assert response.status_code == 200, response.text
+
+
 def test_multipart_uploads_pass_the_body_reader(gateway: str, speech_file: Path) -> None:
     with httpx.Client(base_url=gateway, timeout=120) as client, speech_file.open("rb") as audio:
         response = client.post("/v1/speech/tokenize", files={"file": ("speech.flac", audio)})

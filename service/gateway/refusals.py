@@ -10,7 +10,9 @@ models and refused by each route's checks with `refuse`, saying why.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+import typing
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 
 from pydantic import BaseModel
 
@@ -71,3 +73,20 @@ def _unrecognized(path: str) -> APIError:
     return APIError(
         400, f"Unrecognized request argument supplied: {path}", param=path, code="unknown_parameter"
     )
+
+
+def refuse_repeated(model_type: type[BaseModel], names: Iterable[str]) -> None:
+    """Raise a 400 naming a multipart field sent more than once that `model_type` holds once
+    (the parser would silently keep the last copy). List fields (`labels`, `include[]`) repeat
+    by design; names the model does not know are left to `refuse_unknown`."""
+    single = {
+        key
+        for name, field in model_type.model_fields.items()
+        if typing.get_origin(field.annotation) is not list
+        for key in (name, field.alias or name)
+    }
+    for name, count in Counter(names).items():
+        if count > 1 and name in single:
+            raise APIError(
+                400, f"{name}: given {count} times; send it once", param=name, code="invalid_value"
+            )

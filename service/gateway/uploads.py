@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import anyio.to_thread
 from fastapi import Request, UploadFile
+from pydantic import BaseModel
 
 from service.audio.decode import AudioLimits, AudioTooLong, DecodedAudio, decode_to_f32le
 from service.errors import AudioError
 from service.gateway.errors import APIError
+from service.gateway.refusals import refuse_repeated
 from service.gateway.settings import GatewaySettings
 
 RAW_AUDIO_TYPES = ("audio/", "application/octet-stream")
@@ -44,6 +47,17 @@ def require_multipart(request: Request) -> None:
             f"Content-Type must be multipart/form-data with a 'file' part (got {kind or 'none'})",
             code="unsupported_media_type",
         )
+
+
+def single_valued(form_type: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
+    """Dependency of multipart routes: a field of `form_type` held once, sent twice, is a 400
+    (refusals.py `refuse_repeated`). The form is the one FastAPI parsed (Starlette caches it)."""
+
+    async def check(request: Request) -> None:
+        form = await request.form()
+        refuse_repeated(form_type, (name for name, _ in form.multi_items()))
+
+    return check
 
 
 def require_json(request: Request) -> None:

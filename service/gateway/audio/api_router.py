@@ -18,13 +18,16 @@ from service.gateway.audio.speech import speak
 from service.gateway.audio.transcription import transcribe
 from service.gateway.refusals import refuse_unknown
 from service.gateway.state import GatewayState, gateway_state
-from service.gateway.uploads import require_json, require_multipart
+from service.gateway.uploads import require_json, require_multipart, single_valued
 from service.gateway.voices import model_voices, voices_listing
 
 router = APIRouter(tags=["audio"])
 
 
-@router.post("/v1/audio/transcriptions", dependencies=[Depends(require_multipart)])
+@router.post(
+    "/v1/audio/transcriptions",
+    dependencies=[Depends(require_multipart), Depends(single_valued(TranscriptionForm))],
+)
 async def create_transcription(
     form: Annotated[TranscriptionForm, Form()], state: GatewayState = Depends(gateway_state)
 ) -> Response:
@@ -32,7 +35,10 @@ async def create_transcription(
     return await transcribe(form, state)
 
 
-@router.post("/v1/audio/classifications", dependencies=[Depends(require_multipart)])
+@router.post(
+    "/v1/audio/classifications",
+    dependencies=[Depends(require_multipart), Depends(single_valued(ClassificationForm))],
+)
 async def create_classification(
     form: Annotated[ClassificationForm, Form()], state: GatewayState = Depends(gateway_state)
 ) -> ClassificationOut:

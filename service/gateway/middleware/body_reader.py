@@ -14,6 +14,9 @@ declared ``content-length`` up front let a client that declares a large body and
 hold the whole budget, and everyone else got 429, with no byte sent. Each body alone is bounded
 by `max_body_bytes` outside this layer (`body_limit.py`), whose 413 passes through.
 
+Bodies are read as sent, never decompressed: a ``content-encoding`` other than ``identity`` is
+refused with 415 before the body is read, instead of the body being parsed as if it were plain.
+
 Public paths (`public.py`: health checks, metrics, the docs and the web page) take no body, so
 none is read for them: a body sent to one never enters the budget.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import logging
 
 import anyio
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.gateway.errors import error_response
@@ -57,6 +61,14 @@ class BodyReaderMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope["path"]):
             await self.app(scope, receive, send)
+            return
+        encoding = Headers(scope=scope).get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            refusal = _refusal(
+                415,
+                f"Content-Encoding '{encoding[:40]}' is not supported; send the body uncompressed",
+            )
+            await refusal(scope, receive, send)
             return
         try:
             message = await self._read(receive)
