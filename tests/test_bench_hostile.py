@@ -140,6 +140,23 @@ def test_opus_at_44100_is_a_400_before_generation(servers: Servers) -> None:
     assert "generate-opus-44100 | 400 |" in markdown_row(result)
 
 
+def test_declared_bodies_top_k_and_surrogates_are_refused_and_leave_the_stack_serving(
+    servers: Servers,
+) -> None:
+    gateway, lm = servers.gateway(BASE), servers.lm(BASE)
+    target = Target(gateway, lm_url=lm, pids=pids(servers, gateway))
+    declared = run_attack(ATTACKS["declared-bodies"], target, CONFIG)
+    assert declared.ok, declared.failures
+    assert declared.outcome.status == "200 (normal request)"
+    top_k = run_attack(ATTACKS["huge-top-k"], target, CONFIG)
+    assert top_k.ok, top_k.failures
+    assert top_k.outcome.codes == [422] * 11 + [200] and "top_k" in top_k.outcome.message
+    surrogates = run_attack(ATTACKS["lone-surrogates"], target, CONFIG)
+    assert surrogates.ok, surrogates.failures
+    assert surrogates.outcome.codes == [400, 400, 400]
+    assert surrogates.outcome.message.count("lone UTF-16 surrogate") == 3
+
+
 @pytest.fixture(scope="module")
 def keyed_gateway(servers: Servers) -> str:
     return servers.gateway(

@@ -477,7 +477,9 @@ async def disconnect_non_streamed(probe: Probe, max_tokens: int = 2000) -> Outco
         outcome.status += " (finished before the disconnect)"
         outcome.message = outcome.message or "inconclusive: the generation ended by itself"
         return outcome
-    await asyncio.sleep(0.5)  # in the middle of the generation
+    # In the middle of the generation: the tiny LM on a quiet machine makes 2000 tokens in
+    # well under a second, so leave soon after it starts.
+    await asyncio.sleep(0.1)
     request.cancel()
     await _no_exception(request)
     closed = time.monotonic()
@@ -551,6 +553,86 @@ async def chat_many_audio(probe: Probe, count: int = 16) -> Outcome:
             "max_tokens": 4}  # fmt: skip
     response = await probe.http.post("/v1/chat/completions", json=body)
     return refusal(response, f"{count} x 300 s of audio in one request")
+
+
+async def _normal_generate(probe: Probe) -> httpx.Response:
+    body = {**probe.target.model_field(), "inputs": [{"type": "text", "text": "Hello."}],
+            "output_modality": "text", "max_tokens": 4}  # fmt: skip
+    return await probe.http.post("/v1/generate", json=body, timeout=60)
+
+
+async def declared_bodies(probe: Probe) -> Outcome:
+    """Bodies that declare the whole reading budget (256 MiB) and stall, one of them to /health
+    without a key: a normal request must be served (not 429)."""
+    parts = urlsplit(probe.target.url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    auth = "".join(f"{name}: {value}\r\n" for name, value in probe.target.headers().items())
+    heads = [
+        f"POST /health HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {256 * 2**20}\r\n\r\n".encode(),
+        *[f"POST /v1/generate HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}Content-Type: "
+          f"application/json\r\nContent-Length: {25 * 2**20}\r\n\r\n".encode()] * 11,
+    ]  # fmt: skip
+    opened = await asyncio.gather(*(_open_slow_body(host, port, head) for head in heads))
+    connections = [connection for connection in opened if connection is not None]
+    try:
+        await asyncio.sleep(1.0)
+        normal = await _normal_generate(probe)
+        outcome = answered(normal, expect=(200,))
+        outcome.status = f"{normal.status_code} (normal request)"
+        outcome.message = (
+            f"{outcome.message + '; ' if outcome.message else ''}{len(connections)} stalled "
+            "bodies declaring 256 MiB in all held open"
+        )
+        return outcome
+    finally:
+        for _, writer in connections:
+            writer.close()
+
+
+async def huge_top_k(probe: Probe, count: int = 10) -> Outcome:
+    """/v1/generate with top_k 2**64, ten times (vLLM's serializer overflows on it): each must
+    be refused, and a normal request served after them (the LM worker not ejected)."""
+    body = {**probe.target.model_field(), "prompt": "hi", "max_tokens": 3, "top_k": 2**64}
+    codes = [(await probe.http.post("/v1/generate", json=body)).status_code for _ in range(count)]
+    last = await probe.http.post("/v1/generate", json=body)
+    outcome = refusal(last, "top_k 2**64")
+    normal = await _normal_generate(probe)
+    outcome.codes = [*codes, last.status_code, normal.status_code]
+    outcome.status = f"{last.status_code} x{count + 1}, then {normal.status_code} (normal request)"
+    if normal.status_code != 200 and outcome.problem is None:
+        outcome.problem = f"the normal request after them got {normal.status_code}"
+    return outcome
+
+
+LONE_SURROGATE = "\\ud800"  # as JSON spells it: half a UTF-16 surrogate pair, not Unicode
+
+
+async def lone_surrogates(probe: Probe) -> Outcome:
+    """Text holding a lone UTF-16 surrogate (JSON \\ud800) in a prompt, a chat message and a
+    detokenize token string: each refused by name, before any tokenizer sees it."""
+    model = json.dumps(probe.target.model_field())[1:-1]
+    model = model + ", " if model else ""
+    bodies = {
+        "/v1/generate": "{" + model + '"prompt": "hi ' + LONE_SURROGATE + '", "max_tokens": 2}',
+        "/v1/chat/completions": "{"
+        + model
+        + '"messages": [{"role": "user", "content": "'
+        + LONE_SURROGATE
+        + '"}], "max_tokens": 2}',
+        "/v1/speech/detokenize": "{" + model + '"tokens": "[Hu1]' + LONE_SURROGATE + '[Hu2]"}',
+    }
+    headers = {"Content-Type": "application/json"}
+    responses = [await probe.http.post(path, content=body.encode(), headers=headers)
+                 for path, body in bodies.items()]  # fmt: skip
+    outcome = refusal(responses[0], "a lone surrogate")
+    outcome.codes = [response.status_code for response in responses]
+    outcome.status = ", ".join(str(code) for code in outcome.codes)
+    outcome.message = "; ".join(error_message(response) for response in responses)
+    accepted = [path for path, r in zip(bodies, responses, strict=True) if r.status_code < 400]
+    if accepted:
+        outcome.problem = f"accepted by {', '.join(accepted)}"
+    return outcome
 
 
 def _item(text: str) -> str:
@@ -712,6 +794,9 @@ ATTACKS = {
         Attack("worker-ports-no-credential", worker_ports_without_credential),
         Attack("websocket-foreign-origin", websocket_foreign_origin),
         Attack("slow-bodies", slow_bodies),
+        Attack("declared-bodies", declared_bodies),
+        Attack("huge-top-k", huge_top_k),
+        Attack("lone-surrogates", lone_surrogates),
         Attack("generate-24mb-prompt", generate_24mb_prompt),
         Attack("disconnect-non-streamed", disconnect_non_streamed),
         Attack("tokenize-192khz-flac", tokenize_192khz_flac),
