@@ -30,6 +30,8 @@ def test_a_burst_of_units_is_planned_about_one_chunk_per_slice(layout: Checkpoin
         slice_units.append(sum(1 for kind, _ in batch if kind == "hubert"))
         jobs_per_slice.append(len(session.plan(batch)))
     assert jobs_per_slice[0] == 1  # the first slice releases the first chunk alone
-    # Then slices of the doubling chunk cap (5, 10, 20, then max_chunk_units), one chunk each.
-    assert slice_units[1:4] == [5, 10, 20] and max(slice_units[1:]) == 40
+    # Then slices of the chunk cap (as many units as were emitted: the first chunk's 5 and the
+    # 2 ready units that fitted its forward pass's padded length; then 13, 28, and at most
+    # max_chunk_units), one chunk each.
+    assert slice_units[1:4] == [7, 13, 28] and max(slice_units[1:]) == 40
     assert max(jobs_per_slice) == 1 and sum(slice_units) == 200

@@ -652,13 +652,24 @@ def test_a_stream_that_fell_behind_catches_up_in_larger_chunks(base):
     count, first = push_until_audio(stream, units)
     assert [len(c) for c in first] == [ends[4] * HOP]  # the first chunk stays small
     assert stream.slice_units() == stream.chunk_cap() == 5  # a worker pushes one chunk's worth
-    # 100 units arrive at once: the chunks take more than 5 units each, each at most as many
-    # as the stream emitted before it (the cap doubles: 5, 10, 20) and at most 30.
+    # 100 units arrive at once: each chunk takes at least as many units as the stream emitted
+    # before it (at least 5: the cap doubles), plus the ready units that still fit in the
+    # padded length of that window's forward pass (free audio), and at most 30.
     later = stream.push(units[count : count + 100])
     chunk_ends = np.cumsum([len(c) // HOP for c in [*first, *later]])
     unit_counts = np.diff(np.searchsorted(ends, chunk_ends) + 1, prepend=0)
-    assert unit_counts[:5].tolist() == [5, 5, 10, 20, 30]
+    assert unit_counts[:5].tolist() == [5, 12, 30, 30, 28]
     assert len(later) < 100 // 5 and max(unit_counts) == 30
+    left, right = base.frame_context
+    emitted = 5
+    for count_k in unit_counts[1:-1]:
+        start_frame = max(0, ends[emitted - 1] - left)
+        smallest = min(30, max(5, emitted))
+        padded = shape_bucket(ends[emitted + smallest - 1] + right - start_frame)
+        # No more compute than the chunk's smallest size needs: its pass's padded length.
+        assert ends[emitted + count_k - 1] + right - start_frame <= padded
+        assert count_k >= smallest
+        emitted += count_k
     assert stream.slice_units() == 30
     rest = stream.push(units[count + 100 :]) + stream.finish()
     assert sum(len(c) for c in first + later + rest) == ends[-1] * HOP
