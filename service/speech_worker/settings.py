@@ -48,9 +48,11 @@ class SpeechWorkerSettings(Settings):
         description="Most HuBERT units one streaming chunk may take when units are waiting (a "
         "stream that fell behind, or one that held back: stream_lead_seconds): one vocoder "
         "window then covers them all instead of one per chunk_units; the audio is the same. "
-        "A chunk takes at most max(chunk_units, units its stream emitted before it), so a "
-        "stream reaches this cap by doubling. 0 = 4 x chunk_units (100 at the default); equal to "
-        "chunk_units = no coalescing; less than chunk_units is refused.",
+        "A chunk takes up to max(chunk_units, units its stream emitted before it), so a stream "
+        "reaches this cap by doubling, and also the ready units that still fit in the length "
+        "its vocoder pass is padded to (free audio; never past this cap). 0 = 4 x chunk_units "
+        "(100 at the default); "
+        "equal to chunk_units = no coalescing; less than chunk_units is refused.",
     )
     stream_lead_seconds: float = Field(
         default=0.0,
