@@ -10,21 +10,25 @@ with 413 before anything parses it. Commas inside strings count too: text fields
 far below this limit (`max_prompt_chars`).
 
 It sits inside `body_reader.py`, which hands over the whole body as one message.
+`JSONBodyCheck` is the shape of such a check (json_text.py is another).
 """
 
 from __future__ import annotations
 
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.gateway.errors import error_response
 from service.gateway.middleware.body_reader import replaying
 
 
-class JSONValuesLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_values: int) -> None:
+class JSONBodyCheck:
+    """A middleware that looks at a whole JSON body before anything parses it, and may refuse
+    it (`refusal`); other bodies pass untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_values = max_values
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_json(Headers(scope=scope).get("content-type")):
@@ -32,15 +36,29 @@ class JSONValuesLimitMiddleware:
             return
         message = await receive()
         body = message.get("body", b"") if message["type"] == "http.request" else b""
-        if body.count(b",") >= self.max_values:
-            refusal = error_response(
-                413,
-                f"request body has more than {self.max_values} JSON values "
-                "(max_json_values); send fewer items",
-            )
+        refusal = await self.refusal(body)
+        if refusal is not None:
             await refusal(scope, receive, send)
             return
         await self.app(scope, replaying(message, receive), send)
+
+    async def refusal(self, body: bytes) -> Response | None:
+        raise NotImplementedError
+
+
+class JSONValuesLimitMiddleware(JSONBodyCheck):
+    def __init__(self, app: ASGIApp, *, max_values: int) -> None:
+        super().__init__(app)
+        self.max_values = max_values
+
+    async def refusal(self, body: bytes) -> Response | None:
+        if body.count(b",") < self.max_values:
+            return None
+        return error_response(
+            413,
+            f"request body has more than {self.max_values} JSON values "
+            "(max_json_values); send fewer items",
+        )
 
 
 def is_json(content_type: str | None) -> bool:

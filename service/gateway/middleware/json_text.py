@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 
 import anyio.to_thread
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import Response
 
 from service.gateway.errors import error_response
 from service.gateway.json_text import (
@@ -19,27 +18,17 @@ from service.gateway.json_text import (
     lone_surrogate_path,
     may_hold_surrogates,
 )
-from service.gateway.middleware.body_reader import replaying
-from service.gateway.middleware.json_limit import is_json
+from service.gateway.middleware.json_limit import JSONBodyCheck
 
 
-class JSONTextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_json(Headers(scope=scope).get("content-type")):
-            await self.app(scope, receive, send)
-            return
-        message = await receive()
-        body = message.get("body", b"") if message["type"] == "http.request" else b""
-        if may_hold_surrogates(body):
-            path = await anyio.to_thread.run_sync(_lone_surrogate_in, body)
-            if path is not None:
-                refusal = error_response(400, lone_surrogate_message(path), param=path or None)
-                await refusal(scope, receive, send)
-                return
-        await self.app(scope, replaying(message, receive), send)
+class JSONTextMiddleware(JSONBodyCheck):
+    async def refusal(self, body: bytes) -> Response | None:
+        if not may_hold_surrogates(body):
+            return None
+        path = await anyio.to_thread.run_sync(_lone_surrogate_in, body)
+        if path is None:
+            return None
+        return error_response(400, lone_surrogate_message(path), param=path or None)
 
 
 def _lone_surrogate_in(body: bytes) -> str | None:
