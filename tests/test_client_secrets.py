@@ -124,6 +124,31 @@ def test_a_secret_opens_one_bound_session_on_any_replica(replicas: tuple[str, st
         assert event.session.model == BASE
 
 
+def test_a_refused_handshake_does_not_spend_the_secret_and_aliases_name_its_model(
+    replicas: tuple[str, str],
+) -> None:
+    a, _ = replicas
+    made = sdk(a).realtime.client_secrets.create(
+        session={"type": "realtime", "model": "gpt-realtime"}
+    )
+    bearer = {"additional_headers": {"Authorization": f"Bearer {made.value}"}}
+
+    async def scenario() -> tuple[dict, dict, dict]:
+        # Another model than the secret's: refused (an error event, then 1008), nothing opened.
+        async with connect(ws_url(a) + "?model=no-such-model", open_timeout=30, **bearer) as ws:
+            refused = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        # The same secret then opens its session, named by the alias it was made with.
+        async with connect(ws_url(a) + "?model=gpt-realtime", open_timeout=30, **bearer) as ws:
+            created = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        _, spent = await refusal(ws_url(a), **bearer)  # now it is spent
+        return refused, created, spent
+
+    refused, created, spent = asyncio.run(scenario())
+    assert refused["type"] == "error" and refused["error"]["param"] == "model", refused
+    assert created["type"] == "session.created" and created["session"]["model"] == BASE
+    assert "already used" in spent["error"]["message"]
+
+
 def test_secrets_are_refused_once_expired_and_outside_the_websocket(
     replicas: tuple[str, str],
 ) -> None:

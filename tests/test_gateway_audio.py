@@ -357,7 +357,7 @@ def test_zero_shot_classification_takes_the_request_labels(gateway: str, clip: P
     refused = classify(gateway, clip)  # this gateway has no classification bank
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "labels"
-    response = classify(gateway, clip, ["yes", "no", "yes", "maybe  so"])
+    response = classify(gateway, clip, ["yes", "no", "yes", "maybe so"])
     assert response.status_code == 200, response.text
     result = response.json()
     assert result["shots"] == 0
@@ -371,6 +371,8 @@ def test_zero_shot_classification_takes_the_request_labels(gateway: str, clip: P
         (["yes", "[Speech]"], "labels[1] contains the control token [Speech]"),
         (["yes", "[Hu12] no"], "labels[1] contains the speech token [Hu12]"),
         (["yes", "   "], "labels[1] is empty"),
+        (["yes", "a\nb"], "labels[1] must be one line"),
+        (["yes ", "no"], "labels[0] must be one line"),
         (["x" * 201], "labels[0]: 201 characters exceed the limit of 200"),
         ([f"label {i}" for i in range(33)], "33 distinct labels exceed the limit of 32"),
     ],

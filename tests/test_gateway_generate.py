@@ -286,6 +286,17 @@ def test_same_ids_as_the_generate_command(
         ({"prompt": "[Text]a", "stop": [""]}, 400, "stop[0]"),
         ({"prompt": "[Text]a", "frequency_penalty": 0.5}, 422, "frequency_penalty"),
         ({"inputs": [{"type": "text", "text": "a", "lang": "en"}]}, 422, "lang"),
+        ({"inputs": [{"type": "text", "text": "hi </s> <s>"}]}, 400, "inputs[0].text"),
+        ({"inputs": [{"type": "text", "text": "hi [Speech]"}]}, 400, "control token [Speech]"),
+        ({"inputs": [{"type": "text", "text": "hi [Hu12]"}]}, 400, "speech token [Hu12]"),
+        ({"inputs": [{"type": "speech", "tokens": "abc[Hu12]<s>"}]}, 400, "only speech tokens"),
+        ({"inputs": [{"type": "speech", "tokens": "[Hu1][Hu99999999]"}]}, 400, "not a unit"),
+        ({"inputs": [{"type": "speech", "tokens": "[Hu1][Pi3]"}]}, 400, "0 pitch units"),
+        (
+            {"prompt": "[Speech]", "output_modality": "speech", "speaker": 4, "stream": True},
+            400,
+            "speaker 4",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(

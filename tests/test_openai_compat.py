@@ -162,6 +162,17 @@ def test_speech_refusals_name_the_field(client: openai.OpenAI, extra: dict, para
         ),
         ({"extra_body": {"audio": {"voice": "2", "format": "wav", "speed": 2}}}, "audio.speed"),
         ({"extra_body": {"best_of": 2}}, "best_of"),
+        ({"response_format": {"type": "text", "json_schema": {"name": "x"}}}, "response_format"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"max_tokens": 3, "max_completion_tokens": 7}, "max_tokens"),
+        ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
+        (
+            {
+                "modalities": ["text", "audio"],
+                "audio": {"voice": {"id": "1", "x": "y"}, "format": "wav"},
+            },
+            "audio.voice.x",
+        ),
     ],
 )
 def test_chat_refusals_name_the_field(client: openai.OpenAI, options: dict, param: str) -> None:

@@ -390,6 +390,52 @@ def test_bad_events_get_errors_and_the_session_survives(gateway: str) -> None:
     assert httpx.get(gateway + "/ready", timeout=10).status_code == 200
 
 
+def test_the_reply_being_generated_cannot_be_truncated_until_cancelled(gateway: str) -> None:
+    async def scenario() -> Client:
+        client = await open_client(gateway)
+        await client.update(
+            max_output_tokens=300, audio={"input": {"turn_detection": None}}, temperature=0.0
+        )
+        await client.send(type="response.create")
+        delta = await client.until("response.output_audio.delta")
+        cut = {"item_id": delta["item_id"], "content_index": 0, "audio_end_ms": 100}
+        await client.send(type="conversation.item.truncate", event_id="evt-early", **cut)
+        await client.until("error")
+        await client.send(type="response.cancel")
+        await client.send(type="conversation.item.truncate", event_id="evt-late", **cut)
+        await client.until("conversation.item.truncated")
+        await client.until("response.done")
+        await client.ws.close()
+        return client
+
+    client = run(scenario())
+    [error] = [e["error"] for e in client.of("error")]
+    assert (error["event_id"], error["param"]) == ("evt-early", "item_id")
+    assert "response.cancel" in error["message"]
+    assert client.of("response.done")[0]["response"]["status"] == "cancelled"
+
+
+def test_the_input_format_changes_only_with_an_empty_buffer(gateway: str) -> None:
+    async def scenario() -> Client:
+        client = await open_client(gateway)
+        await client.update(audio={"input": {"turn_detection": None}})
+        await client.append(silence(1.0))
+        g711 = {"input": {"format": {"type": "audio/pcmu"}}}
+        await client.send(type="session.update", session={"audio": g711}, event_id="evt-format")
+        await client.until("error")
+        await client.send(type="input_audio_buffer.clear")
+        await client.until("input_audio_buffer.cleared")
+        await client.update(audio=g711)
+        await client.ws.close()
+        return client
+
+    client = run(scenario())
+    [error] = [e["error"] for e in client.of("error")]
+    assert (error["event_id"], error["param"]) == ("evt-format", "session.audio.input.format")
+    updated = client.of("session.updated")[-1]["session"]
+    assert updated["audio"]["input"]["format"]["type"] == "audio/pcmu"
+
+
 def test_many_concurrent_sessions(gateway: str) -> None:
     sessions = 8
 

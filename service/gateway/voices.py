@@ -65,6 +65,14 @@ def resolve_voice(voices: list[Voice], value: object, model: str, param: str = "
     if value is None:
         return DEFAULT_SPEAKER
     if isinstance(value, dict):  # OpenAI's custom-voice form {"id": "..."}
+        extra = sorted(set(value) - {"id"})
+        if extra:
+            raise APIError(
+                400,
+                f"{param}.{extra[0]}: a voice object takes only 'id'",
+                param=f"{param}.{extra[0]}",
+                code="unknown_parameter",
+            )
         value = value.get("id")
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise APIError(400, f"{param} must be a voice name or a speaker index", param=param)

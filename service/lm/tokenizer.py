@@ -319,6 +319,11 @@ class SpiritTokenizer:
             raise ValueError(f"{stream} unit {value} is out of range 0..{len(ids) - 1}")
         return ids[value]
 
+    @property
+    def special_strings(self) -> frozenset[str]:
+        """The named special tokens (<s>, </s>, <unk>): in prompt text they become those ids."""
+        return frozenset(self._special_strings)
+
     def unit_ids(self, stream: str) -> list[int]:
         """Ids of a stream's unit tokens, indexed by unit value (empty if the files lack it)."""
         by_value = {v: i for i, (s, v) in self._units.items() if s == stream}

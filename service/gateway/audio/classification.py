@@ -67,6 +67,12 @@ def candidate_labels(given: list[str]) -> list[str]:
         label = check_text(value, f"labels[{index}]", MAX_LABEL_CHARS)
         if not label:
             raise APIError(400, f"labels[{index}] is empty", param="labels")
+        if label != value:  # answered as given, so never rewritten
+            raise APIError(
+                400,
+                f"labels[{index}] must be one line without leading, trailing or repeated spaces",
+                param="labels",
+            )
         if label not in labels:
             labels.append(label)
     if len(labels) > MAX_LABELS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import UploadFile
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from service.audio.encode import AudioFormat
 from service.gateway.sampling import SamplingFields
@@ -113,7 +113,7 @@ class SpeechRequest(SamplingFields):
 
     model: str | None = Field(default=None, description=MODEL_HELP)
     input: str = Field(min_length=1, description="The text to speak.")
-    voice: str | int | VoiceRef | None = Field(
+    voice: StrictStr | StrictInt | VoiceRef | None = Field(
         default=None,
         description="Speaker index ('0'..'3'), speakers.txt name, or an OpenAI voice name "
         "(= the default speaker 2).",

@@ -81,7 +81,7 @@ def _check_options(request: SpeechRequest) -> None:
     if request.speed != 1.0:
         raise APIError(
             400,
-            f"speed {request.speed:g} is not supported: Spirit LM sets the speaking rate itself; "
+            f"speed {request.speed!r} is not supported: Spirit LM sets the speaking rate itself; "
             "use 1.0",
             param="speed",
         )

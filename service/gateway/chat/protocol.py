@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from service.gateway.refusals import refuse, refuse_unknown
 from service.gateway.sampling import SamplingFields
@@ -74,7 +74,7 @@ class ChatMessage(BaseModel):
 class AudioOptions(BaseModel):
     model_config = OPENAI_SHAPE
 
-    voice: str | int | dict[str, str] | None = Field(
+    voice: StrictStr | StrictInt | dict[str, str] | None = Field(
         default=None,
         description="Speaker index ('0'..'3'), speakers.txt name, or an OpenAI voice name "
         "(= the default speaker 2); see GET /v1/audio/voices.",
@@ -142,7 +142,7 @@ class ChatCompletionRequest(SamplingFields):
             "frequency_penalty": (bool(self.frequency_penalty), "use repetition_penalty"),
             "presence_penalty": (bool(self.presence_penalty), "use repetition_penalty"),
             "response_format": (
-                (self.response_format or {}).get("type", "text") != "text",
+                self.response_format is not None and self.response_format != {"type": "text"},
                 "only {type: text}: structured output is not supported",
             ),
             "store": (bool(self.store), "completions are not stored here"),
@@ -154,6 +154,18 @@ class ChatCompletionRequest(SamplingFields):
             "stream_options.include_obfuscation": (
                 bool(self.stream_options and self.stream_options.include_obfuscation),
                 "stream obfuscation is not supported",
+            ),
+            "stream_options": (
+                self.stream_options is not None and not self.stream,
+                "only with stream: true",
+            ),
+            "max_tokens": (
+                self.max_tokens is not None and self.max_completion_tokens is not None,
+                "give max_completion_tokens or max_tokens, not both",
+            ),
+            "audio": (
+                self.audio is not None and "audio" not in (self.modalities or []),
+                'audio options need modalities ["text", "audio"]',
             ),
         }
         for name, (refused, why) in refusals.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,9 +35,19 @@ from service.gateway.state import GatewayState
 from service.gateway.tasks import check_prompt_chars
 from service.gateway.timings import Timings
 from service.gateway.uploads import AudioBudget, b64decode_field
+from service.gateway.voices import model_voices
 from service.lm.ending import Ending
 from service.lm.generation import GenerationResult
-from service.lm.prompt import PromptInput, SpeechInput, TextInput, build_prompt, explicit_prompt
+from service.lm.prompt import (
+    SPEECH_PREFIX,
+    TEXT_PREFIX,
+    PromptInput,
+    SpeechInput,
+    TextInput,
+    build_prompt,
+    explicit_prompt,
+)
+from service.lm.tokenizer import SpiritTokenizer
 from service.units.tokens import SPEECH_TOKEN
 
 ROUTE = "/v1/generate"
@@ -53,21 +64,64 @@ async def prompt_for(request: GenerateRequest, state: GatewayState, model: str) 
             param = f"inputs[{index}].audio"
             audio[index] = await budget.decode(b64decode_field(item.audio or "", param), param)
     parts: list[PromptInput] = []
+    tokenizer = state.engine.tokenizer(model)
     for index, item in enumerate(request.inputs):
         if item.type == "text":
-            parts.append(TextInput(item.text or ""))
+            parts.append(
+                TextInput(_plain_text(item.text or "", tokenizer, f"inputs[{index}].text"))
+            )
         elif item.tokens is not None:
-            if not SPEECH_TOKEN.search(item.tokens):
-                raise APIError(
-                    400,
-                    f"inputs[{index}].tokens contains no speech token like [Hu12]",
-                    param=f"inputs[{index}].tokens",
-                )
-            parts.append(SpeechInput(item.tokens))
+            parts.append(SpeechInput(_speech_tokens(item.tokens, tokenizer, index)))
         else:
             encoded = await state.engine.encode(audio[index], model)
             parts.append(SpeechInput(encoded.tokens))
     return build_prompt(parts, request.output_modality)
+
+
+_TOKENS_ONLY = re.compile(r"(?:\[(?:Hu|Pi|St)[0-9]+\])+")
+_MARKERS = (TEXT_PREFIX, SPEECH_PREFIX)
+_STREAMS = {"Hu": "hubert", "Pi": "pitch", "St": "style"}
+
+
+def _plain_text(text: str, tokenizer: SpiritTokenizer, param: str) -> str:
+    """A text input is text: the markers, speech tokens and special tokens the tokenizer would
+    turn into those ids are refused by name (the raw `prompt` is where they may be written)."""
+    for marker in (*_MARKERS, *sorted(tokenizer.special_strings)):
+        if marker in text:
+            raise APIError(400, f"{param} contains the control token {marker}", param=param)
+    match = SPEECH_TOKEN.search(text)
+    if match:
+        raise APIError(
+            400,
+            f"{param} contains the speech token {match.group(0)}; give speech as a speech input",
+            param=param,
+        )
+    return text
+
+
+def _speech_tokens(tokens: str, tokenizer: SpiritTokenizer, index: int) -> str:
+    """A speech input's token string: speech tokens only, each one of this model's units."""
+    param = f"inputs[{index}].tokens"
+    if not _TOKENS_ONLY.fullmatch(tokens):
+        raise APIError(
+            400,
+            f"{param} must hold only speech tokens like [Hu12], nothing between them",
+            param=param,
+        )
+    counts: dict[str, int] = {}
+    for match in SPEECH_TOKEN.finditer(tokens):
+        prefix, digits = match.group(1), match.group(2)
+        count = counts.get(prefix)
+        if count is None:
+            count = counts[prefix] = len(tokenizer.unit_ids(_STREAMS[prefix]))
+        if len(digits) > 9 or int(digits) >= count:
+            raise APIError(
+                400,
+                f"{param}: {match.group(0)[:24]} is not a unit of this model "
+                f"({count} {_STREAMS[prefix]} units)",
+                param=param,
+            )
+    return tokens
 
 
 def summary(finished: Finished, model: str, request_id: str, created: int) -> dict:
@@ -96,6 +150,13 @@ async def generate(
         # Streamed audio goes out as pcm16 deltas; response_format shapes the collected files.
         check_output_format(
             "pcm" if request.stream else request.response_format, request.sample_rate
+        )
+    speakers = {voice.speaker for voice in model_voices(engine.layout, model)}
+    if request.speaker not in speakers:  # refused before any work, streamed or not
+        raise APIError(
+            400,
+            f"speaker {request.speaker} is not a speaker of {model} (0..{max(speakers)})",
+            param="speaker",
         )
     stops = parse_stops(request.stop)
     check_prompt_chars(

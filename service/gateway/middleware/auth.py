@@ -32,6 +32,7 @@ from service.gateway.realtime.client_secrets import (
     REALTIME_PATH,
     ClientSecrets,
     SecretRefused,
+    session_opened,
 )
 
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
@@ -92,11 +93,16 @@ class AuthMiddleware:
             await _refuse(scope, receive, send, message)
             return
         try:
-            scope[GRANT_SCOPE_KEY] = self.client_secrets.admit(secret)
+            grant = self.client_secrets.admit(secret)
         except SecretRefused as refused:
             await _refuse(scope, receive, send, str(refused))
             return
-        await self.app(scope, receive, send)
+        scope[GRANT_SCOPE_KEY] = grant
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if not session_opened(scope):  # refused before a session started: not spent
+                self.client_secrets.release(grant)
 
     def _open(self, path: str) -> bool:
         """Whether `path` needs no key."""

@@ -14,6 +14,7 @@ import json
 
 from fastapi import APIRouter, Depends, WebSocket
 
+from service.gateway.errors import APIError
 from service.gateway.middleware.auth import SUBPROTOCOL_KEY_PREFIX
 from service.gateway.realtime.client_secrets import (
     ClientSecretRequest,
@@ -44,13 +45,21 @@ def _dialect(websocket: WebSocket, offered: list[str]) -> Dialect:
     return BETA if beta or BETA_SUBPROTOCOL in offered else GA
 
 
+def _names(websocket: WebSocket, name: str, model: str) -> bool:
+    """Whether `name` (a variant or an alias) is `model`."""
+    try:
+        return websocket.app.state.gateway.engine.resolve_model(name) == model
+    except APIError:
+        return False
+
+
 @router.websocket("/v1/realtime")
 async def realtime(websocket: WebSocket, model: str | None = None) -> None:
     offered = list(websocket.scope.get("subprotocols") or [])
     await websocket.accept(subprotocol=_subprotocol(offered))
     events = ServerEvents(_dialect(websocket, offered))
     grant = granted(websocket)
-    if grant is not None and model not in (None, grant.model):
+    if grant is not None and model is not None and not _names(websocket, model, grant.model):
         problem = ProtocolError(
             "invalid_value",
             f"model: the client secret is bound to {grant.model}; leave out ?model= or name it",

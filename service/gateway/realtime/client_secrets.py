@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from service.gateway.errors import APIError
 from service.gateway.realtime.config import SessionConfig, initial_config
@@ -38,6 +39,7 @@ CLIENT_SECRET_PREFIX = "ek_"
 REALTIME_PATH = "/v1/realtime"
 # The scope key under which the auth middleware leaves an admitted secret's Grant.
 GRANT_SCOPE_KEY = "spiritlm.client_secret"
+SESSION_OPENED_SCOPE_KEY = "spiritlm.realtime_session_opened"
 # A secret travels in one handshake header line, and WebSocket servers cap a line at 8 KiB
 # (the `websockets` library's default, which uvicorn uses): this leaves room for the header
 # name and the other subprotocols a browser offers next to it.
@@ -192,9 +194,24 @@ class ClientSecrets:
         self._used[grant.secret_id] = expires_at
         return grant
 
+    def release(self, grant: Grant) -> None:
+        """Make an admitted secret usable again: its handshake was refused before any session
+        started (a model that differs, a full or draining gateway), so it opened nothing."""
+        self._used.pop(grant.secret_id, None)
+
     def _forget_expired(self, now: float) -> None:
         for secret_id in [key for key, expiry in self._used.items() if expiry <= now]:
             del self._used[secret_id]
+
+
+def mark_session_opened(connection: HTTPConnection) -> None:
+    """Record that the socket's session started: its client secret, if any, is now spent
+    (middleware/auth.py releases one whose handshake was refused)."""
+    connection.scope[SESSION_OPENED_SCOPE_KEY] = True
+
+
+def session_opened(scope: Scope) -> bool:
+    return bool(scope.get(SESSION_OPENED_SCOPE_KEY))
 
 
 def granted(connection: HTTPConnection) -> Grant | None:

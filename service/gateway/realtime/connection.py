@@ -307,11 +307,9 @@ class RealtimeConnection:
             item_audio_to_pcm16(self.input.format, event)
             self.items.create(event, self.input.rate)
         elif isinstance(event, ItemDelete):
-            response = self.response
-            responding = response.item.id if response is not None and response.active else None
-            self.items.delete(event, responding)
+            self.items.delete(event, self._responding_item())
         elif isinstance(event, ItemTruncate):
-            self.items.truncate(event)
+            self.items.truncate(event, self._responding_item(cancelled_too=False))
         elif isinstance(event, ItemRetrieve):
             self.items.retrieve(event)
         elif isinstance(event, OutputAudioClear):
@@ -394,6 +392,17 @@ class RealtimeConnection:
             )
         )
         self._commit(turn.utterance, "vad")
+
+    def _responding_item(self, *, cancelled_too: bool = True) -> str | None:
+        """The id of the item of the response in progress, if one is; `cancelled_too=False`
+        leaves out a cancelled one winding down, which writes nothing more (a barge-in's
+        truncate follows the cancel at once)."""
+        response = self.response
+        if response is None or not response.active:
+            return None
+        if response.cancel_reason is not None and not cancelled_too:
+            return None
+        return response.item.id
 
     def _new_turn_encoder(self) -> TurnEncoder:
         limits = self.limits
@@ -578,6 +587,16 @@ class RealtimeConnection:
                 event_id=event.event_id,
             )
         reformatted = (new.input_rate, new.input_format) != (old.input_rate, old.input_format)
+        if reformatted and self.input.buffered_samples > 0:
+            # Its samples are in the old format: converting them is a guess, dropping them
+            # silently loses the user's words.
+            raise ProtocolError(
+                "invalid_value",
+                "the input audio format cannot change while the input audio buffer holds audio; "
+                "send input_audio_buffer.commit or input_audio_buffer.clear first",
+                param="session.audio.input.format",
+                event_id=event.event_id,
+            )
         if reformatted:
             self.input = InputAudio(
                 new.input_rate,

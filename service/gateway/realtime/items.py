@@ -152,8 +152,17 @@ class ConversationItems:
         self.conversation.delete(event.item_id)
         self.send(self.events.event("conversation.item.deleted", item_id=event.item_id))
 
-    def truncate(self, event: ItemTruncate) -> None:
-        """conversation.item.truncate: an assistant reply cut back to the audio heard."""
+    def truncate(self, event: ItemTruncate, responding: str | None) -> None:
+        """conversation.item.truncate: an assistant reply cut back to the audio heard; not the
+        reply still being generated (the generation would go on writing past the cut):
+        `response.cancel` it first."""
+        if responding is not None and responding == event.item_id:
+            raise ProtocolError(
+                "invalid_value",
+                "the item of the response in progress cannot be truncated; send response.cancel "
+                "first",
+                param="item_id",
+            )
         item = self._existing(event.item_id)
         if item.role != "assistant" or event.content_index >= len(item.parts):
             raise ProtocolError(

@@ -19,7 +19,15 @@ import json
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from service.gateway.json_text import (
     lone_surrogate_message,
@@ -124,7 +132,7 @@ class OutputAudioIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: AudioFormatIn | None = None
-    voice: str | int | None = None
+    voice: StrictStr | StrictInt | None = None
     speed: float | None = None  # only 1.0 (unhonoured.py)
 
 
@@ -146,7 +154,7 @@ class SessionIn(BaseModel):
     output_modalities: list[Modality] | None = Field(default=None, min_length=1)
     modalities: list[Modality] | None = Field(default=None, min_length=1)
     audio: AudioIn | None = None
-    voice: str | int | None = None
+    voice: StrictStr | StrictInt | None = None
     input_audio_format: Literal["pcm16", "g711_ulaw", "g711_alaw"] | None = None
     output_audio_format: Literal["pcm16", "g711_ulaw", "g711_alaw"] | None = None
     input_audio_transcription: dict[str, Any] | None = None
@@ -257,7 +265,7 @@ class ResponseIn(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     prompt: dict[str, Any] | None = None
     audio: AudioIn | None = None
-    voice: str | int | None = None
+    voice: StrictStr | StrictInt | None = None
     output_audio_format: Literal["pcm16", "g711_ulaw", "g711_alaw"] | None = None
 
 

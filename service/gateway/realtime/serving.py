@@ -14,6 +14,7 @@ from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from service.gateway.errors import APIError
+from service.gateway.realtime.client_secrets import mark_session_opened
 from service.gateway.realtime.connection import (
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
@@ -69,6 +70,7 @@ async def serve_session(websocket: WebSocket, model: str | None, events: ServerE
         return
     count.active += 1
     state.metrics.realtime_sessions.inc()
+    mark_session_opened(websocket)
     try:
         await RealtimeConnection(websocket, state, resolved, events, limits).run()
     finally:
