@@ -601,6 +601,7 @@ BAD_HTTP = [
     ("decode", {"model": BASE, "tokens": "hello"}, 400, "no HuBERT units"),
     ("decode", {"model": BASE, "tokens": "[Hu1][Hu2]", "speaker": 99}, 400, "speaker 99"),
     ("decode", {"model": BASE, "units": {"hubert": "1 x"}}, 400, "'x' is not an integer"),
+    ("decode", {"model": BASE, "units": {"hubert": "-1 -2"}}, 400, "no HuBERT units"),
     ("decode", {"model": BASE}, 422, "exactly one of 'tokens' and 'units'"),
     ("decode", {"model": BASE, "tokens": "[Hu1]", "format": "ogg"}, 422, "format"),
     ("decode", {"model": BASE, "tokens": "[Hu1]", "sample_rate": 12345}, 400, "sample_rate"),

@@ -371,10 +371,10 @@ def request_units(body: DecodeRequest, max_tokens: int) -> tuple[Units, str]:
             _check_count(len(units.hubert), max_tokens, field)
     except UnitFormatError as error:
         raise WorkerRequestError(400, str(error), param=field, code="invalid_units") from None
-    if not units.hubert:
+    if all(unit < 0 for unit in units.hubert):  # negative values mean "no unit"
         raise WorkerRequestError(
             400,
-            f"{field}: no HuBERT units ([Hu<n>] tokens) to decode",
+            f"{field}: no HuBERT units ([Hu<n>] tokens, values from 0) to decode",
             param=field,
             code="invalid_units",
         )
