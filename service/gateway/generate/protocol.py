@@ -16,9 +16,17 @@ class GenerateInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["text", "speech"]
-    text: str | None = Field(default=None, description="Text (type=text).")
+    text: str | None = Field(
+        default=None,
+        description="Text (type=text); no [Text]/[Speech] markers, speech tokens or special "
+        "tokens (<s>, </s>): write those in `prompt`.",
+    )
     audio: str | None = Field(default=None, description="Base64 audio file (type=speech).")
-    tokens: str | None = Field(default=None, description="Speech token string (type=speech).")
+    tokens: str | None = Field(
+        default=None,
+        description="Speech token string (type=speech): only this model's unit tokens, such as "
+        "[Hu12][Hu7] (expressive: also [Pi..], [St..]), nothing between them.",
+    )
 
     @model_validator(mode="after")
     def _one_content(self) -> GenerateInput:
@@ -38,7 +46,7 @@ class GenerateRequest(SamplingFields):
     prompt: str | None = Field(default=None, description="Explicit prompt string, used verbatim.")
     output_modality: Literal["text", "speech", "arbitrary"] = "arbitrary"
     max_tokens: int = Field(default=200, ge=1)
-    speaker: int = Field(default=2, ge=0)
+    speaker: int = Field(default=2, ge=0, description="A speaker of the model's vocoder.")
     response_format: AudioFormat = "wav"
     sample_rate: int = Field(default=16000, ge=8000, le=48000)
     stream: bool = False
