@@ -40,6 +40,7 @@ from service.speech.pipeline import (
     SILENCE_SECONDS,
     SpeechStack,
 )
+from service.speech.vocoder import shape_bucket
 from service.speech_worker.client import (
     EncodeResult,
     SpeechClient,
@@ -411,8 +412,9 @@ def test_a_burst_of_tokens_gives_a_small_first_chunk_then_large_ones(
     worker: str, stacks: dict[str, SpeechStack], token_lists: dict[str, list[str]]
 ) -> None:
     # All tokens in one message, as when a stream fell behind: the first audio is the first
-    # chunk alone, the rest comes in chunks of up to max_chunk_units (default 100), not
-    # CHUNK_UNITS; the audio is the same as one-shot.
+    # chunk alone (its units, and the ready ones that fit in its pass's padded length), the
+    # rest comes in chunks of up to max_chunk_units (default 100), not CHUNK_UNITS; the audio
+    # is the same as one-shot.
     tokens = token_lists[BASE]
     stack = stacks[BASE]
 
@@ -425,7 +427,11 @@ def test_a_burst_of_tokens_gives_a_small_first_chunk_then_large_ones(
     received = run(frames())
     units = stack.decode_units("".join(tokens)).hubert
     durations = stack.vocoder.durations(units)
-    assert len(received[0]) // 2 == sum(durations[:FIRST_CHUNK_UNITS]) * 640
+    first_frames = len(received[0]) // 2 // 640
+    smallest = sum(durations[:FIRST_CHUNK_UNITS])
+    right = stack.vocoder.frame_context[1]
+    assert smallest <= first_frames <= shape_bucket(smallest + right) - right
+    assert first_frames in np.cumsum(durations)  # whole units
     assert len(received) < (len(units) - FIRST_CHUNK_UNITS) // CHUNK_UNITS
     want = pcm16(stack.decode("".join(tokens)))
     assert_pcm_close(as_samples(b"".join(received)), want)
