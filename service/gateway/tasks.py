@@ -13,7 +13,7 @@ says which endings a task uses.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
 
 from service.checkpoints.layout import EXPRESSIVE
@@ -124,14 +124,20 @@ def check_text(text: str, param: str, limit: int) -> str:
             param=param,
             code="string_above_max_length",
         )
-    for marker in (TEXT_PREFIX, SPEECH_PREFIX):
+    refuse_control_tokens(text, param)
+    # A newline ends a shot in the prompt format; inside the text it would end the query.
+    return " ".join(text.split())
+
+
+def refuse_control_tokens(text: str, param: str, specials: Iterable[str] = ()) -> None:
+    """A 400 naming the first Spirit LM marker, `specials` token (a tokenizer's <s>, </s>) or
+    speech token in user text: the tokenizer would turn it into that id, not into text."""
+    for marker in (TEXT_PREFIX, SPEECH_PREFIX, *sorted(specials)):
         if marker in text:
             raise APIError(400, f"{param} contains the control token {marker}", param=param)
     match = SPEECH_TOKEN.search(text)
     if match:
         raise APIError(400, f"{param} contains the speech token {match.group(0)}", param=param)
-    # A newline ends a shot in the prompt format; inside the text it would end the query.
-    return " ".join(text.split())
 
 
 def asr_budget(tokens: str) -> int:

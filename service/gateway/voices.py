@@ -9,6 +9,7 @@ for OpenAI work unchanged, and the listing says so rather than inventing a mappi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,14 +51,15 @@ def model_voices(layout: CheckpointLayout, model: str) -> list[Voice]:
     return [Voice(str(index), name or None, index) for index, name in enumerate(names)]
 
 
-def _speaker_names(path: Path) -> list[str]:
+@functools.cache  # read once per vocoder: every request with a voice resolves it
+def _speaker_names(path: Path) -> tuple[str, ...]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
-        return []
+        return ()
     while lines and not lines[-1].strip():
         lines.pop()
-    return [line.strip() for line in lines]
+    return tuple(line.strip() for line in lines)
 
 
 def resolve_voice(voices: list[Voice], value: object, model: str, param: str = "voice") -> int:

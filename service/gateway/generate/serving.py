@@ -32,21 +32,13 @@ from service.gateway.generate.protocol import (
 from service.gateway.sampling import parse_stops
 from service.gateway.sse import SSE_DONE, SSE_HEADERS, sse
 from service.gateway.state import GatewayState
-from service.gateway.tasks import check_prompt_chars
+from service.gateway.tasks import check_prompt_chars, refuse_control_tokens
 from service.gateway.timings import Timings
 from service.gateway.uploads import AudioBudget, b64decode_field
 from service.gateway.voices import model_voices
 from service.lm.ending import Ending
 from service.lm.generation import GenerationResult
-from service.lm.prompt import (
-    SPEECH_PREFIX,
-    TEXT_PREFIX,
-    PromptInput,
-    SpeechInput,
-    TextInput,
-    build_prompt,
-    explicit_prompt,
-)
+from service.lm.prompt import PromptInput, SpeechInput, TextInput, build_prompt, explicit_prompt
 from service.lm.tokenizer import SpiritTokenizer
 from service.units.tokens import SPEECH_TOKEN
 
@@ -67,9 +59,10 @@ async def prompt_for(request: GenerateRequest, state: GatewayState, model: str) 
     tokenizer = state.engine.tokenizer(model)
     for index, item in enumerate(request.inputs):
         if item.type == "text":
-            parts.append(
-                TextInput(_plain_text(item.text or "", tokenizer, f"inputs[{index}].text"))
-            )
+            text = item.text or ""
+            # Text is text; markers and tokens may be written in the raw `prompt`.
+            refuse_control_tokens(text, f"inputs[{index}].text", tokenizer.special_strings)
+            parts.append(TextInput(text))
         elif item.tokens is not None:
             parts.append(SpeechInput(_speech_tokens(item.tokens, tokenizer, index)))
         else:
@@ -79,24 +72,7 @@ async def prompt_for(request: GenerateRequest, state: GatewayState, model: str) 
 
 
 _TOKENS_ONLY = re.compile(r"(?:\[(?:Hu|Pi|St)[0-9]+\])+")
-_MARKERS = (TEXT_PREFIX, SPEECH_PREFIX)
 _STREAMS = {"Hu": "hubert", "Pi": "pitch", "St": "style"}
-
-
-def _plain_text(text: str, tokenizer: SpiritTokenizer, param: str) -> str:
-    """A text input is text: the markers, speech tokens and special tokens the tokenizer would
-    turn into those ids are refused by name (the raw `prompt` is where they may be written)."""
-    for marker in (*_MARKERS, *sorted(tokenizer.special_strings)):
-        if marker in text:
-            raise APIError(400, f"{param} contains the control token {marker}", param=param)
-    match = SPEECH_TOKEN.search(text)
-    if match:
-        raise APIError(
-            400,
-            f"{param} contains the speech token {match.group(0)}; give speech as a speech input",
-            param=param,
-        )
-    return text
 
 
 def _speech_tokens(tokens: str, tokenizer: SpiritTokenizer, index: int) -> str:
