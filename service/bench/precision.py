@@ -7,7 +7,10 @@ For each variant, on one speech file, both precisions in one run:
   float32 ones, per stream (HuBERT, and for the expressive model pitch and style; the pitch
   tokenizer always runs in float32, so its column is a control and reads 100 %);
 * vocoder: the float32 units vocoded one-shot in float32 and in bfloat16; the median time of
-  each, the speed-up, the signal-to-error ratio and the largest sample error.
+  each, the speed-up, the signal-to-error ratio and the largest sample error;
+* layout: bfloat16 on a CPU runs its convolutions channels-last (`channels_last_pays` in
+  service/speech/precision.py); the bfloat16 encode and vocode are timed again with the plain
+  layout, so the table shows what that rule buys.
 
 Runs in-process on the speech stack (torch and numpy only, no servers).
 """
@@ -28,6 +31,7 @@ from service.bench.agreement import format_shares, frames_equal
 from service.bench.speech import SAMPLE_RATE, BenchSettings, median_time
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.speech.pipeline import SpeechStack
+from service.speech.precision import set_channels_last
 from service.units.tokens import units_to_string
 
 SECTION = "bench-precision"
@@ -69,10 +73,15 @@ def measure(
         fast_decode, fast_audio = median_seconds(partial(fast.decode, tokens), repeats)
         if exact_audio.shape != fast_audio.shape:
             raise AssertionError(f"{variant}: the vocoders' outputs differ in length")
+        progress(f"{variant}: bfloat16 again, convolutions in the plain layout")
+        _conv_layout(fast, channels_last=False)
+        plain_seconds, _ = median_seconds(partial(fast.encode_units, wav), repeats)
+        plain_decode, _ = median_seconds(partial(fast.decode, tokens), repeats)
         rows.append(
             {
                 "variant": variant,
                 "encode": (exact_seconds, fast_seconds),
+                "plain_layout": (plain_seconds, plain_decode),
                 "frames_equal": frames_equal(exact_units, fast_units, exact.expressive),
                 "decode": (exact_decode, fast_decode),
                 "snr_db": signal_to_error_db(exact_audio, fast_audio),
@@ -82,20 +91,31 @@ def measure(
     return rows
 
 
+def _conv_layout(stack: SpeechStack, *, channels_last: bool) -> None:
+    """Switch the stack's bfloat16 models between the two convolution layouts."""
+    models = [stack.hubert._model, stack.vocoder.model]
+    if stack.expressive:
+        models.append(stack.style._model)
+    for model in models:
+        set_channels_last(model, channels_last)
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| Variant | Encode float32 (s) | bfloat16 (s) | Speed-up | Frames equal "
-        "(HuBERT / pitch / style) | Vocode float32 (s) | bfloat16 (s) | Speed-up "
-        "| Signal / error | Max error |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| Variant | Encode float32 (s) | bfloat16 (s) | Speed-up | bfloat16, plain layout (s) "
+        "| Frames equal (HuBERT / pitch / style) | Vocode float32 (s) | bfloat16 (s) | Speed-up "
+        "| bfloat16, plain layout (s) | Signal / error | Max error |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         (encode32, encode16), (decode32, decode16) = row["encode"], row["decode"]
+        plain_encode, plain_decode = row["plain_layout"]
         shares = format_shares(row["frames_equal"])
         lines.append(
             f"| {row['variant']} | {encode32:.3f} | {encode16:.3f} | {encode32 / encode16:.2f}x "
-            f"| {shares} | {decode32:.3f} | {decode16:.3f} | {decode32 / decode16:.2f}x "
-            f"| {row['snr_db']:.1f} dB | {row['max_error']:.4f} |"
+            f"| {plain_encode:.3f} | {shares} | {decode32:.3f} | {decode16:.3f} "
+            f"| {decode32 / decode16:.2f}x | {plain_decode:.3f} | {row['snr_db']:.1f} dB "
+            f"| {row['max_error']:.4f} |"
         )
     return "\n".join(lines)
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from service.speech.precision import set_channels_last
+
 Span = tuple[int, int]  # inclusive index range [first, last]
 
 LRELU_SLOPE = 0.1
@@ -186,11 +188,13 @@ class CodeHiFiGAN(nn.Module):
         c_last = c0 // (2 ** len(config.upsample_rates))
         self.conv_post = nn.Conv1d(c_last, 1, 7, padding=3)
 
-    def cast_conv_stack(self, dtype: torch.dtype) -> None:
-        """Run the conv stack (conv_pre .. conv_post) in `dtype`; the embedding tables and the
+    def cast_conv_stack(self, dtype: torch.dtype, *, channels_last: bool = False) -> None:
+        """Run the conv stack (conv_pre .. conv_post) in `dtype`, channels-last if asked
+        (service/speech/precision.py, `channels_last_pays`); the embedding tables and the
         duration predictor stay float32, so frame counts never depend on the precision."""
         for module in (self.conv_pre, self.ups, self.resblocks, self.conv_post):
             module.to(dtype)
+            set_channels_last(module, channels_last)
 
     @property
     def hop_length(self) -> int:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from service.errors import CheckpointError, UnitFormatError
 from service.speech.hifigan import CodeHiFiGAN, DurationParams, HiFiGANConfig
-from service.speech.precision import DTYPES, Precision
+from service.speech.precision import DTYPES, Precision, channels_last_pays
 from service.speech.torch_files import fold_weight_norm
 
 SAMPLE_RATE = 16000
@@ -633,5 +633,5 @@ def load_vocoder(
     model = model.to(target).float().eval()
     compute_dtype = DTYPES[dtype]
     if compute_dtype != torch.float32:
-        model.cast_conv_stack(compute_dtype)
+        model.cast_conv_stack(compute_dtype, channels_last=channels_last_pays(dtype, target))
     return UnitVocoder(model, speakers, styles, target, default_style, compute_dtype)

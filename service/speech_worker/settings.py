@@ -74,14 +74,15 @@ class SpeechWorkerSettings(Settings):
     vocoder_dtype: Precision = Field(
         default="float32",
         description="Precision of the vocoder's conv stack. float32 matches the reference; "
-        "bfloat16 is about 1.6x faster on a CPU with AMX (not measured on GPUs), with a small "
-        "audio error (docs/benchmarks.md, 'Reduced precision').",
+        "bfloat16 is about 3x faster on a CPU with AMX, where its convolutions run "
+        "channels-last (not measured on GPUs), with a small audio error (docs/benchmarks.md, "
+        "'Reduced precision').",
     )
     encoder_dtype: Precision = Field(
         default="float32",
         description="Precision of the speech tokenizer's two transformers (HuBERT and the "
         "expressive style encoder). float32 matches the reference's units; bfloat16 encodes "
-        "about 1.6x faster on a CPU with AMX (not measured on GPUs), and some units change "
+        "about 1.5x faster on a CPU with AMX (not measured on GPUs), and some units change "
         "(docs/benchmarks.md, 'Reduced precision').",
     )
     # The gateway's setting of the same name bounds /v1/speech/detokenize, which calls

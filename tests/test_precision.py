@@ -1,0 +1,132 @@
+"""service/speech/precision.py: the channels-last convolution layout and when it is used."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from service.checkpoints.layout import BASE, CheckpointLayout
+from service.speech.hubert import load_hubert
+from service.speech.precision import (
+    ChannelsLastConv1d,
+    ChannelsLastConvTranspose1d,
+    Float32Island,
+    channels_last_pays,
+    set_channels_last,
+)
+from service.speech.vocoder import load_vocoder
+
+
+def _time_major(x: torch.Tensor) -> bool:
+    return x.stride(1) == 1 and x.shape[1] > 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "length"),
+    [
+        ({"kernel_size": 7, "padding": 3}, 40),
+        ({"kernel_size": 3, "padding": 5, "dilation": 5}, 33),
+        ({"kernel_size": 3, "stride": 2}, 41),  # HuBERT's feature extractor
+        ({"kernel_size": 10, "stride": 5, "bias": False}, 80),
+        ({"kernel_size": 5, "padding": 2, "groups": 4}, 25),
+    ],
+)
+def test_channels_last_conv1d_equals_conv1d(kwargs: dict, length: int) -> None:
+    torch.manual_seed(0)
+    plain = nn.Conv1d(8, 12, **kwargs)
+    fast = copy.deepcopy(plain)
+    set_channels_last(fast, True)
+    assert type(fast) is ChannelsLastConv1d
+    x = torch.randn(2, 8, length)
+    with torch.inference_mode():
+        want = plain(x)
+        got = fast(x)
+        # A time-major input (what the previous channels-last layer hands on) gives the same.
+        again = fast(x.transpose(1, 2).contiguous().transpose(1, 2))
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, want, atol=1e-5, rtol=1e-5)
+    assert _time_major(got)  # the next convolution reads it without a copy
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(11, 5), (8, 4), (4, 2)])  # HiFi-GAN's
+def test_channels_last_conv_transpose1d_equals_conv_transpose1d(kernel: int, stride: int) -> None:
+    torch.manual_seed(1)
+    plain = nn.ConvTranspose1d(16, 8, kernel, stride=stride, padding=(kernel - stride) // 2)
+    fast = copy.deepcopy(plain)
+    set_channels_last(fast, True)
+    assert type(fast) is ChannelsLastConvTranspose1d
+    x = torch.randn(2, 16, 19)
+    with torch.inference_mode():
+        want, got = plain(x), fast(x)
+        sized = fast(x, output_size=[want.shape[-1] + 1])
+        want_sized = plain(x, output_size=[want.shape[-1] + 1])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sized, want_sized, atol=1e-5, rtol=1e-5)
+
+
+def test_set_channels_last_round_trip_keeps_weights_and_skips_float32_islands() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Conv1d(4, 4, 3, padding=1),
+        nn.Sequential(nn.ConvTranspose1d(4, 4, 4, stride=2, padding=1)),
+        Float32Island(nn.Conv1d(4, 4, 3, padding=1)),
+    )
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    set_channels_last(model, True)
+    assert type(model[0]) is ChannelsLastConv1d
+    assert type(model[1][0]) is ChannelsLastConvTranspose1d
+    assert type(model[2].inner) is nn.Conv1d  # islands keep their own layout
+    assert not model[0].weight.is_contiguous()  # time-major memory, same values
+    set_channels_last(model, False)
+    assert type(model[0]) is nn.Conv1d and type(model[1][0]) is nn.ConvTranspose1d
+    assert model[0].weight.is_contiguous()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_channels_last_is_used_for_bfloat16_on_a_cpu_only() -> None:
+    assert channels_last_pays("bfloat16", torch.device("cpu"))
+    assert not channels_last_pays("float32", torch.device("cpu"))
+    assert not channels_last_pays("bfloat16", torch.device("cuda"))  # not measured there
+
+
+def _conv_types(module: nn.Module) -> set[type]:
+    return {type(m) for m in module.modules() if isinstance(m, nn.Conv1d | nn.ConvTranspose1d)}
+
+
+def test_float32_models_keep_the_plain_layout(layout: CheckpointLayout) -> None:
+    # The defaults' results must keep matching the reference's convolutions bit for bit.
+    vocoder = load_vocoder(layout.vocoder_dir(BASE))
+    assert _conv_types(vocoder.model) == {nn.Conv1d, nn.ConvTranspose1d}
+    hubert = load_hubert(layout.hubert)
+    assert _conv_types(hubert._model) == {nn.Conv1d}
+
+
+def test_bfloat16_models_run_their_convolutions_channels_last(layout: CheckpointLayout) -> None:
+    vocoder = load_vocoder(layout.vocoder_dir(BASE), dtype="bfloat16")
+    stack = (vocoder.model.conv_pre, vocoder.model.ups, vocoder.model.resblocks)
+    assert set().union(*(_conv_types(part) for part in stack)) == {
+        ChannelsLastConv1d,
+        ChannelsLastConvTranspose1d,
+    }
+    assert _conv_types(vocoder.model.dur_predictor) == {nn.Conv1d}  # float32, exact durations
+    hubert = load_hubert(layout.hubert, dtype="bfloat16")
+    assert _conv_types(hubert._model.feature_extractor) == {ChannelsLastConv1d}
+    assert _conv_types(hubert._model.encoder.pos_conv_embed) == {nn.Conv1d}  # float32 island
+
+
+def test_channels_last_bfloat16_vocoder_matches_the_plain_bfloat16_one(
+    layout: CheckpointLayout,
+) -> None:
+    units = [(7 * n) % 100 for n in range(60)]
+    fast = load_vocoder(layout.vocoder_dir(BASE), dtype="bfloat16")
+    got = fast.synthesize(units)
+    set_channels_last(fast.model, False)
+    want = fast.synthesize(units)
+    assert got.shape == want.shape
+    # Both round to bfloat16 between layers; only the kernels' summation order may differ.
+    assert float(abs(got - want).max()) < 0.01
