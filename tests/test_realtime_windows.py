@@ -4,6 +4,8 @@ windowed (service/gateway/realtime/turn_encoder.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -91,3 +93,47 @@ def test_vad_turn_is_encoded_while_spoken(servers, speech_file: Path) -> None:  
     waits = "spiritlm_realtime_turn_encode_wait_seconds_count"
     assert metric(after, waits, 'how="windows"') - metric(before, waits, 'how="windows"') == 1
     assert metric(after, waits, 'how="whole"') == metric(before, waits, 'how="whole"')
+
+
+def test_no_windows_during_a_pause_that_may_end_the_turn(servers, speech_file: Path) -> None:  # noqa: ANN001
+    # A pause's candidate turn is encoded from the windows sent before it; windows of the
+    # silence after it would be thrown away if the pause ends the turn (connection.py,
+    # `_advance_turn_encoding`). Once speech resumes, windows go on.
+    gateway = servers.gateway(BASE, *WINDOWS, name="windows")
+    windows = "spiritlm_realtime_encode_windows_total"
+
+    def settled() -> float:
+        """Windows sent, once no more are coming (each is sent when the last one finished)."""
+        last = -1.0
+        while True:
+            now = metric(httpx.get(gateway + "/metrics", timeout=10).text, windows)
+            if now == last:
+                return now
+            last = now
+            time.sleep(1.0)
+
+    async def scenario() -> tuple[float, float, float, float, Client]:
+        client = await open_client(gateway)
+        turns = {"type": "server_vad", "silence_duration_ms": 4000}
+        await client.update(
+            audio={"input": {"turn_detection": turns}}, max_output_tokens=8, temperature=0.0
+        )
+        before = await asyncio.to_thread(settled)
+        await client.append(speech_pcm(speech_file) + silence(1.0))
+        paused = await asyncio.to_thread(settled)
+        # 9.1 s of speech and 2.5 s of silence would cover a window keeping up to 10 s (it
+        # needs 11 s of audio); 1 s of silence did not.
+        await client.append(silence(1.5))
+        still_paused = await asyncio.to_thread(settled)
+        await client.append(speech_pcm(speech_file))
+        resumed = await asyncio.to_thread(settled)
+        await client.append(silence(4.5))
+        await client.until("response.done")
+        await client.ws.close()
+        return before, paused, still_paused, resumed, client
+
+    before, paused, still_paused, resumed, client = run(scenario())
+    assert paused > before  # windows went out while the turn was spoken
+    assert still_paused == paused  # none during the pause
+    assert resumed > still_paused  # speech resumed: windows go on
+    assert client.of("response.done")[0]["response"]["status"] in ("completed", "incomplete")

@@ -429,8 +429,13 @@ class RealtimeConnection:
     def _advance_turn_encoding(self) -> None:
         """Send the growing turn's next window to a speech worker if its audio is here.
 
-        Not while an append runs in its thread (it calls this when it is done)."""
-        if self._appending:
+        Not while an append runs in its thread (it calls this when it is done), and not during
+        a pause that may end the turn: the pause's candidate is being encoded from the windows
+        sent before it (`_encode_early`), so windows of the silence after it would be thrown
+        away if the pause ends the turn, and they would take the speech worker from the tails
+        of other sessions' turns ending at the same time. If speech resumes, the next append
+        sends them."""
+        if self._appending or self.input.paused:
             return
         turn = self.input.growing_turn()
         if turn is None:

@@ -95,6 +95,12 @@ class InputAudio:
         return self.vad is not None and self.vad.speaking
 
     @property
+    def paused(self) -> bool:
+        """Whether the turn being heard is in a pause that may end it (`PauseDetected` was
+        handed out and speech has not resumed)."""
+        return self.vad is not None and self.vad.paused
+
+    @property
     def buffered_samples(self) -> int:
         return len(self._data) // BYTES_PER_SAMPLE
 

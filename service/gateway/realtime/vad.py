@@ -138,6 +138,11 @@ class VadStream:
                     events.append(event)
         return events
 
+    @property
+    def paused(self) -> bool:
+        """Whether the speaker is in a pause already reported (`SpeechPaused`) and not over."""
+        return self.speaking and self._pause_reported
+
     def force_stop(self) -> SpeechStopped | None:
         """End the current utterance now (e.g. the input buffer is full)."""
         if not self.speaking:
