@@ -103,14 +103,13 @@ def test_no_windows_during_a_pause_that_may_end_the_turn(servers, speech_file: P
     windows = "spiritlm_realtime_encode_windows_total"
 
     def settled() -> float:
-        """Windows sent, once no more are coming (each is sent when the last one finished)."""
-        last = -1.0
-        while True:
-            now = metric(httpx.get(gateway + "/metrics", timeout=10).text, windows)
-            if now == last:
-                return now
-            last = now
+        """Windows sent, once no more are coming (each is sent when the last one finished):
+        the same count for two seconds."""
+        readings: list[float] = []
+        while len(readings) < 3 or len(set(readings[-3:])) > 1:
+            readings.append(metric(httpx.get(gateway + "/metrics", timeout=10).text, windows))
             time.sleep(1.0)
+        return readings[-1]
 
     async def scenario() -> tuple[float, float, float, float, Client]:
         client = await open_client(gateway)
