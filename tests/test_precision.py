@@ -17,6 +17,7 @@ from service.speech.precision import (
     channels_last_pays,
     set_channels_last,
 )
+from service.speech.style import load_style_encoder
 from service.speech.vocoder import load_vocoder
 
 
@@ -50,6 +51,40 @@ def test_channels_last_conv1d_equals_conv1d(kwargs: dict, length: int) -> None:
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(again, want, atol=1e-5, rtol=1e-5)
     assert _time_major(got)  # the next convolution reads it without a copy
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 7, "padding": 3},  # HiFi-GAN's conv_pre / conv_post
+        {"kernel_size": 11, "padding": 25, "dilation": 5},  # a dilated resblock conv
+        {"kernel_size": 3, "stride": 2, "bias": False},  # HuBERT's feature extractor
+    ],
+)
+def test_channels_last_conv1d_in_bfloat16_stays_close_to_float32(kwargs: dict) -> None:
+    # bfloat16 is where the layout is used (`channels_last_pays`); a CPU kernel that got a
+    # geometry wrong would be far off, not off by rounding (see Float32Island).
+    torch.manual_seed(3)
+    exact = nn.Conv1d(32, 48, **kwargs)
+    fast = copy.deepcopy(exact).to(torch.bfloat16)
+    set_channels_last(fast, True)
+    x = torch.randn(2, 32, 120)
+    with torch.inference_mode():
+        want = exact(x)
+        got = fast(x.to(torch.bfloat16)).float()
+    assert float((got - want).norm() / want.norm()) < 1e-2
+
+
+def test_channels_last_convolutions_take_unbatched_input_like_the_plain_ones() -> None:
+    torch.manual_seed(4)
+    conv, transposed = nn.Conv1d(4, 6, 3, padding=1), nn.ConvTranspose1d(4, 6, 4, stride=2)
+    fast_conv, fast_transposed = copy.deepcopy(conv), copy.deepcopy(transposed)
+    set_channels_last(fast_conv, True)
+    set_channels_last(fast_transposed, True)
+    x = torch.randn(4, 10)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast_conv(x), conv(x))
+        torch.testing.assert_close(fast_transposed(x), transposed(x))
 
 
 @pytest.mark.parametrize(("kernel", "stride"), [(11, 5), (8, 4), (4, 2)])  # HiFi-GAN's
@@ -117,6 +152,9 @@ def test_bfloat16_models_run_their_convolutions_channels_last(layout: Checkpoint
     hubert = load_hubert(layout.hubert, dtype="bfloat16")
     assert _conv_types(hubert._model.feature_extractor) == {ChannelsLastConv1d}
     assert _conv_types(hubert._model.encoder.pos_conv_embed) == {nn.Conv1d}  # float32 island
+    style = load_style_encoder(layout.style_dir, dtype="bfloat16")._model.wav2vec2
+    assert _conv_types(style.feature_extractor) == {ChannelsLastConv1d}
+    assert isinstance(style.encoder.pos_conv_embed, Float32Island)  # kept as it was
 
 
 def test_channels_last_bfloat16_vocoder_matches_the_plain_bfloat16_one(

@@ -106,7 +106,9 @@ def test_no_windows_during_a_pause_that_may_end_the_turn(servers, speech_file: P
         """Windows sent, once no more are coming (each is sent when the last one finished):
         the same count for two seconds."""
         readings: list[float] = []
+        deadline = time.monotonic() + 120
         while len(readings) < 3 or len(set(readings[-3:])) > 1:
+            assert time.monotonic() < deadline, f"windows still being sent: {readings}"
             readings.append(metric(httpx.get(gateway + "/metrics", timeout=10).text, windows))
             time.sleep(1.0)
         return readings[-1]

@@ -74,9 +74,14 @@ def measure(
         if exact_audio.shape != fast_audio.shape:
             raise AssertionError(f"{variant}: the vocoders' outputs differ in length")
         progress(f"{variant}: bfloat16 again, convolutions in the plain layout")
+        # The models are cached per process and shared between the variants (one HuBERT):
+        # their layout is put back before anything else uses them.
         _conv_layout(fast, channels_last=False)
-        plain_seconds, _ = median_seconds(partial(fast.encode_units, wav), repeats)
-        plain_decode, _ = median_seconds(partial(fast.decode, tokens), repeats)
+        try:
+            plain_seconds, _ = median_seconds(partial(fast.encode_units, wav), repeats)
+            plain_decode, _ = median_seconds(partial(fast.decode, tokens), repeats)
+        finally:
+            _conv_layout(fast, channels_last=True)
         rows.append(
             {
                 "variant": variant,
@@ -92,7 +97,7 @@ def measure(
 
 
 def _conv_layout(stack: SpeechStack, *, channels_last: bool) -> None:
-    """Switch the stack's bfloat16 models between the two convolution layouts."""
+    """Switch the stack's bfloat16 models (on a CPU) between the two convolution layouts."""
     models = [stack.hubert._model, stack.vocoder.model]
     if stack.expressive:
         models.append(stack.style._model)

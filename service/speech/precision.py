@@ -1,8 +1,9 @@
 """The precisions the speech models may run in (settings `encoder_dtype`, `vocoder_dtype`).
 
 float32 is the reference's and the default everywhere: units and audio then match the official
-implementation. bfloat16 is 1.5-2x (encoders) and 3-4.5x (vocoder, channels-last) faster on a
-CPU with AMX (GPUs not measured), at a measured cost (docs/benchmarks.md, "Reduced precision").
+implementation. bfloat16 is 2-2.5x (encoders) and 4.5x (vocoder) faster on a CPU with AMX,
+where its convolutions run channels-last (GPUs not measured), at a measured cost
+(docs/benchmarks.md, "Reduced precision").
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Float32Island(nn.Module):
 
 
 def cast_transformer(model: nn.Module, positional_conv_owner: nn.Module, dtype: Precision) -> None:
-    """Cast a HuBERT / wav2vec2 body to `dtype`, keeping its positional convolution in float32."""
+    """Cast a HuBERT / wav2vec2 body to `dtype`, keeping its positional convolution in float32;
+    its other convolutions run channels-last where that pays (`channels_last_pays`)."""
     if dtype == "float32":
         return
     # Copied before the cast, so the island keeps the float32 weights, not bfloat16-rounded ones.
@@ -55,10 +57,11 @@ def channels_last_pays(dtype: Precision, device: torch.device) -> bool:
     bfloat16 on a CPU: oneDNN runs a bfloat16 `conv1d` on channels-first tensors through a
     reorder of its input and output on every call. The same convolution as a 2-D one on
     channels-last tensors skips them: on an AMX Xeon, one thread, the official-size vocoder took
-    0.25 s instead of 0.67 s for 5.3 s of audio and HuBERT 0.34 s instead of 0.39 s for 9.1 s,
-    at the same distance from float32 (docs/benchmarks.md, "Reduced precision"). float32 stays
-    as it is: it gained less (17 % on the vocoder) and its results must keep matching the
-    reference's convolutions to the last bits. GPUs are not measured: they keep the plain layout.
+    0.25 s instead of 0.69 s for 5.3 s of audio, with the same error against float32, and the
+    expressive encode of 9.1 s 1.15 s instead of 1.96 s (docs/benchmarks.md, "Reduced
+    precision"). float32 stays as it is: it gained less (17 % on the vocoder) and its results
+    must keep matching the reference's convolutions to the last bits. GPUs are not measured:
+    they keep the plain layout.
     """
     return dtype == "bfloat16" and device.type == "cpu"
 
@@ -73,7 +76,7 @@ class ChannelsLastConv1d(nn.Conv1d):
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+        if self.padding_mode != "zeros" or isinstance(self.padding, str) or input.dim() != 3:
             return super()._conv_forward(input, weight, bias)
         out = F.conv2d(
             _channels_last(input),
@@ -91,6 +94,8 @@ class ChannelsLastConvTranspose1d(nn.ConvTranspose1d):
     """A ConvTranspose1d computed as a 2-D one on channels-last tensors (see ChannelsLastConv1d)."""
 
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if input.dim() != 3:  # unbatched: as ConvTranspose1d computes it
+            return super().forward(input, output_size)
         padding = self._output_padding(
             input, output_size, self.stride, self.padding, self.kernel_size, 1, self.dilation
         )
@@ -119,7 +124,8 @@ def set_channels_last(module: nn.Module, enabled: bool) -> None:
     """Run every 1-D convolution in `module` channels-last (or back to plain), in place.
 
     Weights keep their values and shapes; only their memory order changes (time-major, so the
-    2-D kernel reads them without a reorder). Float32 islands are left alone.
+    2-D kernel reads them without a reorder), and they become inference-only parameters
+    (`requires_grad` off). Float32 islands are left alone.
     """
     if isinstance(module, Float32Island):
         return

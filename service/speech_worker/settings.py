@@ -74,7 +74,7 @@ class SpeechWorkerSettings(Settings):
     vocoder_dtype: Precision = Field(
         default="float32",
         description="Precision of the vocoder's conv stack. float32 matches the reference; "
-        "bfloat16 is 3-4.5x faster on a CPU with AMX, where its convolutions run "
+        "bfloat16 is about 4.5x faster on a CPU with AMX, where its convolutions run "
         "channels-last (not measured on GPUs), with a small audio error (docs/benchmarks.md, "
         "'Reduced precision').",
     )
@@ -82,7 +82,7 @@ class SpeechWorkerSettings(Settings):
         default="float32",
         description="Precision of the speech tokenizer's two transformers (HuBERT and the "
         "expressive style encoder). float32 matches the reference's units; bfloat16 encodes "
-        "1.5-2x faster on a CPU with AMX (not measured on GPUs), and some units change "
+        "2-2.5x faster on a CPU with AMX (not measured on GPUs), and some units change "
         "(docs/benchmarks.md, 'Reduced precision').",
     )
     # The gateway's setting of the same name bounds /v1/speech/detokenize, which calls

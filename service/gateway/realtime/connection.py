@@ -431,10 +431,11 @@ class RealtimeConnection:
 
         Not while an append runs in its thread (it calls this when it is done), and not during
         a pause that may end the turn: the pause's candidate is being encoded from the windows
-        sent before it (`_encode_early`), so windows of the silence after it would be thrown
-        away if the pause ends the turn, and they would take the speech worker from the tails
-        of other sessions' turns ending at the same time. If speech resumes, the next append
-        sends them."""
+        sent before it and a tail (`_encode_early`), so windows sent now would be thrown away
+        if the pause ends the turn, and they would take the speech worker from the tails of
+        other sessions' turns ending at the same time. The cost: after a hesitation that does
+        not end the turn, the windows held back go out when speech resumes (the next append),
+        one after the other."""
         if self._appending or self.input.paused:
             return
         turn = self.input.growing_turn()
