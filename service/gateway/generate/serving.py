@@ -40,7 +40,7 @@ from service.lm.ending import Ending
 from service.lm.generation import GenerationResult
 from service.lm.prompt import PromptInput, SpeechInput, TextInput, build_prompt, explicit_prompt
 from service.lm.tokenizer import SpiritTokenizer
-from service.units.tokens import SPEECH_TOKEN
+from service.units.tokens import SPEECH_TOKEN, TOKEN_PREFIXES
 
 ROUTE = "/v1/generate"
 
@@ -71,8 +71,8 @@ async def prompt_for(request: GenerateRequest, state: GatewayState, model: str) 
     return build_prompt(parts, request.output_modality)
 
 
-_TOKENS_ONLY = re.compile(r"(?:\[(?:Hu|Pi|St)[0-9]+\])+")
-_STREAMS = {"Hu": "hubert", "Pi": "pitch", "St": "style"}
+_TOKENS_ONLY = re.compile(f"(?:{SPEECH_TOKEN.pattern})+")
+_STREAMS = {prefix: kind for kind, prefix in TOKEN_PREFIXES.items()}
 
 
 def _speech_tokens(tokens: str, tokenizer: SpiritTokenizer, index: int) -> str:
