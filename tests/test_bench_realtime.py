@@ -110,6 +110,9 @@ def test_table_has_the_speed_and_memory_of_every_level() -> None:
     )
     assert "**1 concurrent session(s)** (batched) is the largest" in section
     assert "by phase" not in section  # no level measured its phases
+    assert "(silence_duration_ms 2000)" in section
+    one.silence_ms = 500
+    assert "(silence_duration_ms 500)" in markdown_section("bench", one)
 
 
 def test_phase_table_has_a_row_per_streamed_level_in_phase_order() -> None:
@@ -145,8 +148,10 @@ def test_levels_measure_first_audio_speed_and_memory(
             time_budget=600.0,
             progress=lambda _: None,
             label="test",
+            silence_ms=700,  # a 3.5 s turn has no long pause to bridge
         )  # fmt: skip
     )
+    assert report.silence_ms == 700
     assert [(lv.sessions, lv.streaming) for lv in report.levels] == [(2, True), (2, False)]
     streamed, whole = report.levels
     assert len(streamed.completed) == 2, [r.error for r in streamed.results]

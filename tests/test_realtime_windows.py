@@ -44,6 +44,11 @@ def test_worker_returns_the_kept_stretch(servers, speech_file: Path, model: str)
     assert kept.status_code == 200, kept.text
     assert Units.from_dict(kept.json()["units"]) == keep_units(units, 2000, 6000)
     assert len(kept.json()["units"]["hubert"].split()) == 100  # 4 s at 25 units per second
+    # Sent ahead of time (a window of a turn still being spoken): other work may go first,
+    # the units are the same.
+    ahead = encode(worker, audio, model, keep_from_ms=2000, keep_to_ms=6000, ahead=True)
+    assert ahead.status_code == 200, ahead.text
+    assert ahead.json()["units"] == kept.json()["units"]
     tail = encode(worker, audio, model, keep_from_ms=8000)
     assert Units.from_dict(tail.json()["units"]) == keep_units(units, 8000, None)
 
@@ -113,6 +118,12 @@ def test_no_windows_during_a_pause_that_may_end_the_turn(servers, speech_file: P
             time.sleep(1.0)
         return readings[-1]
 
+    def dropped() -> float:
+        text = httpx.get(gateway + "/metrics", timeout=10).text
+        return metric(text, "spiritlm_realtime_pause_encodes_dropped_total")
+
+    drops: list[float] = []
+
     async def scenario() -> tuple[float, float, float, float, Client]:
         client = await open_client(gateway)
         turns = {"type": "server_vad", "silence_duration_ms": 4000}
@@ -126,8 +137,10 @@ def test_no_windows_during_a_pause_that_may_end_the_turn(servers, speech_file: P
         # needs 11 s of audio); 1 s of silence did not.
         await client.append(silence(1.5))
         still_paused = await asyncio.to_thread(settled)
+        drops.append(await asyncio.to_thread(dropped))
         await client.append(speech_pcm(speech_file))
         resumed = await asyncio.to_thread(settled)
+        drops.append(await asyncio.to_thread(dropped))
         await client.append(silence(4.5))
         await client.until("response.done")
         await client.ws.close()
@@ -137,4 +150,6 @@ def test_no_windows_during_a_pause_that_may_end_the_turn(servers, speech_file: P
     assert paused > before  # windows went out while the turn was spoken
     assert still_paused == paused  # none during the pause
     assert resumed > still_paused  # speech resumed: windows go on
+    # ...and the pause's candidate, encoded in case it ended the turn, is dropped.
+    assert drops[1] > drops[0]
     assert client.of("response.done")[0]["response"]["status"] in ("completed", "incomplete")

@@ -126,7 +126,12 @@ def run_turn_encoder(
     speech worker (WAV decoded and encoded as the worker does); its tokens and windows sent."""
     pcm = float_to_pcm16(speech)
 
-    async def encode_window(wav: bytes, keep_from_ms: int, keep_to_ms: int | None) -> Units:
+    sent_ahead: list[tuple[bool, bool]] = []  # (a window rather than the tail, sent ahead)
+
+    async def encode_window(
+        wav: bytes, keep_from_ms: int, keep_to_ms: int | None, ahead: bool
+    ) -> Units:
+        sent_ahead.append((keep_to_ms is not None, ahead))
         units = await asyncio.to_thread(stack.encode_units, decode_audio(wav))
         return keep_units(units, keep_from_ms, keep_to_ms)
 
@@ -158,7 +163,11 @@ def run_turn_encoder(
             await asyncio.gather(*tasks)  # an encoder fast enough to keep up
         return (await encoder.tokens(0, pcm)).tokens, encoder.windows_sent
 
-    return asyncio.run(scenario())
+    result = asyncio.run(scenario())
+    # Windows go to the worker as work nobody waits for yet; the tail, when the turn has
+    # ended, as work someone does (service/speech_worker/priority.py).
+    assert all(window == ahead for window, ahead in sent_ahead)
+    return result
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -235,7 +244,9 @@ def test_a_tail_that_would_cover_the_whole_turn_is_an_exact_whole_encode(
     turn = np.concatenate([speech, speech[: int(3.2 * RATE)]])
     pcm = float_to_pcm16(turn)
 
-    async def encode_window(wav: bytes, keep_from_ms: int, keep_to_ms: int | None) -> Units:
+    async def encode_window(
+        wav: bytes, keep_from_ms: int, keep_to_ms: int | None, ahead: bool
+    ) -> Units:
         units = await asyncio.to_thread(stack.encode_units, decode_audio(wav))
         return keep_units(units, keep_from_ms, keep_to_ms)
 

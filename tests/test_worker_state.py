@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import anyio
 import anyio.to_thread
 
 from service.speech_worker.models import SpeechModels
+from service.speech_worker.priority import Priority
 from service.speech_worker.settings import SpeechWorkerSettings
 from service.speech_worker.state import WorkerState
 
@@ -39,6 +41,37 @@ def test_planning_does_not_wait_behind_inference() -> None:
 
     anyio.run(main)
     assert order == ["planned", "inference done"]
+
+
+def test_work_sent_ahead_runs_after_waited_work_that_queued_behind_it() -> None:
+    # Four sessions' turns ending together: their windows (sent ahead) queued before their
+    # tails (waited for); the tails go first once the inference thread is free.
+    settings = SpeechWorkerSettings(inference_threads=1)
+    state = WorkerState(settings=settings, models=SpeechModels(settings))
+    started, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def long_inference() -> None:
+        started.set()
+        release.wait(timeout=30)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(state.run, long_inference)
+            assert await anyio.to_thread.run_sync(started.wait, 30)
+            for name, priority in [
+                ("window", Priority.AHEAD),
+                ("tail", Priority.WAITED),
+                ("next window", Priority.AHEAD),
+                ("chunk", Priority.WAITED),
+            ]:
+                group.start_soon(partial(state.run, order.append, name, priority=priority))
+                await anyio.sleep(0.01)
+            assert state.limiter.waiting == 4
+            release.set()
+
+    anyio.run(main)
+    assert order == ["tail", "chunk", "window", "next window"]
 
 
 def test_plans_run_one_at_a_time() -> None:

@@ -127,6 +127,7 @@ class Report:
     load_before: float | None = None
     load_after: float | None = None
     label: str = ""  # the stack configuration, when several are compared in one run
+    silence_ms: int = SILENCE_MS  # the server VAD's silence_duration_ms
     speech_cores: int | None = None  # CPU cores the speech worker may run on (its affinity)
 
     def largest_real_time(self) -> int | None:
@@ -257,6 +258,7 @@ class Caller:
     pcm: bytes
     tokens: str
     max_tokens: int
+    silence_ms: int = SILENCE_MS  # the server VAD's silence_duration_ms
 
 
 async def run_session(url: str, caller: Caller, *, streaming: bool) -> SessionResult:
@@ -264,7 +266,7 @@ async def run_session(url: str, caller: Caller, *, streaming: bool) -> SessionRe
     ws_url = url.replace("http://", "ws://").replace("https://", "wss://") + "/v1/realtime"
     async with connect(ws_url, max_size=None, open_timeout=60) as ws:
         await ws.recv()  # session.created
-        turns = {"type": "server_vad", "silence_duration_ms": SILENCE_MS}
+        turns = {"type": "server_vad", "silence_duration_ms": caller.silence_ms}
         if not streaming:
             turns["create_response"] = False  # the baseline answers the turn itself
         update = {
@@ -492,12 +494,15 @@ async def run_benchmark(
     target: str = "",
     label: str = "",
     baseline: bool = True,
+    silence_ms: int = SILENCE_MS,
 ) -> Report:
-    """Levels of concurrent sessions on one gateway; `baseline` adds the whole-reply runs."""
+    """Levels of concurrent sessions on one gateway; `baseline` adds the whole-reply runs;
+    `silence_ms`: the silence that ends a turn (server VAD's silence_duration_ms)."""
     pcm, seconds = speech_pcm(audio)
-    caller = Caller(pcm, await _tokens(url, audio), max_tokens)
+    caller = Caller(pcm, await _tokens(url, audio), max_tokens, silence_ms)
     report = Report(url, target, audio, seconds, max_tokens, load_before=load_average())
     report.label = label
+    report.silence_ms = silence_ms
     memory = await stack_memory(url)
     report.speech_cores = speech_cores(memory)
     # The first turn of a fresh stack pays one-time costs (first vocoder stream, first prompt
@@ -636,7 +641,7 @@ def markdown_section(command: str, *reports: Report) -> str:
             f"- Gateway: {'; '.join(targets)}",
             f"- Each session streams `{report.audio.name}` ({report.audio_seconds:.1f} s) in real "
             f"time as 100 ms appends, then silence; server VAD ends the turn "
-            f"(silence_duration_ms {SILENCE_MS}); the reply is speech, "
+            f"(silence_duration_ms {report.silence_ms}); the reply is speech, "
             f"max_output_tokens {report.max_tokens}. One warm-up session runs first and is "
             "not counted.",
             "- First audio: from the client receiving `speech_stopped` to its first audio delta. "

@@ -49,6 +49,7 @@ def command_line(args: argparse.Namespace) -> str:
         ("--audio", args.audio),
         ("--checkpoints", args.checkpoints),
         ("--stacks", args.stacks),
+        ("--silence-ms", args.silence_ms),
         ("--output", args.output),
     )
     for flag, value in options:
@@ -60,7 +61,13 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.bench.realtime import SECTION, Report, markdown_table, run_benchmark
+    from service.bench.realtime import (
+        SECTION,
+        SILENCE_MS,
+        Report,
+        markdown_table,
+        run_benchmark,
+    )
     from service.bench.sections import write_section
 
     levels = parse_levels(args.levels)
@@ -70,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise SpiritError(f"{audio}: audio file not found (give one with --audio)")
     if args.max_tokens < 1:
         raise SpiritError("--max-tokens must be at least 1")
+    if args.silence_ms is not None and args.silence_ms < 1:
+        raise SpiritError("--silence-ms must be at least 1")
     if args.url and (args.stacks or args.checkpoints):
         raise SpiritError("--stacks and --checkpoints configure a local stack: not with --url")
 
@@ -85,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 target=target,
                 label=label,
                 baseline=not args.no_baseline,
+                silence_ms=args.silence_ms or SILENCE_MS,
             )
         )
 
@@ -156,6 +166,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=300.0,
         help="seconds after which no further level starts (default 300)",
+    )
+    parser.add_argument(
+        "--silence-ms",
+        type=int,
+        default=None,
+        help="the silence that ends a turn (server VAD silence_duration_ms; default 2000, so "
+        "the default file's 1.6 s pause does not split it)",
     )
     parser.add_argument(
         "--output",

@@ -228,11 +228,15 @@ class Engine:
         audio: bytes | DecodedAudio,
         model: str,
         keep_ms: tuple[int, int | None] | None = None,
+        *,
+        ahead: bool = False,
     ) -> EncodeResult:
         """Audio file bytes, or an upload already decoded (service/gateway/uploads.py), -> units
         (of the `keep_ms` stretch only, when given); retried on another speech worker if one is
-        unreachable."""
-        return await self._with_speech_worker(lambda client: client.encode(audio, model, keep_ms))
+        unreachable. `ahead`: nobody waits for it yet (SpeechClient.encode)."""
+        return await self._with_speech_worker(
+            lambda client: client.encode(audio, model, keep_ms, ahead=ahead)
+        )
 
     async def decode(self, **request: object) -> bytes:
         return await self._with_speech_worker(lambda client: client.decode(**request))

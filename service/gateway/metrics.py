@@ -78,6 +78,12 @@ class GatewayMetrics:
             "(docs/realtime.md#encoding-while-the-user-speaks).",
             registry=self.registry,
         )
+        self.realtime_pause_encodes_dropped = Counter(
+            "spiritlm_realtime_pause_encodes_dropped_total",
+            "Encodings of a pause's candidate turn dropped because speech resumed before the "
+            "pause ended the turn (docs/realtime.md, Turn taking).",
+            registry=self.registry,
+        )
         self.realtime_turn_encode_wait = Histogram(
             "spiritlm_realtime_turn_encode_wait_seconds",
             "End of the user's turn to its speech tokens being ready, by how the turn was "

@@ -50,6 +50,7 @@ from service.speech.pipeline import SpeechStack
 from service.speech_worker.disconnect import unless_disconnected
 from service.speech_worker.metrics import METRICS_MEDIA_TYPE, RequestMetrics
 from service.speech_worker.models import SpeechModels
+from service.speech_worker.priority import Priority
 from service.speech_worker.protocol import (
     DecodeRequest,
     EncodeResult,
@@ -79,7 +80,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.limiter = anyio.CapacityLimiter(state.settings.inference_threads)
         loader = asyncio.create_task(_load(state, on_load_failure))
         yield
         loader.cancel()
@@ -198,7 +198,10 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
         model: str | None = None,
         keep_from_ms: int | None = None,
         keep_to_ms: int | None = None,
+        ahead: bool = False,
     ) -> EncodeResult:
+        """`ahead`: nobody waits for the result yet (a window of a realtime turn still being
+        spoken): let in after model work that someone does wait for."""
         stack = state.models.get(model)
         keep = _kept_stretch(keep_from_ms, keep_to_ms, stack)
         raw = is_f32le(request.headers.get("content-type", ""))
@@ -213,7 +216,8 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
         data = await read_body(request, state.settings.speech_max_body_bytes)
         started = time.perf_counter()
         decode = partial(decode_f32le if raw else decode_audio, limits=limits)
-        work = state.run(_encode, stack, decode, data, keep)
+        priority = Priority.AHEAD if ahead else Priority.WAITED
+        work = state.run(_encode, stack, decode, data, keep, priority=priority)
         units, seconds = await unless_disconnected(request, work)
         elapsed = time.perf_counter() - started
         inputs.labels(stack.variant, "f32le" if raw else "file").inc()

@@ -12,6 +12,7 @@ import anyio.to_thread
 from service.speech_worker.batcher import VocoderBatcher, default_batch_size
 from service.speech_worker.metrics import WorkerMetrics
 from service.speech_worker.models import SpeechModels
+from service.speech_worker.priority import Priority, PriorityLimiter
 from service.speech_worker.settings import SpeechWorkerSettings
 
 T = TypeVar("T")
@@ -23,10 +24,13 @@ class WorkerState:
     models: SpeechModels
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     active_streams: int = 0
-    # Created on the event loop at start-up (anyio limiters belong to a running loop).
-    limiter: anyio.CapacityLimiter | None = None
+    limiter: PriorityLimiter = field(init=False)  # the inference threads, see `run`
+    # Made on first use: anyio limiters belong to a running loop.
     planning_limiter: anyio.CapacityLimiter | None = None
     _batcher: VocoderBatcher | None = None
+
+    def __post_init__(self) -> None:
+        self.limiter = PriorityLimiter(self.settings.inference_threads)
 
     @property
     def batcher(self) -> VocoderBatcher:
@@ -36,15 +40,20 @@ class WorkerState:
             self._batcher = VocoderBatcher(self.run, size, self.metrics.observe_vocoder_batch)
         return self._batcher
 
-    async def run(self, function: Callable[..., T], *args: object) -> T:
-        """Run model work in a worker thread; at most `inference_threads` at once.
+    async def run(
+        self, function: Callable[..., T], *args: object, priority: Priority = Priority.WAITED
+    ) -> T:
+        """Run model work in a worker thread; at most `inference_threads` at once, waiting
+        calls let in by `priority` (service/speech_worker/priority.py), then in arrival order.
 
         Not abandoned on cancellation: a cancelled caller waits for the call in progress, so the
         limiter really bounds the threads that use torch.
         """
-        if self.limiter is None:
-            self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
-        return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
+        await self.limiter.acquire(priority)
+        try:
+            return await anyio.to_thread.run_sync(function, *args)
+        finally:
+            self.limiter.release()
 
     async def plan(self, function: Callable[..., T], *args: object) -> T:
         """Run a stream's planning step in a worker thread, one at a time, beside `run`'s.

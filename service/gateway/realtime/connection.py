@@ -342,6 +342,11 @@ class RealtimeConnection:
                 self._speech_stopped(happened)
             elif isinstance(happened, PauseDetected):
                 self._encode_early(happened.utterance)
+        if self._early is not None and not self.input.paused:
+            # Speech resumed: the pause did not end the turn, and its candidate's encoding would
+            # only take the speech worker from the work of others (a queued one never runs).
+            self._drop_early_encoding()
+            self.state.metrics.realtime_pause_encodes_dropped.inc()
         self._advance_turn_encoding()
         self._check_idle()
 
@@ -446,8 +451,12 @@ class RealtimeConnection:
         if self.turn_encoder.windows_sent > sent:
             self.state.metrics.realtime_encode_windows.inc()
 
-    async def _encode_window(self, wav: bytes, keep_from_ms: int, keep_to_ms: int | None) -> Units:
-        result = await self.engine.encode(wav, self.model, keep_ms=(keep_from_ms, keep_to_ms))
+    async def _encode_window(
+        self, wav: bytes, keep_from_ms: int, keep_to_ms: int | None, ahead: bool
+    ) -> Units:
+        result = await self.engine.encode(
+            wav, self.model, keep_ms=(keep_from_ms, keep_to_ms), ahead=ahead
+        )
         return Units.from_dict(result.units)
 
     def _encode_early(self, utterance: Utterance) -> None:
