@@ -148,7 +148,7 @@ def test_levels_measure_first_audio_speed_and_memory(
             time_budget=600.0,
             progress=lambda _: None,
             label="test",
-            silence_ms=700,  # a 3.5 s turn has no long pause to bridge
+            silence_ms=700,  # its 2.45 s of speech end at the start of the file's long pause
         )  # fmt: skip
     )
     assert report.silence_ms == 700

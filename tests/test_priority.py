@@ -40,6 +40,28 @@ def test_waited_work_goes_before_work_done_ahead_then_in_arrival_order() -> None
     assert asyncio.run(main()) == ["tail 1", "chunk", "window 1", "window 2"]
 
 
+def test_work_sent_ahead_waits_behind_later_waited_work_for_a_bounded_time() -> None:
+    # A window a turn that has ended now waits for must not starve behind a steady stream of
+    # waited-for work: it goes before what arrives more than the handicap after it.
+    async def main() -> list[str]:
+        limiter = PriorityLimiter(1, ahead_handicap=0.05)
+        await limiter.acquire()
+        order: list[str] = []
+        window = asyncio.create_task(_hold(limiter, "window", Priority.AHEAD, order))
+        await asyncio.sleep(0)
+        soon = asyncio.create_task(
+            _hold(limiter, "tail within the handicap", Priority.WAITED, order)
+        )
+        await asyncio.sleep(0.2)
+        late = asyncio.create_task(_hold(limiter, "chunk after it", Priority.WAITED, order))
+        await asyncio.sleep(0)
+        limiter.release()
+        await asyncio.gather(window, soon, late)
+        return order
+
+    assert asyncio.run(main()) == ["tail within the handicap", "window", "chunk after it"]
+
+
 def test_never_more_holders_than_capacity() -> None:
     async def main() -> int:
         limiter = PriorityLimiter(2)

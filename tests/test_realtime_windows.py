@@ -27,9 +27,9 @@ WINDOWS = (
 )
 
 
-def encode(worker: str, audio: bytes, model: str, **keep: int) -> httpx.Response:
+def encode(worker: str, audio: bytes, model: str, **params: int | bool) -> httpx.Response:
     return httpx.post(
-        worker + "/v1/encode", params={"model": model, **keep}, content=audio, timeout=120
+        worker + "/v1/encode", params={"model": model, **params}, content=audio, timeout=120
     )
 
 

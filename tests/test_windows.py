@@ -129,7 +129,7 @@ def run_turn_encoder(
     sent_ahead: list[tuple[bool, bool]] = []  # (a window rather than the tail, sent ahead)
 
     async def encode_window(
-        wav: bytes, keep_from_ms: int, keep_to_ms: int | None, ahead: bool
+        wav: bytes, keep_from_ms: int, keep_to_ms: int | None, *, ahead: bool
     ) -> Units:
         sent_ahead.append((keep_to_ms is not None, ahead))
         units = await asyncio.to_thread(stack.encode_units, decode_audio(wav))
@@ -245,7 +245,7 @@ def test_a_tail_that_would_cover_the_whole_turn_is_an_exact_whole_encode(
     pcm = float_to_pcm16(turn)
 
     async def encode_window(
-        wav: bytes, keep_from_ms: int, keep_to_ms: int | None, ahead: bool
+        wav: bytes, keep_from_ms: int, keep_to_ms: int | None, *, ahead: bool
     ) -> Units:
         units = await asyncio.to_thread(stack.encode_units, decode_audio(wav))
         return keep_units(units, keep_from_ms, keep_to_ms)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from functools import partial
 
 import anyio
 import anyio.to_thread
+import pytest
 
 from service.speech_worker.models import SpeechModels
 from service.speech_worker.priority import Priority
@@ -72,6 +74,37 @@ def test_work_sent_ahead_runs_after_waited_work_that_queued_behind_it() -> None:
 
     anyio.run(main)
     assert order == ["tail", "chunk", "window", "next window"]
+
+
+def test_a_cancelled_call_keeps_its_thread_until_the_call_returns() -> None:
+    # The speech worker cancels the work of a client that went away with Task.cancel
+    # (service/speech_worker/disconnect.py); the thread cannot be stopped, so its place must
+    # stay taken until it returns, or two torch threads would share one core.
+    settings = SpeechWorkerSettings(inference_threads=1)
+    state = WorkerState(settings=settings, models=SpeechModels(settings))
+    started, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def long_inference() -> None:
+        started.set()
+        release.wait(timeout=30)
+        order.append("cancelled call returned")
+
+    async def main() -> None:
+        first = asyncio.create_task(state.run(long_inference))
+        assert await asyncio.to_thread(started.wait, 30)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first  # the caller gives up at once...
+        second = asyncio.create_task(state.run(order.append, "next call"))
+        await asyncio.sleep(0.2)
+        assert order == [] and state.limiter.holders == 1  # ...its thread keeps the place
+        release.set()
+        await asyncio.wait_for(second, 30)
+
+    asyncio.run(main())
+    assert order == ["cancelled call returned", "next call"]
+    assert state.limiter.holders == 0
 
 
 def test_plans_run_one_at_a_time() -> None:

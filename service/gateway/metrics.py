@@ -80,8 +80,8 @@ class GatewayMetrics:
         )
         self.realtime_pause_encodes_dropped = Counter(
             "spiritlm_realtime_pause_encodes_dropped_total",
-            "Encodings of a pause's candidate turn dropped because speech resumed before the "
-            "pause ended the turn (docs/realtime.md, Turn taking).",
+            "Pauses' candidate turns dropped because speech resumed before the pause ended the "
+            "turn, their encodings cancelled if still running (docs/realtime.md, Turn taking).",
             registry=self.registry,
         )
         self.realtime_turn_encode_wait = Histogram(

@@ -22,7 +22,7 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
@@ -198,10 +198,12 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
         model: str | None = None,
         keep_from_ms: int | None = None,
         keep_to_ms: int | None = None,
-        ahead: bool = False,
+        ahead: bool = Query(
+            False,
+            description="nobody waits for the result yet (a window of a realtime turn still "
+            "being spoken): let in after model work that someone does wait for",
+        ),
     ) -> EncodeResult:
-        """`ahead`: nobody waits for the result yet (a window of a realtime turn still being
-        spoken): let in after model work that someone does wait for."""
         stack = state.models.get(model)
         keep = _kept_stretch(keep_from_ms, keep_to_ms, stack)
         raw = is_f32le(request.headers.get("content-type", ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -44,16 +45,22 @@ class WorkerState:
         self, function: Callable[..., T], *args: object, priority: Priority = Priority.WAITED
     ) -> T:
         """Run model work in a worker thread; at most `inference_threads` at once, waiting
-        calls let in by `priority` (service/speech_worker/priority.py), then in arrival order.
+        calls let in by `priority` (service/speech_worker/priority.py).
 
-        Not abandoned on cancellation: a cancelled caller waits for the call in progress, so the
-        limiter really bounds the threads that use torch.
+        A caller that is cancelled (its client went away) returns at once, but the call in
+        progress keeps its place until its thread returns: the limiter really bounds the threads
+        that use torch. (anyio's shield does not hold against a plain `Task.cancel`, which is
+        how service/speech_worker/disconnect.py cancels, so the call is shielded here.)
         """
         await self.limiter.acquire(priority)
-        try:
-            return await anyio.to_thread.run_sync(function, *args)
-        finally:
-            self.limiter.release()
+        call = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args))
+        call.add_done_callback(self._call_done)
+        return await asyncio.shield(call)
+
+    def _call_done(self, call: asyncio.Future[object]) -> None:
+        self.limiter.release()
+        if not call.cancelled():
+            call.exception()  # retrieved: a caller that gave up no longer will
 
     async def plan(self, function: Callable[..., T], *args: object) -> T:
         """Run a stream's planning step in a worker thread, one at a time, beside `run`'s.

@@ -299,6 +299,7 @@ class RealtimeConnection:
             self.budget.check_room(self.conversation, held)  # the buffer stays if refused
             self._commit(self.input.commit_all(), "commit")
         elif isinstance(event, AudioClear):
+            self._drop_early_encoding()  # its audio is gone
             self.input.clear()
             self.send(self.events.event("input_audio_buffer.cleared"))
         elif isinstance(event, SessionUpdate):
@@ -345,8 +346,7 @@ class RealtimeConnection:
         if self._early is not None and not self.input.paused:
             # Speech resumed: the pause did not end the turn, and its candidate's encoding would
             # only take the speech worker from the work of others (a queued one never runs).
-            self._drop_early_encoding()
-            self.state.metrics.realtime_pause_encodes_dropped.inc()
+            self._drop_early_encoding(speech_resumed=True)
         self._advance_turn_encoding()
         self._check_idle()
 
@@ -452,7 +452,7 @@ class RealtimeConnection:
             self.state.metrics.realtime_encode_windows.inc()
 
     async def _encode_window(
-        self, wav: bytes, keep_from_ms: int, keep_to_ms: int | None, ahead: bool
+        self, wav: bytes, keep_from_ms: int, keep_to_ms: int | None, *, ahead: bool
     ) -> Units:
         result = await self.engine.encode(
             wav, self.model, keep_ms=(keep_from_ms, keep_to_ms), ahead=ahead
@@ -460,15 +460,21 @@ class RealtimeConnection:
         return Units.from_dict(result.units)
 
     def _encode_early(self, utterance: Utterance) -> None:
-        """Start encoding at a pause: if the pause ends the turn, the encoding is ready sooner."""
-        self._drop_early_encoding()
+        """Start encoding at a pause: if the pause ends the turn, the encoding is ready sooner.
+        An earlier pause's candidate still here means speech resumed in between."""
+        self._drop_early_encoding(speech_resumed=True)
         task = self._spawn(self._turn_tokens(utterance))
         self._early = ((utterance.start_ms, utterance.end_ms), task)
 
-    def _drop_early_encoding(self) -> None:
-        if self._early is not None:
-            self._early[1].cancel()
-            self._early = None
+    def _drop_early_encoding(self, *, speech_resumed: bool = False) -> None:
+        """Drop a pause's candidate turn, cancelling its encoding if it still runs.
+        `speech_resumed`: because the speaker went on (counted)."""
+        if self._early is None:
+            return
+        self._early[1].cancel()
+        self._early = None
+        if speech_resumed:
+            self.state.metrics.realtime_pause_encodes_dropped.inc()
 
     def _encoding_of(self, utterance: Utterance) -> asyncio.Task[str]:
         ended = time.perf_counter()

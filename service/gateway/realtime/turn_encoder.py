@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from service.audio.pcm import pcm16_wav
 from service.units.tokens import Units, units_to_string
@@ -35,10 +35,21 @@ from service.units.windows import (
 logger = logging.getLogger(__name__)
 HUBERT_HOP_MS = UNIT_HOP_SAMPLES["hubert"] * 1000 // WORKER_RATE  # 40 ms per HuBERT unit
 
-# The speech worker's encode of a window: (WAV bytes, keep_from_ms, keep_to_ms, ahead) -> kept
-# units. `ahead`: sent before anyone waits for it (a window of a turn still being spoken), so the
-# worker lets it in after work someone waits for (service/speech_worker/priority.py).
-EncodeWindow = Callable[[bytes, int, int | None, bool], Awaitable[Units]]
+
+class EncodeWindow(Protocol):
+    """The speech worker's encode of a window: WAV bytes and the kept stretch -> kept units.
+
+    `ahead`: sent before anyone waits for it (a window of a turn still being spoken), so the
+    worker lets it in after work someone waits for (service/speech_worker/priority.py). A tail
+    goes as waited-for work even for a pause's candidate turn: a candidate that ends the turn
+    is needed `silence_duration_ms` after the pause began, and one that does not is dropped
+    when speech resumes (connection.py)."""
+
+    def __call__(
+        self, wav: bytes, keep_from_ms: int, keep_to_ms: int | None, *, ahead: bool
+    ) -> Awaitable[Units]: ...
+
+
 EncodeWhole = Callable[[bytes], Coroutine[Any, Any, str]]
 Spawn = Callable[[Any], "asyncio.Task[Any]"]
 
@@ -119,7 +130,7 @@ class TurnEncoder:
     async def _run_window(self, turn: _TurnWindows, window: Window, wav: bytes) -> None:
         keep_from_ms, keep_to_ms = window.keep_ms(self.rate)
         try:
-            units = await self._encode_window(wav, keep_from_ms, keep_to_ms, True)
+            units = await self._encode_window(wav, keep_from_ms, keep_to_ms, ahead=True)
         except Exception as error:  # noqa: BLE001 - any failure: the turn is encoded whole
             logger.warning("encoding a turn window failed, the turn is encoded whole: %s", error)
             turn.failed = True
@@ -169,7 +180,7 @@ class TurnEncoder:
         wav = pcm16_wav(pcm16[tail.start * 2 :], self.rate)
         keep_from_ms, _ = tail.keep_ms(self.rate)
         try:
-            tail_units = await self._encode_window(wav, keep_from_ms, None, False)
+            tail_units = await self._encode_window(wav, keep_from_ms, None, ahead=False)
         except Exception as error:  # noqa: BLE001 - the whole encode reports what is wrong
             logger.warning("encoding a turn's tail failed, the turn is encoded whole: %s", error)
             return await self._whole(pcm16)
