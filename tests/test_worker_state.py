@@ -16,29 +16,41 @@ from service.speech_worker.settings import SpeechWorkerSettings
 from service.speech_worker.state import WorkerState
 
 
+def one_inference_thread() -> WorkerState:
+    settings = SpeechWorkerSettings(inference_threads=1)
+    return WorkerState(settings=settings, models=SpeechModels(settings))
+
+
+class Blocking:
+    """A model call that holds its thread until released, then notes `done` in `order`."""
+
+    def __init__(self, order: list[str], done: str) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        self.order, self.done = order, done
+
+    def __call__(self) -> None:
+        self.started.set()
+        self.release.wait(timeout=30)
+        self.order.append(self.done)
+
+
 def test_planning_does_not_wait_behind_inference() -> None:
     # A stream's planning step (milliseconds) must not queue behind a long vocoder pass or
     # encode on the inference thread: it has a thread of its own.
-    settings = SpeechWorkerSettings(inference_threads=1)
-    state = WorkerState(settings=settings, models=SpeechModels(settings))
-    started, release = threading.Event(), threading.Event()
+    state = one_inference_thread()
     order: list[str] = []
-
-    def long_inference() -> None:
-        started.set()
-        release.wait(timeout=30)
-        order.append("inference done")
+    long_inference = Blocking(order, "inference done")
 
     def planning() -> str:
         order.append("planned")
-        release.set()  # only reachable while the inference call still holds its thread
+        long_inference.release.set()  # only reachable while the inference call holds its thread
         return "jobs"
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(state.run, long_inference)
             # The inference call holds the only inference thread before planning starts.
-            assert await anyio.to_thread.run_sync(started.wait, 30)
+            assert await anyio.to_thread.run_sync(long_inference.started.wait, 30)
             assert await state.plan(planning) == "jobs"
 
     anyio.run(main)
@@ -48,19 +60,14 @@ def test_planning_does_not_wait_behind_inference() -> None:
 def test_work_sent_ahead_runs_after_waited_work_that_queued_behind_it() -> None:
     # Four sessions' turns ending together: their windows (sent ahead) queued before their
     # tails (waited for); the tails go first once the inference thread is free.
-    settings = SpeechWorkerSettings(inference_threads=1)
-    state = WorkerState(settings=settings, models=SpeechModels(settings))
-    started, release = threading.Event(), threading.Event()
+    state = one_inference_thread()
     order: list[str] = []
-
-    def long_inference() -> None:
-        started.set()
-        release.wait(timeout=30)
+    long_inference = Blocking([], "inference done")
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(state.run, long_inference)
-            assert await anyio.to_thread.run_sync(started.wait, 30)
+            assert await anyio.to_thread.run_sync(long_inference.started.wait, 30)
             for name, priority in [
                 ("window", Priority.AHEAD),
                 ("tail", Priority.WAITED),
@@ -70,7 +77,7 @@ def test_work_sent_ahead_runs_after_waited_work_that_queued_behind_it() -> None:
                 group.start_soon(partial(state.run, order.append, name, priority=priority))
                 await anyio.sleep(0.01)
             assert state.limiter.waiting == 4
-            release.set()
+            long_inference.release.set()
 
     anyio.run(main)
     assert order == ["tail", "chunk", "window", "next window"]
@@ -80,26 +87,20 @@ def test_a_cancelled_call_keeps_its_thread_until_the_call_returns() -> None:
     # The speech worker cancels the work of a client that went away with Task.cancel
     # (service/speech_worker/disconnect.py); the thread cannot be stopped, so its place must
     # stay taken until it returns, or two torch threads would share one core.
-    settings = SpeechWorkerSettings(inference_threads=1)
-    state = WorkerState(settings=settings, models=SpeechModels(settings))
-    started, release = threading.Event(), threading.Event()
+    state = one_inference_thread()
     order: list[str] = []
-
-    def long_inference() -> None:
-        started.set()
-        release.wait(timeout=30)
-        order.append("cancelled call returned")
+    long_inference = Blocking(order, "cancelled call returned")
 
     async def main() -> None:
         first = asyncio.create_task(state.run(long_inference))
-        assert await asyncio.to_thread(started.wait, 30)
+        assert await asyncio.to_thread(long_inference.started.wait, 30)
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first  # the caller gives up at once...
         second = asyncio.create_task(state.run(order.append, "next call"))
         await asyncio.sleep(0.2)
         assert order == [] and state.limiter.holders == 1  # ...its thread keeps the place
-        release.set()
+        long_inference.release.set()
         await asyncio.wait_for(second, 30)
 
     asyncio.run(main())
