@@ -83,29 +83,32 @@ def test_work_sent_ahead_runs_after_waited_work_that_queued_behind_it() -> None:
     assert order == ["tail", "chunk", "window", "next window"]
 
 
-def test_a_cancelled_call_keeps_its_thread_until_the_call_returns() -> None:
+@pytest.mark.parametrize("kind", ["run", "plan"])
+def test_a_cancelled_call_keeps_its_thread_until_the_call_returns(kind: str) -> None:
     # The speech worker cancels the work of a client that went away with Task.cancel
     # (service/speech_worker/disconnect.py); the thread cannot be stopped, so its place must
     # stay taken until it returns, or two torch threads would share one core.
     state = one_inference_thread()
+    call = state.run if kind == "run" else state.plan
+    limiter = state.limiter if kind == "run" else state.planning_limiter
     order: list[str] = []
-    long_inference = Blocking(order, "cancelled call returned")
+    long_call = Blocking(order, "cancelled call returned")
 
     async def main() -> None:
-        first = asyncio.create_task(state.run(long_inference))
-        assert await asyncio.to_thread(long_inference.started.wait, 30)
+        first = asyncio.create_task(call(long_call))
+        assert await asyncio.to_thread(long_call.started.wait, 30)
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first  # the caller gives up at once...
-        second = asyncio.create_task(state.run(order.append, "next call"))
+        second = asyncio.create_task(call(order.append, "next call"))
         await asyncio.sleep(0.2)
-        assert order == [] and state.limiter.holders == 1  # ...its thread keeps the place
-        long_inference.release.set()
+        assert order == [] and limiter.holders == 1  # ...its thread keeps the place
+        long_call.release.set()
         await asyncio.wait_for(second, 30)
 
     asyncio.run(main())
     assert order == ["cancelled call returned", "next call"]
-    assert state.limiter.holders == 0
+    assert limiter.holders == 0
 
 
 def test_plans_run_one_at_a_time() -> None:

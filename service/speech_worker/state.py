@@ -26,12 +26,12 @@ class WorkerState:
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     active_streams: int = 0
     limiter: PriorityLimiter = field(init=False)  # the inference threads, see `run`
-    # Made on first use: anyio limiters belong to a running loop.
-    planning_limiter: anyio.CapacityLimiter | None = None
+    planning_limiter: PriorityLimiter = field(init=False)  # the planning thread, see `plan`
     _batcher: VocoderBatcher | None = None
 
     def __post_init__(self) -> None:
         self.limiter = PriorityLimiter(self.settings.inference_threads)
+        self.planning_limiter = PriorityLimiter(1)
 
     @property
     def batcher(self) -> VocoderBatcher:
@@ -45,22 +45,8 @@ class WorkerState:
         self, function: Callable[..., T], *args: object, priority: Priority = Priority.WAITED
     ) -> T:
         """Run model work in a worker thread; at most `inference_threads` at once, waiting
-        calls let in by `priority` (service/speech_worker/priority.py).
-
-        A caller that is cancelled (its client went away) returns at once, but the call in
-        progress keeps its place until its thread returns: the limiter really bounds the threads
-        that use torch. (anyio's shield does not hold against a plain `Task.cancel`, which is
-        how service/speech_worker/disconnect.py cancels, so the call is shielded here.)
-        """
-        await self.limiter.acquire(priority)
-        call = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args))
-        call.add_done_callback(self._call_done)
-        return await asyncio.shield(call)
-
-    def _call_done(self, call: asyncio.Future[object]) -> None:
-        self.limiter.release()
-        if not call.cancelled():
-            call.exception()  # retrieved: a caller that gave up no longer will
+        calls let in by `priority` (service/speech_worker/priority.py)."""
+        return await _in_thread(self.limiter, priority, function, *args)
 
     async def plan(self, function: Callable[..., T], *args: object) -> T:
         """Run a stream's planning step in a worker thread, one at a time, beside `run`'s.
@@ -74,6 +60,26 @@ class WorkerState:
         torch runs on at most `inference_threads` + 1 threads. On a GPU the duration predictor
         still shares the device's stream with the vocoder passes.
         """
-        if self.planning_limiter is None:
-            self.planning_limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(function, *args, limiter=self.planning_limiter)
+        return await _in_thread(self.planning_limiter, Priority.WAITED, function, *args)
+
+
+async def _in_thread(
+    limiter: PriorityLimiter, priority: Priority, function: Callable[..., T], *args: object
+) -> T:
+    """`function(*args)` in a worker thread once `limiter` lets it in.
+
+    A caller that is cancelled (its client went away) returns at once, but the call in progress
+    keeps its place until its thread returns: the limiter really bounds the threads that use
+    torch. (anyio's shield does not hold against a plain `Task.cancel`, which is how
+    service/speech_worker/disconnect.py cancels, so the call is shielded here.)
+    """
+    await limiter.acquire(priority)
+
+    def done(call: asyncio.Future[T]) -> None:
+        limiter.release()
+        if not call.cancelled():
+            call.exception()  # retrieved: a caller that gave up no longer will
+
+    call = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args))
+    call.add_done_callback(done)
+    return await asyncio.shield(call)
