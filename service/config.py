@@ -56,7 +56,11 @@ class Settings(BaseSettings):
         description="HuBERT units before the streaming vocoder emits its first chunk.",
     )
     chunk_units: int = Field(
-        default=25, ge=1, description="HuBERT units per later streaming chunk."
+        default=25,
+        ge=1,
+        description="HuBERT units per later streaming chunk when chunks are windows "
+        "(vocoder_streaming); an incremental stream sends audio as soon as a block of frames "
+        "completes a unit, and this is the least its chunks may grow to when it falls behind.",
     )
     # A SecretStr, so it is never in a repr or a log line. docs/security.md says who sends it
     # (the gateway) and who checks it (the speech worker, vLLM).

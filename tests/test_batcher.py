@@ -12,7 +12,8 @@ from service.checkpoints.layout import BASE, CheckpointLayout
 from service.checkpoints.tiny_vocoder import write_vocoders
 from service.speech.streaming import RenderJob, StreamingVocoder
 from service.speech.vocoder import UnitVocoder, load_vocoder
-from service.speech_worker.batcher import VocoderBatcher, urgency
+from service.speech_worker.batcher import VocoderBatcher, incremental_streams, urgency
+from service.speech_worker.priority import Priority
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.batches: list[list[tuple[int, int]]] = []
+        self.priorities: list[Priority] = []
 
-    async def __call__(self, function: Any, work: list[tuple[UnitVocoder, RenderJob]]) -> Any:
+    async def __call__(
+        self, function: Any, work: list[tuple[UnitVocoder, RenderJob]], priority: Priority
+    ) -> Any:
         self.batches.append([(id(job), len(job.frames)) for _, job in work])
+        self.priorities.append(priority)
         await asyncio.sleep(0)  # let other streams queue, as a real forward pass would
         return function(work)
 
@@ -115,6 +120,10 @@ def test_most_urgent_first_and_cut_windows_alone(vocoder: UnitVocoder) -> None:
     rank = {"fresh": 0, "soon": 1, "ended": 2, "late": 3}
     assert heads[0] == "fresh"
     assert [rank[name] for name in heads] == sorted(rank[name] for name in heads)
+    # Among the worker's other model calls, a pass for a listener already playing goes first;
+    # a stream's first chunk waits its turn (service/speech_worker/priority.py).
+    assert recorder.priorities[0] == Priority.WAITED
+    assert set(recorder.priorities[1:]) == {Priority.PLAYING}
     assert all(len(batch) <= 2 for batch in recorder.batches)
     last = id(ended_jobs[-1])
     assert [len(b) for b in recorder.batches if any(i == last for i, _ in b)] == [1]
@@ -142,3 +151,12 @@ def test_a_caller_that_leaves_drops_its_waiting_chunks(vocoder: UnitVocoder) -> 
 def test_urgency_orders_fresh_streams_first() -> None:
     assert urgency(0.0, None, 100.0) < urgency(5.0, 1.0, 0.0)
     assert urgency(1.0, 10.0, 0.0) < urgency(2.0, 10.0, 0.0)
+
+
+def test_streams_are_incremental_where_chunks_are_rendered_alone() -> None:
+    # Incremental streams keep per-stream layer state, so their chunks are never batched
+    # across streams: `auto` chooses them only at one chunk per pass (a CPU's default).
+    assert incremental_streams("auto", 1)
+    assert not incremental_streams("auto", 32)
+    assert incremental_streams("incremental", 32)
+    assert not incremental_streams("windows", 1)

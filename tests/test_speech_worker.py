@@ -25,7 +25,6 @@ from typing import TypeVar
 import httpx
 import numpy as np
 import pytest
-import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -50,6 +49,7 @@ from service.speech_worker.client import (
 )
 from service.units.tokens import Units, string_to_units, units_to_string
 from tests.support.servers import INTERNAL_API_KEY, with_internal_key
+from tests.support.threads import torch_threads
 
 SPEECH_FILE = Path("/work/shared/data/7143-88743-0029.flac")
 TOKEN = re.compile(r"\[(?:Hu|Pi|St)[0-9]+\]")
@@ -66,10 +66,8 @@ pytestmark = pytest.mark.skipif(not SPEECH_FILE.is_file(), reason="speech sample
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
     """Same thread count as the worker (OMP_NUM_THREADS=1), so float results match exactly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

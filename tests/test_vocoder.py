@@ -25,6 +25,7 @@ from service.speech.vocoder import (
     shape_bucket,
     upsample_codes,
 )
+from tests.support.threads import torch_threads
 
 HOP = 640
 
@@ -32,10 +33,8 @@ HOP = 640
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny convolutions run fastest on one thread, above all on a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -522,32 +521,49 @@ def assert_same_audio(chunks: list[np.ndarray], want: np.ndarray) -> None:
     assert np.max(np.abs(got - want), initial=0.0) < 1e-4
 
 
+# Both ways of rendering a stream's chunks: windows with their receptive field, or one
+# incremental conv stack per stream (service/speech/incremental.py).
+WAYS = pytest.mark.parametrize("incremental", [False, True], ids=["windows", "incremental"])
+
+
+@WAYS
 @pytest.mark.parametrize("pattern", ["one", "random", "all"])
-def test_streaming_base_equals_one_shot(base, pattern):
+def test_streaming_base_equals_one_shot(base, pattern, incremental):
     units = random_codes(12, 90, 500)
     want = base.synthesize(units, speaker=0, global_style=5)
-    stream = StreamingVocoder(base, speaker=0, global_style=5, first_chunk_units=6, chunk_units=9)
+    stream = StreamingVocoder(
+        base,
+        speaker=0,
+        global_style=5,
+        first_chunk_units=6,
+        chunk_units=9,
+        incremental=incremental,
+    )
     chunks = stream_aligned(stream, units, None, None, push_sizes(pattern, 90, 13))
     assert len(chunks) > 3
     assert_same_audio(chunks, want)
 
 
+@WAYS
 @pytest.mark.parametrize("pattern", ["one", "random"])
-def test_streaming_expressive_with_durations_equals_one_shot(expressive, pattern):
+def test_streaming_expressive_with_durations_equals_one_shot(expressive, pattern, incremental):
     units, pitch, style = (
         random_codes(14, 70, 500),
         random_codes(15, 70, 64),
         random_codes(16, 70, 100),
     )
     want = expressive.synthesize(units, pitch, style)
-    stream = StreamingVocoder(expressive, first_chunk_units=10, chunk_units=8)
+    stream = StreamingVocoder(
+        expressive, first_chunk_units=10, chunk_units=8, incremental=incremental
+    )
     chunks = stream_aligned(stream, units, pitch, style, push_sizes(pattern, 70, 17))
     assert len(chunks) > 3
     assert_same_audio(chunks, want)
 
 
+@WAYS
 @pytest.mark.parametrize("pattern", ["one", "random"])
-def test_streaming_expressive_raw_units_equals_one_shot(expressive, pattern):
+def test_streaming_expressive_raw_units_equals_one_shot(expressive, pattern, incremental):
     # 81 units, 41 pitch codes (12.5 Hz) and 4 style codes (1 Hz): padding and truncation apply.
     units, pitch, style = (
         random_codes(18, 81, 500),
@@ -555,7 +571,9 @@ def test_streaming_expressive_raw_units_equals_one_shot(expressive, pattern):
         random_codes(20, 4, 100),
     )
     want = expressive.synthesize(units, pitch, style, dur_pred=False)
-    stream = StreamingVocoder(expressive, dur_pred=False, first_chunk_units=10, chunk_units=12)
+    stream = StreamingVocoder(
+        expressive, dur_pred=False, first_chunk_units=10, chunk_units=12, incremental=incremental
+    )
     chunks, start = [], 0
     for size in push_sizes(pattern, 81, 21):
         end = min(start + size, 81)
@@ -570,10 +588,13 @@ def test_streaming_expressive_raw_units_equals_one_shot(expressive, pattern):
     assert_same_audio(chunks, want)
 
 
-def test_streaming_deduplicates_across_pushes(base):
+@WAYS
+def test_streaming_deduplicates_across_pushes(base, incremental):
     units = [4, 4, 4, 8, 8, -1, 8, 3, 3, 3, 3, 9] * 5
     want = base.synthesize(units, deduplicated=False)
-    stream = StreamingVocoder(base, deduplicated=False, first_chunk_units=3, chunk_units=4)
+    stream = StreamingVocoder(
+        base, deduplicated=False, first_chunk_units=3, chunk_units=4, incremental=incremental
+    )
     assert_same_audio(stream_aligned(stream, units, None, None, push_sizes("one", 60, 0)), want)
 
 
@@ -626,8 +647,9 @@ def test_streaming_reports_length_errors_at_finish(expressive):
         stream.finish()
 
 
-def test_streaming_empty_and_closed(base):
-    stream = StreamingVocoder(base)
+@WAYS
+def test_streaming_empty_and_closed(base, incremental):
+    stream = StreamingVocoder(base, incremental=incremental)
     assert stream.push([]) == []
     assert stream.finish() == []
     with pytest.raises(RuntimeError):

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -46,7 +46,13 @@ from service.checkpoints.layout import BASE, VARIANTS, CheckpointLayout
 from service.speech.precision import DTYPES
 from service.speech.streaming import StreamingVocoder
 from service.speech.vocoder import UnitVocoder, load_vocoder
-from service.speech_worker.batcher import VocoderBatcher, default_batch_size, urgency
+from service.speech_worker.batcher import (
+    StreamingMode,
+    VocoderBatcher,
+    default_batch_size,
+    incremental_streams,
+    urgency,
+)
 
 SECTION = "bench-streams"
 STALL_LIMIT = 0.25
@@ -60,6 +66,7 @@ class StreamConfig:
     label: str
     vocoder_batch_size: int = 0  # 0 = the worker's default for the device
     vocoder_dtype: str = "float32"
+    vocoder_streaming: StreamingMode = "auto"
     first_chunk_units: int = 10
     chunk_units: int = 25
     max_chunk_units: int = 100
@@ -68,8 +75,14 @@ class StreamConfig:
     def flags(self) -> str:
         return (
             f"--vocoder-batch-size {self.vocoder_batch_size} --vocoder-dtype {self.vocoder_dtype} "
-            f"--max-chunk-units {self.max_chunk_units}"
+            f"--vocoder-streaming {self.vocoder_streaming} --max-chunk-units {self.max_chunk_units}"
         )
+
+    def batch_size(self, device: str) -> int:
+        return self.vocoder_batch_size or default_batch_size(device)
+
+    def incremental(self, device: str) -> bool:
+        return incremental_streams(self.vocoder_streaming, self.batch_size(device))
 
 
 @dataclass
@@ -131,6 +144,7 @@ async def run_stream(
     unit_rate: float,
     piece: int,
     speaker: int,
+    incremental: bool,
 ) -> StreamResult:
     """One stream: units arrive `piece` at a time at `unit_rate`; audio is timed as it comes."""
     loop = asyncio.get_running_loop()
@@ -140,6 +154,7 @@ async def run_stream(
         first_chunk_units=config.first_chunk_units,
         chunk_units=config.chunk_units,
         max_chunk_units=config.max_chunk_units,
+        incremental=incremental,
     )
     result = StreamResult()
     arrivals: list[tuple[float, float]] = []
@@ -206,14 +221,14 @@ async def run_level(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="planning") as planner,
     ):
 
-        def in_thread(function: Callable[..., Any], *args: Any) -> Any:
+        def in_thread(function: Callable[..., Any], *args: Any, priority: Any = None) -> Any:
+            # Only vocoder passes use this thread here: there is nothing to put them before.
             return loop.run_in_executor(executor, function, *args)
 
         def planning(function: Callable[..., Any], *args: Any) -> Any:
             return loop.run_in_executor(planner, function, *args)
 
-        size = config.vocoder_batch_size or default_batch_size(device)
-        batcher = VocoderBatcher(in_thread, size, on_batch)
+        batcher = VocoderBatcher(in_thread, config.batch_size(device), on_batch)
         rng = np.random.default_rng(streams)
         speakers = vocoder.num_speakers or 1
         started = time.perf_counter()
@@ -228,6 +243,7 @@ async def run_level(
                     unit_rate=unit_rate,
                     piece=piece,
                     speaker=index % speakers,
+                    incremental=config.incremental(device),
                 )
                 for index in range(streams)
             ]
@@ -294,6 +310,8 @@ def run_benchmark(
         )
         # As the speech worker does before serving (service/speech_worker/models.py).
         vocoder.warm_up_streams(config.max_chunk_units)
+        if config.incremental(device):
+            vocoder.warm_up_incremental()
         for streams in levels:
             if time.perf_counter() - started > time_budget:
                 progress(f"time budget of {time_budget:.0f} s spent; stopping before {streams}")
@@ -385,6 +403,7 @@ def parse_config(text: str) -> StreamConfig:
     parser = argparse.ArgumentParser(prog=label.strip(), add_help=False, exit_on_error=False)
     parser.add_argument("--vocoder-batch-size", type=int, default=0)
     parser.add_argument("--vocoder-dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--vocoder-streaming", choices=get_args(StreamingMode), default="auto")
     parser.add_argument("--first-chunk-units", type=int, default=10)
     parser.add_argument("--chunk-units", type=int, default=25)
     parser.add_argument("--max-chunk-units", type=int, default=100)
@@ -407,9 +426,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=VARIANTS, default=BASE)
     parser.add_argument(
         "--configs",
-        default="per-chunk: --max-chunk-units 25; coalesced: --max-chunk-units 100",
+        default=(
+            "windows: --vocoder-streaming windows; incremental: --vocoder-streaming incremental"
+        ),
         help="configurations compared in one run: 'label: flags; label: flags' with the speech "
-        "worker's flags --vocoder-batch-size, --vocoder-dtype, --first-chunk-units, "
+        "worker's flags --vocoder-batch-size, --vocoder-dtype, --vocoder-streaming, "
+        "--first-chunk-units, "
         "--chunk-units, --max-chunk-units",
     )
     parser.add_argument("--levels", default="1,2,4,8,16", help="concurrent streams to try")

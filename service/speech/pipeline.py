@@ -222,6 +222,7 @@ class SpeechStack:
         first_chunk_units: int = 10,
         chunk_units: int = 25,
         max_chunk_units: int | None = None,
+        incremental: bool = False,
     ) -> StreamingVocoder:
         """A vocoder that synthesises aligned units as they arrive (LM output is always aligned)."""
         return StreamingVocoder(
@@ -231,6 +232,7 @@ class SpeechStack:
             first_chunk_units=first_chunk_units,
             chunk_units=chunk_units,
             max_chunk_units=max_chunk_units,
+            incremental=incremental,
         )
 
     @property

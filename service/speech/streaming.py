@@ -12,6 +12,12 @@ chunks equal ``vocoder.synthesize`` of all units (up to float rounding).
 Durations are predicted the same way, with the duration predictor's receptive field in units.
 Work per step is bounded by the chunk plus its context; the history is never re-synthesized.
 
+An *incremental* stream (``incremental=True``, the speech worker's default on a CPU) renders no
+windows: its chunks feed whole blocks of frames to a conv stack that keeps its layers' state
+between chunks (service/speech/incremental.py), so no frame is computed twice, and only its
+last chunk is a window. Its chunks release every sample the fed frames determine, so they need
+not end on a unit; they cannot be batched across streams.
+
 Latency before the first audio, in units pushed (R = right frame context, d_r = right
 duration context in units, both from the loaded config):
 
@@ -30,12 +36,14 @@ the tiny test geometry has R = 7. `latency_units` reports the worst case for the
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from service.speech.incremental import STEP_FRAMES, IncrementalDecoder
 from service.speech.vocoder import (
     DEFAULT_SPEAKER,
     Conditioning,
@@ -64,9 +72,21 @@ class RenderJob:
     stop: int | None  # end of the chunk; None = to the end of the window's audio
     batchable: bool
     left_padding_ok: bool = False
+    # Set for a chunk of an incremental stream: `frames` are the next frames its decoder takes,
+    # and all the audio that comes out is the chunk's.
+    decoder: IncrementalDecoder | None = None
 
     def cut(self, wav: np.ndarray) -> np.ndarray:
         return wav[self.start : self.stop]
+
+
+def render_alone(vocoder: UnitVocoder, job: RenderJob) -> np.ndarray:
+    """A job's audio, before `RenderJob.cut`, from a forward pass of its own."""
+    if job.decoder is not None:
+        return vocoder.render_incremental(job.decoder, job.frames, job.conditioning)
+    frames = len(job.frames)
+    pad = shape_bucket(frames) - frames if job.left_padding_ok else 0
+    return vocoder.render(job.frames, job.conditioning, pad_left=pad)
 
 
 class StreamingVocoder:
@@ -90,6 +110,7 @@ class StreamingVocoder:
         first_chunk_units: int = 10,
         chunk_units: int = 25,
         max_chunk_units: int | None = None,
+        incremental: bool = False,
     ) -> None:
         if first_chunk_units < 1 or chunk_units < 1:
             raise ValueError("first_chunk_units and chunk_units must be at least 1")
@@ -120,11 +141,20 @@ class StreamingVocoder:
         self._emitted_units = 0
         self._emitted_frames = 0
         self._finished = False
+        # Incremental: frames handed to the decoder, and the samples they release.
+        self._decoder = vocoder.incremental_decoder() if incremental else None
+        self._fed_frames = 0
+        self._emitted_samples = 0
 
     @property
     def latency_units(self) -> int:
-        """Worst-case units pushed before the first chunk comes out (see the module docstring)."""
-        return self.first_chunk_units + self.right_frames + self.right_units
+        """Worst-case units pushed before the first chunk comes out (see the module docstring;
+        an incremental stream waits for whole blocks of frames that release the chunk)."""
+        if self._decoder is None:
+            return self.first_chunk_units + self.right_frames + self.right_units
+        lag_frames = -(-self._decoder.lag // self._decoder.hop)
+        frames = -(-(self.first_chunk_units + lag_frames) // STEP_FRAMES) * STEP_FRAMES
+        return frames + self.right_units  # every unit at least one frame
 
     @property
     def started(self) -> bool:
@@ -181,8 +211,8 @@ class StreamingVocoder:
         return self.render(self.finish_jobs())
 
     def render(self, jobs: Sequence[RenderJob]) -> list[np.ndarray]:
-        """The chunks of `jobs`, one window at a time (a scheduler may batch them instead)."""
-        return [job.cut(self.vocoder.render(job.frames, job.conditioning)) for job in jobs]
+        """The chunks of `jobs`, one at a time (a scheduler may batch windows instead)."""
+        return [job.cut(render_alone(self.vocoder, job)) for job in jobs]
 
     def push_jobs(
         self,
@@ -311,6 +341,8 @@ class StreamingVocoder:
     # ---- audio
 
     def _emit(self) -> list[RenderJob]:
+        if self._decoder is not None:
+            return self._emit_incremental(self._decoder)
         chunks = []
         while True:
             framed = len(self._unit_ends)
@@ -380,4 +412,73 @@ class StreamingVocoder:
             None if last else (end - start) * hop,
             batchable=not last and stop == end + self.right_frames,
             left_padding_ok=start == first - self.left_frames,
+        )
+
+    # ---- audio of an incremental stream
+
+    def _emit_incremental(self, decoder: IncrementalDecoder) -> list[RenderJob]:
+        """Chunks that feed the decoder whole blocks of `STEP_FRAMES` frames, then at the end a
+        window for the rest (service/speech/incremental.py: only those lengths are warmed up).
+
+        The first chunk is due once the blocks whose frames are final release
+        `first_chunk_units` units; later ones as soon as a block completes a unit. A window
+        pays its receptive field once per chunk, which makes few large chunks cheaper; a block
+        costs the same whenever it goes, so here audio goes out as soon as it can, and a
+        stream that fell behind still renders its waiting blocks together. A chunk takes every
+        due block while its units stay within `chunk_cap`. Its audio is everything the blocks
+        release, up to the decoder's lag behind them, so chunks need not end on a unit.
+        """
+        chunks = []
+        while feed := self._blocks_due(decoder):
+            first = self._fed_frames
+            self._fed_frames += feed
+            self._emitted_units = self._units_released(decoder, self._fed_frames)
+            self._emitted_samples = decoder.released(self._fed_frames)
+            chunks.append(
+                RenderJob(
+                    self._frames.window(first, self._fed_frames),
+                    self._conditioning,
+                    0,
+                    None,
+                    batchable=False,
+                    decoder=decoder,
+                )
+            )
+        if self._finished and len(self._frames) * decoder.hop > self._emitted_samples:
+            chunks.append(self._last_window())
+            self._emitted_units = len(self._unit_ends)
+            self._emitted_frames = self._fed_frames = len(self._frames)
+        return chunks
+
+    def _blocks_due(self, decoder: IncrementalDecoder) -> int:
+        """Frames the next chunk feeds the decoder (a multiple of `STEP_FRAMES`), or 0."""
+        blocks = (len(self._frames) - self._fed_frames) // STEP_FRAMES
+        smallest = 1 if self.started or self._finished else self.first_chunk_units
+        chosen = 0
+        for count in range(1, blocks + 1):
+            released = self._units_released(decoder, self._fed_frames + count * STEP_FRAMES)
+            units = released - self._emitted_units
+            if chosen and units > self.chunk_cap():
+                break
+            if units >= smallest:
+                chosen = count
+        return chosen * STEP_FRAMES
+
+    def _units_released(self, decoder: IncrementalDecoder, frames: int) -> int:
+        """Units whose samples all come out once `frames` frames went in."""
+        return bisect_right(self._unit_ends, decoder.released(frames) // decoder.hop)
+
+    def _last_window(self) -> RenderJob:
+        """The samples the decoder has not released, from a window with their left receptive
+        field (or the stream's start), padded on the left to its bucket where it may be."""
+        hop = self.vocoder.hop_length
+        first_frame = self._emitted_samples // hop
+        start = max(0, first_frame - self.left_frames)
+        return RenderJob(
+            self._frames.window(start, len(self._frames)),
+            self._conditioning,
+            self._emitted_samples - start * hop,
+            None,
+            batchable=False,
+            left_padding_ok=start == first_frame - self.left_frames,
         )

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from service.errors import CheckpointError, UnitFormatError
 from service.speech.hifigan import CodeHiFiGAN, DurationParams, HiFiGANConfig
+from service.speech.incremental import IncrementalDecoder
+from service.speech.incremental import warm_up as warm_up_steps
 from service.speech.precision import DTYPES, Precision, channels_last_pays
 from service.speech.torch_files import fold_weight_norm
 
@@ -486,6 +488,22 @@ class UnitVocoder:
             wavs = self.model.decode(padded.to(self.compute_dtype)).float().cpu()
         hop = self.hop_length
         return [wavs[i, 0, : x.shape[2] * hop].numpy() for i, x in enumerate(inputs)]
+
+    def incremental_decoder(self) -> IncrementalDecoder:
+        """A decoder that keeps one stream's layer state between chunks."""
+        return IncrementalDecoder(self.model)
+
+    def render_incremental(
+        self, decoder: IncrementalDecoder, frames: FrameCodes, conditioning: Conditioning
+    ) -> np.ndarray:
+        """Feed a stream's next frames to its decoder; the samples that became final."""
+        with torch.inference_mode():
+            x = self._embed(frames, conditioning).to(self.compute_dtype)
+            return decoder.decode(x).view(-1).float().cpu().numpy()
+
+    def warm_up_incremental(self) -> int:
+        """Build the kernels of the step lengths incremental streams use (`incremental.warm_up`)."""
+        return warm_up_steps(self.model, self.config.model_in_dim, self.compute_dtype, self.device)
 
     def warm_up_streams(self, max_chunk_units: int) -> int:
         """`warm_up` for the windows of streams whose chunks take up to `max_chunk_units` units

@@ -6,10 +6,14 @@ on the worker's inference thread:
 
 * urgency: a stream that has sent no audio yet comes first (its listener hears nothing until
   then), then the stream whose buffered audio runs out soonest (its first audio time plus the
-  audio it was sent: the moment its player would stall);
+  audio it was sent: the moment its player would stall). A pass whose most urgent chunk is
+  for a listener already playing also goes before the worker's other waiting model calls
+  (`Priority.PLAYING`);
 * batching: the most urgent chunk's window goes into one forward pass with the next waiting
   windows of the same vocoder, up to `vocoder_batch_size` (`UnitVocoder.render_batch`). A chunk
-  whose window was cut short by the end of its stream is rendered alone (`RenderJob.batchable`).
+  whose window was cut short by the end of its stream is rendered alone (`RenderJob.batchable`),
+  and so is every chunk of an incremental stream (its layers' state is its own,
+  service/speech/incremental.py).
   Passes run at a few padded lengths (`shape_bucket`), which torch's kernels are built for
   once. Nothing waits for a batch to fill: whatever queued while the previous forward pass ran
   forms the next one, so a lone stream pays no extra latency and batches grow with the load.
@@ -25,15 +29,17 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from service.speech.streaming import RenderJob
+from service.speech.streaming import RenderJob, render_alone
 from service.speech.vocoder import UnitVocoder, shape_bucket
+from service.speech_worker.priority import Priority
 
 # (0, submitted) for a stream that has sent no audio yet, else (1, when its audio runs out).
 Urgency = tuple[int, float]
+# `WorkerState.run`: a function, its arguments, and the `priority` keyword.
 RunInThread = Callable[..., Awaitable[Any]]
 
 
@@ -108,7 +114,8 @@ class VocoderBatcher:
         batch = self._next_batch()
         started = time.perf_counter()
         try:
-            wavs = await self._run(_render, [(w.vocoder, w.job) for w in batch])
+            work = [(w.vocoder, w.job) for w in batch]
+            wavs = await self._run(_render, work, priority=thread_priority(batch[0].urgency))
         except Exception as error:  # the callers report it; the runner goes on
             for waiting in batch:
                 if not waiting.result.done():
@@ -145,8 +152,13 @@ def _render(work: list[tuple[UnitVocoder, RenderJob]]) -> list[np.ndarray]:
     if first.batchable:
         width = shape_bucket(max(len(job.frames) for _, job in work))
         return vocoder.render_batch([(job.frames, job.conditioning) for _, job in work], width)
-    pad = shape_bucket(len(first.frames)) - len(first.frames) if first.left_padding_ok else 0
-    return [vocoder.render(first.frames, first.conditioning, pad_left=pad)]
+    return [render_alone(vocoder, first)]
+
+
+def thread_priority(most_urgent: Urgency) -> Priority:
+    """A pass's place among the worker's other model calls: before them when its most urgent
+    chunk is the next audio of a listener already playing (service/speech_worker/priority.py)."""
+    return Priority.PLAYING if most_urgent[0] == 1 else Priority.WAITED
 
 
 def urgency(sent_seconds: float, first_audio_at: float | None, submitted: float) -> Urgency:
@@ -165,3 +177,13 @@ GPU_BATCH_SIZE = 32
 
 def default_batch_size(device: str) -> int:
     return CPU_BATCH_SIZE if device.startswith("cpu") else GPU_BATCH_SIZE
+
+
+# The speech worker's `vocoder_streaming` setting.
+StreamingMode = Literal["auto", "incremental", "windows"]
+
+
+def incremental_streams(mode: StreamingMode, batch_size: int) -> bool:
+    """Whether streams vocode incrementally (service/speech/incremental.py). Their chunks are
+    not batched across streams, so `auto` chooses it only where a pass renders one chunk."""
+    return mode == "incremental" or (mode == "auto" and batch_size == 1)

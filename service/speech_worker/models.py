@@ -9,6 +9,7 @@ from service.checkpoints.make import check_files, resolve_layout
 from service.config import resolve_device
 from service.cpus import cpu_flags, native_bfloat16
 from service.speech.pipeline import SpeechStack
+from service.speech_worker.batcher import default_batch_size, incremental_streams
 from service.speech_worker.protocol import WorkerRequestError
 from service.speech_worker.settings import SpeechWorkerSettings
 
@@ -23,6 +24,9 @@ class SpeechModels:
         self.names = settings.served_models()
         self.default = settings.default_model()
         self.device = resolve_device(settings.device)
+        # How streams use the vocoder, which decides what to warm up.
+        self.vocoder_batch_size = settings.vocoder_batch_size or default_batch_size(self.device)
+        self.incremental = incremental_streams(settings.vocoder_streaming, self.vocoder_batch_size)
         self.stacks: dict[str, SpeechStack] = {}
         # Per model, the sorted HuBERT units of silence (learnt at load time; see SpeechStack).
         self.silence: dict[str, list[int]] = {}
@@ -70,9 +74,12 @@ class SpeechModels:
         log.info("speech models ready (%s) in %.1f s", ", ".join(self.names), _since(started))
 
     def _warm_up(self, stack: SpeechStack) -> None:
-        """Build the vocoder's kernels for the window lengths streams use, before serving."""
+        """Build the vocoder's kernels for the lengths streams use, before serving: windows
+        (every stream's last chunk is one) and, for incremental streams, their steps."""
         started = time.monotonic()
         lengths = stack.vocoder.warm_up_streams(self.settings.max_chunk_units)
+        if self.incremental:
+            lengths += stack.vocoder.warm_up_incremental()
         seconds = _since(started)
         log.info("%s: vocoder warmed up at %d lengths in %.1f s", stack.variant, lengths, seconds)
 

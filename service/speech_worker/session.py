@@ -115,6 +115,7 @@ class StreamSession:
         first_chunk_units: int,
         chunk_units: int,
         max_chunk_units: int | None = None,
+        incremental: bool = False,
         seed: int | None = None,
     ) -> None:
         check_speaker(stack, speaker)
@@ -132,6 +133,7 @@ class StreamSession:
             first_chunk_units=first_chunk_units,
             chunk_units=chunk_units,
             max_chunk_units=self.max_chunk_units,
+            incremental=incremental,
         )
         self._encoder = StreamEncoder("pcm", sample_rate, input_rate=stack.sample_rate)
         self.tokens = 0

@@ -10,6 +10,7 @@ from pydantic_settings import NoDecode
 from service.checkpoints.layout import VARIANTS
 from service.config import ModelName, Settings
 from service.speech.precision import Precision
+from service.speech_worker.batcher import StreamingMode
 
 
 class SpeechWorkerSettings(Settings):
@@ -60,7 +61,8 @@ class SpeechWorkerSettings(Settings):
         le=30,
         description="A stream whose listener has more than this many seconds of audio left to "
         "play waits before rendering more, so the units that arrive meanwhile go into fewer, "
-        "larger chunks (each chunk recomputes the vocoder's receptive field). 0 (default) = "
+        "larger chunks (a window recomputes the vocoder's receptive field; incremental streams "
+        "save little by it, vocoder_streaming). 0 (default) = "
         "render units as soon as they arrive: held-back chunks are large, and a gateway whose "
         "client stops reading then holds more audio (tests/test_faults.py). The first chunk "
         "never waits.",
@@ -70,6 +72,17 @@ class SpeechWorkerSettings(Settings):
         ge=0,
         description="Most stream chunks rendered in one vocoder forward pass (the most urgent "
         "first); 0 = 1 on a CPU, where batching saves nothing, and 32 on a GPU.",
+    )
+    vocoder_streaming: StreamingMode = Field(
+        default="auto",
+        description="How a stream's chunks are vocoded. incremental: each stream keeps what "
+        "every vocoder layer still needs from its input between chunks, so no frame is "
+        "computed twice (about half the work of windows at official size, "
+        "docs/benchmarks.md); its chunks are not batched across streams. windows: each chunk is "
+        "a window that recomputes the vocoder's receptive field, and windows of several "
+        "streams share forward passes (vocoder_batch_size). auto = incremental where chunks "
+        "are rendered one per pass (vocoder_batch_size 1, a CPU's default), else windows. The "
+        "audio is the same either way, up to float rounding.",
     )
     vocoder_dtype: Precision = Field(
         default="float32",

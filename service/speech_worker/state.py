@@ -10,7 +10,7 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from service.speech_worker.batcher import VocoderBatcher, default_batch_size
+from service.speech_worker.batcher import VocoderBatcher
 from service.speech_worker.metrics import WorkerMetrics
 from service.speech_worker.models import SpeechModels
 from service.speech_worker.priority import Priority, PriorityLimiter
@@ -37,7 +37,7 @@ class WorkerState:
     def batcher(self) -> VocoderBatcher:
         """The streams' vocoder scheduler (service/speech_worker/batcher.py), made on first use."""
         if self._batcher is None:
-            size = self.settings.vocoder_batch_size or default_batch_size(self.models.device)
+            size = self.models.vocoder_batch_size
             self._batcher = VocoderBatcher(self.run, size, self.metrics.observe_vocoder_batch)
         return self._batcher
 

@@ -171,6 +171,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
         first_chunk_units=settings.first_chunk_units,
         chunk_units=settings.chunk_units,
         max_chunk_units=settings.max_chunk_units,
+        incremental=state.models.incremental,
         seed=params.seed,
     )
     # Counted before the first await, so concurrent handshakes cannot pass the limit together.
