@@ -58,9 +58,8 @@ class Settings(BaseSettings):
     chunk_units: int = Field(
         default=25,
         ge=1,
-        description="HuBERT units per later streaming chunk when chunks are windows "
-        "(vocoder_streaming); an incremental stream sends audio as soon as a block of frames "
-        "completes a unit, and this is the least its chunks may grow to when it falls behind.",
+        description="HuBERT units per later streaming chunk (an incremental stream's chunks "
+        "release at least this many, in whole blocks of frames: vocoder_streaming).",
     )
     # A SecretStr, so it is never in a repr or a log line. docs/security.md says who sends it
     # (the gateway) and who checks it (the speech worker, vLLM).

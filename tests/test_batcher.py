@@ -13,7 +13,6 @@ from service.checkpoints.tiny_vocoder import write_vocoders
 from service.speech.streaming import RenderJob, StreamingVocoder
 from service.speech.vocoder import UnitVocoder, load_vocoder
 from service.speech_worker.batcher import VocoderBatcher, incremental_streams, urgency
-from service.speech_worker.priority import Priority
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +32,9 @@ class Recorder:
 
     def __init__(self) -> None:
         self.batches: list[list[tuple[int, int]]] = []
-        self.priorities: list[Priority] = []
 
-    async def __call__(
-        self, function: Any, work: list[tuple[UnitVocoder, RenderJob]], priority: Priority
-    ) -> Any:
+    async def __call__(self, function: Any, work: list[tuple[UnitVocoder, RenderJob]]) -> Any:
         self.batches.append([(id(job), len(job.frames)) for _, job in work])
-        self.priorities.append(priority)
         await asyncio.sleep(0)  # let other streams queue, as a real forward pass would
         return function(work)
 
@@ -120,10 +115,6 @@ def test_most_urgent_first_and_cut_windows_alone(vocoder: UnitVocoder) -> None:
     rank = {"fresh": 0, "soon": 1, "ended": 2, "late": 3}
     assert heads[0] == "fresh"
     assert [rank[name] for name in heads] == sorted(rank[name] for name in heads)
-    # Among the worker's other model calls, a pass for a listener already playing goes first;
-    # a stream's first chunk waits its turn (service/speech_worker/priority.py).
-    assert recorder.priorities[0] == Priority.WAITED
-    assert set(recorder.priorities[1:]) == {Priority.PLAYING}
     assert all(len(batch) <= 2 for batch in recorder.batches)
     last = id(ended_jobs[-1])
     assert [len(b) for b in recorder.batches if any(i == last for i, _ in b)] == [1]

@@ -62,27 +62,6 @@ def test_work_sent_ahead_waits_behind_later_waited_work_for_a_bounded_time() -> 
     assert asyncio.run(main()) == ["tail within the handicap", "window", "chunk after it"]
 
 
-def test_a_playing_listeners_chunk_goes_before_earlier_waited_work_for_a_bounded_time() -> None:
-    # The next chunk of a reply being heard passes encodes queued shortly before it, but not
-    # one that has waited longer than the lead: a steady stream of chunks cannot starve it.
-    async def main() -> list[str]:
-        limiter = PriorityLimiter(1, playing_lead=0.1)
-        await limiter.acquire()
-        order: list[str] = []
-        old = asyncio.create_task(_hold(limiter, "encode before the lead", Priority.WAITED, order))
-        await asyncio.sleep(0.3)
-        recent = asyncio.create_task(_hold(limiter, "recent encode", Priority.WAITED, order))
-        window = asyncio.create_task(_hold(limiter, "window", Priority.AHEAD, order))
-        await asyncio.sleep(0)
-        chunk = asyncio.create_task(_hold(limiter, "chunk", Priority.PLAYING, order))
-        await asyncio.sleep(0)
-        limiter.release()
-        await asyncio.gather(old, recent, window, chunk)
-        return order
-
-    assert asyncio.run(main()) == ["encode before the lead", "chunk", "recent encode", "window"]
-
-
 def test_never_more_holders_than_capacity() -> None:
     async def main() -> int:
         limiter = PriorityLimiter(2)

@@ -221,8 +221,7 @@ async def run_level(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="planning") as planner,
     ):
 
-        def in_thread(function: Callable[..., Any], *args: Any, priority: Any = None) -> Any:
-            # Only vocoder passes use this thread here: there is nothing to put them before.
+        def in_thread(function: Callable[..., Any], *args: Any) -> Any:
             return loop.run_in_executor(executor, function, *args)
 
         def planning(function: Callable[..., Any], *args: Any) -> Any:

@@ -420,13 +420,11 @@ class StreamingVocoder:
         """Chunks that feed the decoder whole blocks of `STEP_FRAMES` frames, then at the end a
         window for the rest (service/speech/incremental.py: only those lengths are warmed up).
 
-        The first chunk is due once the blocks whose frames are final release
-        `first_chunk_units` units; later ones as soon as a block completes a unit. A window
-        pays its receptive field once per chunk, which makes few large chunks cheaper; a block
-        costs the same whenever it goes, so here audio goes out as soon as it can, and a
-        stream that fell behind still renders its waiting blocks together. A chunk takes every
-        due block while its units stay within `chunk_cap`. Its audio is everything the blocks
-        release, up to the decoder's lag behind them, so chunks need not end on a unit.
+        A chunk is due once the blocks whose frames are final release `first_chunk_units`
+        units (then `chunk_units`, as windows do: fewer, larger calls cost less per frame than
+        one call per block; at the end, any); it takes every such block while its units stay
+        within `chunk_cap`. Its audio is everything the blocks release, up to the decoder's lag
+        behind them, so chunks need not end on a unit.
         """
         chunks = []
         while feed := self._blocks_due(decoder):
@@ -453,7 +451,10 @@ class StreamingVocoder:
     def _blocks_due(self, decoder: IncrementalDecoder) -> int:
         """Frames the next chunk feeds the decoder (a multiple of `STEP_FRAMES`), or 0."""
         blocks = (len(self._frames) - self._fed_frames) // STEP_FRAMES
-        smallest = 1 if self.started or self._finished else self.first_chunk_units
+        if self._finished:
+            smallest = 1
+        else:
+            smallest = self.chunk_units if self.started else self.first_chunk_units
         chosen = 0
         for count in range(1, blocks + 1):
             released = self._units_released(decoder, self._fed_frames + count * STEP_FRAMES)

@@ -6,9 +6,7 @@ on the worker's inference thread:
 
 * urgency: a stream that has sent no audio yet comes first (its listener hears nothing until
   then), then the stream whose buffered audio runs out soonest (its first audio time plus the
-  audio it was sent: the moment its player would stall). A pass whose most urgent chunk is
-  for a listener already playing also goes before the worker's other waiting model calls
-  (`Priority.PLAYING`);
+  audio it was sent: the moment its player would stall);
 * batching: the most urgent chunk's window goes into one forward pass with the next waiting
   windows of the same vocoder, up to `vocoder_batch_size` (`UnitVocoder.render_batch`). A chunk
   whose window was cut short by the end of its stream is rendered alone (`RenderJob.batchable`),
@@ -35,11 +33,9 @@ import numpy as np
 
 from service.speech.streaming import RenderJob, render_alone
 from service.speech.vocoder import UnitVocoder, shape_bucket
-from service.speech_worker.priority import Priority
 
 # (0, submitted) for a stream that has sent no audio yet, else (1, when its audio runs out).
 Urgency = tuple[int, float]
-# `WorkerState.run`: a function, its arguments, and the `priority` keyword.
 RunInThread = Callable[..., Awaitable[Any]]
 
 
@@ -114,8 +110,7 @@ class VocoderBatcher:
         batch = self._next_batch()
         started = time.perf_counter()
         try:
-            work = [(w.vocoder, w.job) for w in batch]
-            wavs = await self._run(_render, work, priority=thread_priority(batch[0].urgency))
+            wavs = await self._run(_render, [(w.vocoder, w.job) for w in batch])
         except Exception as error:  # the callers report it; the runner goes on
             for waiting in batch:
                 if not waiting.result.done():
@@ -153,12 +148,6 @@ def _render(work: list[tuple[UnitVocoder, RenderJob]]) -> list[np.ndarray]:
         width = shape_bucket(max(len(job.frames) for _, job in work))
         return vocoder.render_batch([(job.frames, job.conditioning) for _, job in work], width)
     return [render_alone(vocoder, first)]
-
-
-def thread_priority(most_urgent: Urgency) -> Priority:
-    """A pass's place among the worker's other model calls: before them when its most urgent
-    chunk is the next audio of a listener already playing (service/speech_worker/priority.py)."""
-    return Priority.PLAYING if most_urgent[0] == 1 else Priority.WAITED
 
 
 def urgency(sent_seconds: float, first_audio_at: float | None, submitted: float) -> Urgency:

@@ -13,13 +13,6 @@ listener's chunk likewise no longer queues behind another session's window for a
 The precedence is bounded: a caller sent ahead goes before waited-for work that arrived more
 than `AHEAD_HANDICAP_SECONDS` after it. A turn that ended while its last window was queued waits
 for that window, so windows must not starve behind a steady stream of waited-for work.
-
-A chunk of a stream whose listener is already playing audio goes first: a late chunk is a gap
-in a reply being heard, while the rest makes someone wait longer for a reply or a result to
-begin. When four sessions' turns ended together, each whole-turn encode took the thread for
-most of a second at official size, and the first reply's next chunk queued behind all of them
-(a stall of up to 0.67 s, docs/benchmarks.md). This precedence is bounded too, by
-`PLAYING_LEAD_SECONDS`, so that a steady stream of chunks cannot starve an encode.
 """
 
 from __future__ import annotations
@@ -30,34 +23,22 @@ import itertools
 from enum import IntEnum
 
 AHEAD_HANDICAP_SECONDS = 1.0
-PLAYING_LEAD_SECONDS = 1.0
 
 
 class Priority(IntEnum):
-    PLAYING = -1  # the next audio of a listener who is hearing a reply
     WAITED = 0  # someone waits for the result now
     AHEAD = 1  # work done ahead of time (a window of a turn still being spoken)
 
 
 class PriorityLimiter:
     """At most `capacity` holders at once; a freed place goes to the waiting caller with the
-    earliest arrival time, counting `ahead_handicap` seconds later for `Priority.AHEAD` and
-    `playing_lead` seconds earlier for `Priority.PLAYING`."""
+    earliest arrival time, counting `ahead_handicap` seconds later for `Priority.AHEAD`."""
 
-    def __init__(
-        self,
-        capacity: int,
-        ahead_handicap: float = AHEAD_HANDICAP_SECONDS,
-        playing_lead: float = PLAYING_LEAD_SECONDS,
-    ) -> None:
+    def __init__(self, capacity: int, ahead_handicap: float = AHEAD_HANDICAP_SECONDS) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self._shift = {
-            Priority.PLAYING: -playing_lead,
-            Priority.WAITED: 0.0,
-            Priority.AHEAD: ahead_handicap,
-        }
+        self.ahead_handicap = ahead_handicap
         self.holders = 0
         # (when it counts as arrived, arrival order, its future); a caller that gave up stays
         # until it reaches the top, where `release` skips it.
@@ -74,7 +55,7 @@ class PriorityLimiter:
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        counts_from = loop.time() + self._shift[priority]
+        counts_from = loop.time() + (self.ahead_handicap if priority == Priority.AHEAD else 0.0)
         heapq.heappush(self._waiting, (counts_from, next(self._arrivals), future))
         try:
             await future
