@@ -32,9 +32,11 @@ class Recorder:
 
     def __init__(self) -> None:
         self.batches: list[list[tuple[int, int]]] = []
+        self.incremental: list[list[bool]] = []  # per batch: which chunks are incremental
 
     async def __call__(self, function: Any, work: list[tuple[UnitVocoder, RenderJob]]) -> Any:
         self.batches.append([(id(job), len(job.frames)) for _, job in work])
+        self.incremental.append([job.decoder is not None for _, job in work])
         await asyncio.sleep(0)  # let other streams queue, as a real forward pass would
         return function(work)
 
@@ -151,3 +153,28 @@ def test_streams_are_incremental_where_chunks_are_rendered_alone() -> None:
     assert not incremental_streams("auto", 32)
     assert incremental_streams("incremental", 32)
     assert not incremental_streams("windows", 1)
+
+
+def test_an_incremental_streams_chunks_are_rendered_alone(vocoder: UnitVocoder) -> None:
+    # Its chunks advance its own layers' state: never batched with other streams' windows,
+    # while the windows of the other two streams still share passes.
+    recorder = Recorder()
+    batcher = VocoderBatcher(recorder, max_batch=8)
+    units = [codes(seed, 60) for seed in (8, 9, 10)]
+    streams = [
+        StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7, incremental=incremental)
+        for incremental in (True, False, False)
+    ]
+
+    async def main() -> list[list[np.ndarray]]:
+        return await asyncio.gather(*[
+            stream_through(batcher, stream, stream_units, 20, (1, 0.0))
+            for stream, stream_units in zip(streams, units, strict=True)
+        ])  # fmt: skip
+
+    results = asyncio.run(main())
+    for stream_units, chunks in zip(units, results, strict=True):
+        assert np.abs(np.concatenate(chunks) - vocoder.synthesize(stream_units)).max() < 1e-4
+    with_incremental = [kinds for kinds in recorder.incremental if any(kinds)]
+    assert with_incremental and all(len(kinds) == 1 for kinds in with_incremental)
+    assert max(len(kinds) for kinds in recorder.incremental) > 1

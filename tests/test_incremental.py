@@ -25,10 +25,12 @@ def one_thread() -> Iterator[None]:
         yield
 
 
-def random_model(channels: int, seed: int = 0) -> CodeHiFiGAN:
+def random_model(channels: int, seed: int = 0, **changes: object) -> CodeHiFiGAN:
     """The official geometry (three residual blocks per stage, the official kernels, dilations
     and up-sampling) with `channels` initial channels and random weights."""
-    geometry = dataclasses.replace(GEOMETRIES["official"], upsample_initial_channel=channels)
+    geometry = dataclasses.replace(
+        GEOMETRIES["official"], upsample_initial_channel=channels, **changes
+    )
     config = parse_config(vocoder_config(geometry, expressive=False), Path("config.json"))
     torch.manual_seed(seed)
     return CodeHiFiGAN(config).eval()
@@ -79,6 +81,37 @@ def test_any_steps_give_the_one_shot_samples(narrow: CodeHiFiGAN, steps: list[in
     got = decode_in_steps(narrow, x, steps)
     assert got.shape == want.shape
     assert (got - want).abs().max().item() < 1e-5
+
+
+def test_an_odd_upsampling_padding_ends_like_one_shot() -> None:
+    # kernel - stride odd (3 - 2 here): the end keeps one column more than the start drops.
+    odd = random_model(32, upsample_kernel_sizes=[11, 8, 8, 8, 3])
+    x = frames_input(odd, 50, seed=10)
+    with torch.inference_mode():
+        want = odd.decode(x)
+    got = decode_in_steps(odd, x, [16, 16, 18])
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() < 1e-5
+
+
+def test_a_failed_step_stops_the_stream(
+    narrow: CodeHiFiGAN, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some layers took the step and others did not: later audio would be wrong, not late.
+    decoder = IncrementalDecoder(narrow)
+    x = frames_input(narrow, 48, seed=11)
+
+    def broken(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+        raise MemoryError("out of memory")
+
+    with torch.inference_mode():
+        decoder.decode(x[:, :, :16])
+        with monkeypatch.context() as patch:
+            patch.setattr(incremental, "_valid_conv", broken)
+            with pytest.raises(MemoryError):
+                decoder.decode(x[:, :, 16:32])
+        with pytest.raises(RuntimeError, match="failed step"):
+            decoder.decode(x[:, :, 32:])
 
 
 def test_lag_is_the_right_half_of_the_receptive_field(narrow: CodeHiFiGAN) -> None:
@@ -139,6 +172,31 @@ def test_bfloat16_channels_last_stays_close_to_float32(narrow: CodeHiFiGAN) -> N
     got = decode_in_steps(fast, x.to(torch.bfloat16), random_steps(70, 8, 40)).float()
     error = (got - want).pow(2).mean().sqrt().item()
     assert error < 0.03 * want.pow(2).mean().sqrt().item()
+
+
+def test_channels_last_convolutions_get_channels_last_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Joins and zero columns keep the time-major layout, so no convolution but the first (whose
+    # input is the embedding) reorders its input on a step.
+    fast = random_model(32)
+    fast.cast_conv_stack(torch.bfloat16, channels_last=True)
+    layouts: list[bool] = []
+    plain = incremental._valid_conv
+
+    def recording(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+        layouts.append(x.stride(1) == 1 or x.shape[1] == 1)  # one channel: either layout
+        return plain(conv, x)
+
+    monkeypatch.setattr(incremental, "_valid_conv", recording)
+    decoder = IncrementalDecoder(fast)
+    x = frames_input(fast, MAX_STEP_FRAMES + 2 * STEP_FRAMES, seed=12).to(torch.bfloat16)
+    with torch.inference_mode():
+        decoder.decode(x[:, :, :MAX_STEP_FRAMES])  # a stream's first call (it pads its layers)
+        for start in range(MAX_STEP_FRAMES, x.shape[2], STEP_FRAMES):
+            layouts.clear()
+            decoder.decode(x[:, :, start : start + STEP_FRAMES])
+            assert layouts[0] is False and all(layouts[1:])
 
 
 def test_streams_use_only_the_warmed_up_lengths(

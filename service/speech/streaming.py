@@ -28,6 +28,10 @@ duration context in units, both from the loaded config):
   exactly ``first_chunk_units + R``, provided pitch/style codes covering those frames have
   arrived (pitch at 1/``hubert_to_f0`` and style at 1/``hubert_to_style`` of the unit rate).
 
+* incremental streams: the smallest whole number of `STEP_FRAMES`-frame blocks whose samples
+  (all but the stack's right padding, `IncrementalDecoder.lag`) cover the first chunk's
+  units, plus d_r (see `latency_units`).
+
 For the official unit HiFi-GAN geometry (upsample_initial_channel 512, rates [5, 4, 4, 4, 2],
 kernels [11, 8, 8, 8, 4], resblocks [3, 7, 11] x dilations [1, 3, 5]) R = 20 frames (0.8 s) on
 each side and d_r = 2, so with ``first_chunk_units = 10`` the first chunk needs at most 32 units;
@@ -446,6 +450,7 @@ class StreamingVocoder:
             chunks.append(self._last_window())
             self._emitted_units = len(self._unit_ends)
             self._emitted_frames = self._fed_frames = len(self._frames)
+            self._emitted_samples = len(self._frames) * decoder.hop
         return chunks
 
     def _blocks_due(self, decoder: IncrementalDecoder) -> int:
