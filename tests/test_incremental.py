@@ -15,7 +15,7 @@ from service.checkpoints.tiny_vocoder import GEOMETRIES, vocoder_config
 from service.speech.hifigan import CodeHiFiGAN
 from service.speech.incremental import MAX_STEP_FRAMES, STEP_FRAMES, IncrementalDecoder
 from service.speech.streaming import StreamingVocoder
-from service.speech.vocoder import UnitVocoder, parse_config
+from service.speech.vocoder import SHAPE_BUCKET_FRAMES, UnitVocoder, parse_config, shape_bucket
 from tests.support.threads import torch_threads
 
 
@@ -213,7 +213,12 @@ def test_streams_use_only_the_warmed_up_lengths(
 
     monkeypatch.setattr(incremental, "_valid_conv", recording)
     vocoder = UnitVocoder(narrow, ["0", "1"], [], torch.device("cpu"), None)
-    assert vocoder.warm_up_incremental() == MAX_STEP_FRAMES // STEP_FRAMES
+    # Every first call that releases audio, and every later call length (whole blocks).
+    decoder = IncrementalDecoder(narrow)
+    firsts = sum(decoder.released(length) > 0 for length in range(1, MAX_STEP_FRAMES + 1))
+    left, right = vocoder.frame_context
+    windows = shape_bucket(left + right + STEP_FRAMES) // SHAPE_BUCKET_FRAMES  # last windows
+    assert vocoder.warm_up_incremental() == firsts + MAX_STEP_FRAMES // STEP_FRAMES + windows
     warmed = set(seen)
     units = np.random.default_rng(9).integers(0, 100, 300).tolist()
     for first_chunk_units in (5, 10, 20):

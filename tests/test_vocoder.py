@@ -625,6 +625,22 @@ def test_first_chunk_timing_with_durations(base):
     assert len(later[0]) == (ends[first + 4] - ends[first - 1]) * HOP  # then 5 units per chunk
 
 
+def test_first_chunk_timing_incremental(base):
+    # As soon as a window could: the first units' frames, the decoder's lag past them (its
+    # right padding, at most the receptive field's right half), and the durations' context.
+    first, units = 10, random_codes(22, 60, 500)
+    stream = StreamingVocoder(base, first_chunk_units=first, chunk_units=5, incremental=True)
+    decoder = base.incremental_decoder()
+    _, dur_right = base.duration_context
+    ends = np.cumsum(base.durations(units))
+    frames = ends[first - 1] + -(-decoder.lag // HOP)
+    last_needed = int(np.argmax(ends >= frames))
+    count, chunks = push_until_audio(stream, units)
+    assert count == last_needed + 1 + dur_right
+    assert count <= stream.latency_units
+    assert [len(c) for c in chunks] == [frames * HOP - decoder.lag]
+
+
 def test_first_chunk_timing_without_durations(expressive):
     first, units = 10, random_codes(23, 60, 500)
     _, right = expressive.frame_context

@@ -308,9 +308,10 @@ def run_benchmark(
             layout.vocoder_dir(variant), device, default_style=style, dtype=config.vocoder_dtype
         )
         # As the speech worker does before serving (service/speech_worker/models.py).
-        vocoder.warm_up_streams(config.max_chunk_units)
         if config.incremental(device):
             vocoder.warm_up_incremental()
+        else:
+            vocoder.warm_up_streams(config.max_chunk_units)
         for streams in levels:
             if time.perf_counter() - started > time_budget:
                 progress(f"time budget of {time_budget:.0f} s spent; stopping before {streams}")

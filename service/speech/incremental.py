@@ -18,13 +18,16 @@ samples; the receptive field's right half), the same samples as one-shot synthes
 rounding (tests/test_incremental.py).
 
 oneDNN builds kernels per input length, and the first call at a new length costs several times
-a cached one (docs/benchmarks.md, "Where the speech side spends its time"). So streams feed whole
-blocks of `STEP_FRAMES` frames, in calls of at most `MAX_STEP_FRAMES`, and `warm_up` runs each
-of those lengths; the end of a stream, whose length is arbitrary, goes through a window instead
-(`StreamingVocoder`; bucketed unless it reaches back to the stream's start).
+a cached one (docs/benchmarks.md, "Where the speech side spends its time"). So after its first
+chunk (which takes as few frames as release its units) a stream feeds whole blocks of
+`STEP_FRAMES` frames, in calls of at most `MAX_STEP_FRAMES` (`call_lengths`), and `warm_up`
+runs each of those calls; the end of a stream, whose length is arbitrary, goes through a window
+instead (`StreamingVocoder`; bucketed unless it reaches back to the stream's start).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -230,8 +233,8 @@ class IncrementalDecoder:
             raise RuntimeError("decode() after the stream's end")
         if self.failed:
             raise RuntimeError("decode() after a failed step: the layers' state is lost")
-        pieces = [x[:, :, a : a + MAX_STEP_FRAMES] for a in range(0, x.shape[2], MAX_STEP_FRAMES)]
-        pieces = pieces or [x]
+        bounds = [0, *itertools.accumulate(call_lengths(x.shape[2]))]
+        pieces = [x[:, :, a:b] for a, b in itertools.pairwise(bounds)] or [x]
         outputs = []
         try:
             for index, piece in enumerate(pieces):
@@ -249,28 +252,44 @@ class IncrementalDecoder:
         return torch.tanh(self.post(F.leaky_relu(x, FINAL_LRELU_SLOPE), final))
 
 
+def call_lengths(frames: int) -> list[int]:
+    """How `IncrementalDecoder.decode` splits `frames` frames into calls: at most
+    `MAX_STEP_FRAMES` each, all but the first a whole number of blocks. A stream's first chunk
+    may take any number of frames (as few as release its units); its later ones are whole
+    blocks, so the first call is the only one of another length."""
+    if frames <= MAX_STEP_FRAMES:
+        return [frames] if frames else []
+    # The odd frames go first, with enough whole blocks that the call releases audio.
+    first = frames % STEP_FRAMES + MAX_STEP_FRAMES - STEP_FRAMES if frames % STEP_FRAMES else 0
+    rest = range(first, frames, MAX_STEP_FRAMES)
+    return [first] * bool(first) + [min(MAX_STEP_FRAMES, frames - start) for start in rest]
+
+
 def warm_up(model: CodeHiFiGAN, channels: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Build the kernels of every call a stream makes; returns how many step lengths were run.
+    """Build the kernels of every call a stream makes; returns how many calls were run.
 
     A call that releases audio leaves every layer holding exactly what it holds from then on
     (each layer had more input than its reach), so all later calls of a length have the same
-    shapes. A stream's first call always releases audio (its first chunk's units), so a stream
-    makes two kinds of calls per length: its first, and any later one.
+    shapes. A stream's first call always releases audio (its first chunk's units) and may have
+    any length up to `MAX_STEP_FRAMES` (`call_lengths`); later calls are whole blocks.
     """
 
     def frames(count: int) -> torch.Tensor:
         return torch.zeros(1, channels, count, dtype=dtype, device=device)
 
-    lengths = range(STEP_FRAMES, MAX_STEP_FRAMES + 1, STEP_FRAMES)
+    calls = 0
     with torch.inference_mode():
-        for length in lengths:
+        for length in range(1, MAX_STEP_FRAMES + 1):
             first = IncrementalDecoder(model)
             if first.released(length) > 0:
                 first.decode(frames(length))
+                calls += 1
+        for length in range(STEP_FRAMES, MAX_STEP_FRAMES + 1, STEP_FRAMES):
             later = IncrementalDecoder(model)
             later.decode(frames(MAX_STEP_FRAMES))
             later.decode(frames(length))
-    return len(lengths)
+            calls += 1
+    return calls
 
 
 # ---- convolutions without padding, in the module's own layout

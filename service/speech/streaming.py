@@ -28,9 +28,8 @@ duration context in units, both from the loaded config):
   exactly ``first_chunk_units + R``, provided pitch/style codes covering those frames have
   arrived (pitch at 1/``hubert_to_f0`` and style at 1/``hubert_to_style`` of the unit rate).
 
-* incremental streams: the smallest whole number of `STEP_FRAMES`-frame blocks whose samples
-  (all but the stack's right padding, `IncrementalDecoder.lag`) cover the first chunk's
-  units, plus d_r (see `latency_units`).
+* incremental streams: the first chunk's units, then enough units that the frames cover the
+  stack's right padding (`IncrementalDecoder.lag`, at most R frames) past them, then d_r.
 
 For the official unit HiFi-GAN geometry (upsample_initial_channel 512, rates [5, 4, 4, 4, 2],
 kernels [11, 8, 8, 8, 4], resblocks [3, 7, 11] x dilations [1, 3, 5]) R = 20 frames (0.8 s) on
@@ -153,12 +152,11 @@ class StreamingVocoder:
     @property
     def latency_units(self) -> int:
         """Worst-case units pushed before the first chunk comes out (see the module docstring;
-        an incremental stream waits for whole blocks of frames that release the chunk)."""
+        an incremental stream needs its units' frames plus the decoder's lag)."""
         if self._decoder is None:
             return self.first_chunk_units + self.right_frames + self.right_units
         lag_frames = -(-self._decoder.lag // self._decoder.hop)
-        frames = -(-(self.first_chunk_units + lag_frames) // STEP_FRAMES) * STEP_FRAMES
-        return frames + self.right_units  # every unit at least one frame
+        return self.first_chunk_units + lag_frames + self.right_units
 
     @property
     def started(self) -> bool:
@@ -421,17 +419,18 @@ class StreamingVocoder:
     # ---- audio of an incremental stream
 
     def _emit_incremental(self, decoder: IncrementalDecoder) -> list[RenderJob]:
-        """Chunks that feed the decoder whole blocks of `STEP_FRAMES` frames, then at the end a
-        window for the rest (service/speech/incremental.py: only those lengths are warmed up).
+        """Chunks that feed the decoder frames, then at the end a window for the rest.
 
-        A chunk is due once the blocks whose frames are final release `first_chunk_units`
-        units (then `chunk_units`, as windows do: fewer, larger calls cost less per frame than
-        one call per block; at the end, any); it takes every such block while its units stay
-        within `chunk_cap`. Its audio is everything the blocks release, up to the decoder's lag
-        behind them, so chunks need not end on a unit.
+        The first chunk takes as few frames as release `first_chunk_units` units (as soon as a
+        window could); later chunks take whole blocks of `STEP_FRAMES` frames (only those call
+        lengths are warmed up, service/speech/incremental.py), once the blocks whose frames
+        are final release `chunk_units` units (as windows do: fewer, larger calls cost less per
+        frame than one call per block; at the end, any), and every such block while their
+        units stay within `chunk_cap`. A chunk's audio is everything its frames release, up to
+        the decoder's lag behind them, so chunks need not end on a unit.
         """
         chunks = []
-        while feed := self._blocks_due(decoder):
+        while feed := self._frames_due(decoder):
             first = self._fed_frames
             self._fed_frames += feed
             self._emitted_units = self._units_released(decoder, self._fed_frames)
@@ -453,9 +452,15 @@ class StreamingVocoder:
             self._emitted_samples = len(self._frames) * decoder.hop
         return chunks
 
-    def _blocks_due(self, decoder: IncrementalDecoder) -> int:
-        """Frames the next chunk feeds the decoder (a multiple of `STEP_FRAMES`), or 0."""
-        blocks = (len(self._frames) - self._fed_frames) // STEP_FRAMES
+    def _frames_due(self, decoder: IncrementalDecoder) -> int:
+        """Frames the next chunk feeds the decoder, or 0 (see `_emit_incremental`)."""
+        available = len(self._frames) - self._fed_frames
+        if not self.started and not self._finished:
+            for count in range(1, available + 1):
+                if self._units_released(decoder, count) >= self.first_chunk_units:
+                    return count
+            return 0
+        blocks = available // STEP_FRAMES
         if self._finished:
             smallest = 1
         else:

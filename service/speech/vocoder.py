@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from service.errors import CheckpointError, UnitFormatError
 from service.speech.hifigan import CodeHiFiGAN, DurationParams, HiFiGANConfig
-from service.speech.incremental import IncrementalDecoder
+from service.speech.incremental import STEP_FRAMES, IncrementalDecoder
 from service.speech.incremental import warm_up as warm_up_steps
 from service.speech.precision import DTYPES, Precision, channels_last_pays
 from service.speech.torch_files import fold_weight_norm
@@ -502,8 +502,12 @@ class UnitVocoder:
             return decoder.decode(x).view(-1).float().cpu().numpy()
 
     def warm_up_incremental(self) -> int:
-        """Build the kernels of the step lengths incremental streams use (`incremental.warm_up`)."""
-        return warm_up_steps(self.model, self.config.model_in_dim, self.compute_dtype, self.device)
+        """Build the kernels of the calls incremental streams make (`incremental.warm_up`) and
+        of their last windows: the frames the decoder has not released (its lag and less than
+        a block more) with their left receptive field. Returns how many passes were run."""
+        left, right = self.frame_context
+        calls = warm_up_steps(self.model, self.config.model_in_dim, self.compute_dtype, self.device)
+        return calls + self.warm_up(left + right + STEP_FRAMES)
 
     def warm_up_streams(self, max_chunk_units: int) -> int:
         """`warm_up` for the windows of streams whose chunks take up to `max_chunk_units` units

@@ -74,12 +74,12 @@ class SpeechModels:
         log.info("speech models ready (%s) in %.1f s", ", ".join(self.names), _since(started))
 
     def _warm_up(self, stack: SpeechStack) -> None:
-        """Build the vocoder's kernels for the lengths streams use, before serving: windows
-        (every stream's last chunk is one) and, for incremental streams, their steps."""
+        """Build the vocoder's kernels for the lengths streams use, before serving."""
         started = time.monotonic()
-        lengths = stack.vocoder.warm_up_streams(self.settings.max_chunk_units)
         if self.incremental:
-            lengths += stack.vocoder.warm_up_incremental()
+            lengths = stack.vocoder.warm_up_incremental()
+        else:
+            lengths = stack.vocoder.warm_up_streams(self.settings.max_chunk_units)
         seconds = _since(started)
         log.info("%s: vocoder warmed up at %d lengths in %.1f s", stack.variant, lengths, seconds)
 
