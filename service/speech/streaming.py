@@ -448,7 +448,7 @@ class StreamingVocoder:
         if self._finished and len(self._frames) * decoder.hop > self._emitted_samples:
             chunks.append(self._last_window())
             self._emitted_units = len(self._unit_ends)
-            self._emitted_frames = self._fed_frames = len(self._frames)
+            self._fed_frames = len(self._frames)
             self._emitted_samples = len(self._frames) * decoder.hop
         return chunks
 
@@ -457,14 +457,12 @@ class StreamingVocoder:
         available = len(self._frames) - self._fed_frames
         if not self.started and not self._finished:
             for count in range(1, available + 1):
-                if self._units_released(decoder, count) >= self.first_chunk_units:
+                released = self._units_released(decoder, self._fed_frames + count)
+                if released >= self.first_chunk_units:
                     return count
             return 0
         blocks = available // STEP_FRAMES
-        if self._finished:
-            smallest = 1
-        else:
-            smallest = self.chunk_units if self.started else self.first_chunk_units
+        smallest = 1 if self._finished else self.chunk_units
         chosen = 0
         for count in range(1, blocks + 1):
             released = self._units_released(decoder, self._fed_frames + count * STEP_FRAMES)
