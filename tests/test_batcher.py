@@ -12,7 +12,13 @@ from service.checkpoints.layout import BASE, CheckpointLayout
 from service.checkpoints.tiny_vocoder import write_vocoders
 from service.speech.streaming import RenderJob, StreamingVocoder
 from service.speech.vocoder import UnitVocoder, load_vocoder
-from service.speech_worker.batcher import VocoderBatcher, incremental_streams, urgency
+from service.speech_worker.batcher import (
+    VocoderBatcher,
+    deadline,
+    incremental_streams,
+    urgency,
+)
+from service.speech_worker.priority import Deadline
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +39,17 @@ class Recorder:
     def __init__(self) -> None:
         self.batches: list[list[tuple[int, int]]] = []
         self.incremental: list[list[bool]] = []  # per batch: which chunks are incremental
+        self.deadlines: list[float | None] = []  # per batch: the deadline it was run with
 
-    async def __call__(self, function: Any, work: list[tuple[UnitVocoder, RenderJob]]) -> Any:
+    async def __call__(
+        self,
+        function: Any,
+        work: list[tuple[UnitVocoder, RenderJob]],
+        deadline: Deadline | None = None,
+    ) -> Any:
         self.batches.append([(id(job), len(job.frames)) for _, job in work])
         self.incremental.append([job.decoder is not None for _, job in work])
+        self.deadlines.append(None if deadline is None else deadline.at)
         await asyncio.sleep(0)  # let other streams queue, as a real forward pass would
         return function(work)
 
@@ -146,6 +159,27 @@ def test_urgency_orders_fresh_streams_first() -> None:
     assert urgency(1.0, 10.0, 0.0) < urgency(2.0, 10.0, 0.0)
 
 
+def test_a_playing_streams_pass_runs_with_the_time_its_audio_runs_out(
+    vocoder: UnitVocoder,
+) -> None:
+    # The inference threads let a chunk go first, and long calls step aside for it, only near
+    # its deadline (service/speech_worker/priority.py): a stream that has not started playing
+    # has none, a playing one's is when its sent audio runs out.
+    assert deadline(urgency(0.0, None, 100.0)) is None
+    assert deadline(urgency(2.5, 10.0, 0.0)) == 12.5
+    recorder = Recorder()
+    batcher = VocoderBatcher(recorder, max_batch=1)
+    fresh = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
+    playing = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
+
+    async def main() -> None:
+        await batcher.render(vocoder, fresh.push_jobs(codes(11, 12))[:1], urgency(0, None, 0))
+        await batcher.render(vocoder, playing.push_jobs(codes(12, 12))[:1], urgency(2.5, 10, 0))
+
+    asyncio.run(main())
+    assert recorder.deadlines == [None, 12.5]
+
+
 def test_streams_are_incremental_where_chunks_are_rendered_alone() -> None:
     # Incremental streams keep per-stream layer state, so their chunks are never batched
     # across streams: `auto` chooses them only at one chunk per pass (a CPU's default).
@@ -178,3 +212,44 @@ def test_an_incremental_streams_chunks_are_rendered_alone(vocoder: UnitVocoder) 
     with_incremental = [kinds for kinds in recorder.incremental if any(kinds)]
     assert with_incremental and all(len(kinds) == 1 for kinds in with_incremental)
     assert max(len(kinds) for kinds in recorder.incremental) > 1
+
+
+def test_a_waiting_pass_carries_the_deadlines_of_the_chunks_queued_behind_it(
+    vocoder: UnitVocoder,
+) -> None:
+    # The chunks queued behind a pass cannot run before it, so the inference threads must see
+    # their deadlines on it: a playing stream's chunk queued behind a fresh stream's first
+    # chunk brings that pass's deadline forward while it waits.
+    seen: list[tuple[str, float | None]] = []
+
+    async def main() -> None:
+        thread_free = asyncio.Event()
+
+        async def run(function: Any, work: Any, deadline: Deadline | None = None) -> Any:
+            assert deadline is not None
+            seen.append(("submitted", deadline.at))
+            await thread_free.wait()
+            seen.append(("let in", deadline.at))
+            return function(work)
+
+        batcher = VocoderBatcher(run, max_batch=1)
+        fresh = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
+        playing = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
+        first = asyncio.create_task(
+            batcher.render(vocoder, fresh.push_jobs(codes(13, 12))[:1], urgency(0, None, 0))
+        )
+        await asyncio.sleep(0)
+        later = asyncio.create_task(
+            batcher.render(vocoder, playing.push_jobs(codes(14, 12))[:1], urgency(2.5, 10, 0))
+        )
+        await asyncio.sleep(0)
+        thread_free.set()
+        await asyncio.gather(first, later)
+
+    asyncio.run(main())
+    assert seen == [
+        ("submitted", None),  # the fresh stream's first chunk alone: no deadline
+        ("let in", 12.5),  # the playing stream's chunk queued behind it meanwhile
+        ("submitted", 12.5),
+        ("let in", 12.5),
+    ]

@@ -60,3 +60,30 @@ def test_levels_run_through_the_scheduler(layout: CheckpointLayout, tmp_path: Pa
     assert table.count("\n") == 2 + len(report.levels)
     section = markdown_section(report, configs, "spiritlm-serve bench streams")
     assert "per-chunk (`" in section and "batched (`" in section
+
+
+def test_encodes_run_beside_the_streams_on_their_thread(
+    layout: CheckpointLayout, tmp_path: Path
+) -> None:
+    config = parse_config("no deadlines: --deadline-lead-seconds 0")
+    assert config == StreamConfig("no deadlines", deadline_lead_seconds=0.0)
+    report = run_benchmark(
+        [StreamConfig("defaults", first_chunk_units=4, chunk_units=8), config],
+        [2],
+        checkpoints=layout.root,
+        variant=BASE,
+        device="cpu",
+        threads=1,
+        units=40,
+        unit_rate=100.0,
+        piece=5,
+        time_budget=600.0,
+        progress=lambda _: None,
+        encode_seconds=2.0,
+    )
+    for level in report.levels:
+        assert all(r.first_chunk is not None for r in level.results)
+        assert level.encodes and all(seconds > 0 for seconds in level.encodes)
+    assert report.levels[1].steps_aside == 0  # deadlines off: nothing ever steps aside
+    table = markdown_table(report)
+    assert "Encodes beside" in table and table.count("\n") == 2 + len(report.levels)

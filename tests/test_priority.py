@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.speech_worker.priority import Priority, PriorityLimiter
+from service.speech_worker.priority import Deadline, Priority, PriorityLimiter
 
 
 async def _hold(limiter: PriorityLimiter, name: str, priority: Priority, order: list[str]) -> None:
@@ -116,6 +116,136 @@ def test_a_place_handed_over_as_its_caller_gives_up_is_passed_on() -> None:
         assert limiter.holders == 0
 
     asyncio.run(main())
+
+
+class Clock:
+    """A clock the test sets: deadlines are read on it."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_caller_whose_deadline_is_near_goes_first_and_a_far_one_waits_its_turn() -> None:
+    async def main() -> list[str]:
+        clock = Clock()
+        limiter = PriorityLimiter(1, deadline_lead=1.0, clock=clock)
+        await limiter.acquire()
+        order: list[str] = []
+
+        async def hold(name: str, deadline: float | None) -> None:
+            await limiter.acquire(Priority.WAITED, None if deadline is None else Deadline(deadline))
+            order.append(name)
+            await asyncio.sleep(0)
+            if name == "tail":
+                clock.now = 102.5  # while the tail runs, the far chunk's deadline comes near
+            limiter.release()
+
+        tasks = []
+        for name, deadline in [
+            ("tail", None),
+            ("encode", None),
+            ("chunk due in 3 s", 103.0),
+            ("chunk due in 0.5 s", 100.5),
+        ]:
+            tasks.append(asyncio.create_task(hold(name, deadline)))
+            await asyncio.sleep(0)
+        limiter.release()
+        await asyncio.gather(*tasks)
+        return order
+
+    # The near chunk goes first; the far one waits behind the tail that arrived before it, and
+    # goes before the encode once its deadline is near.
+    assert asyncio.run(main()) == ["chunk due in 0.5 s", "tail", "chunk due in 3 s", "encode"]
+
+
+def test_a_holder_steps_aside_for_a_due_caller_and_comes_back_before_later_arrivals() -> None:
+    async def main() -> list[str]:
+        clock = Clock()
+        steps: list[int] = []
+        limiter = PriorityLimiter(1, clock=clock, on_step_aside=lambda: steps.append(1))
+        place = await limiter.acquire()  # the long call
+        order: list[str] = []
+
+        async def hold(name: str, deadline: float | None) -> None:
+            await limiter.acquire(Priority.WAITED, None if deadline is None else Deadline(deadline))
+            order.append(name)
+            limiter.release()
+
+        queued = asyncio.create_task(hold("encode queued behind it", None))
+        await asyncio.sleep(0)
+        assert not limiter.due()
+        await limiter.step_aside(place)  # nothing due: the holder goes on at once
+        assert order == [] and steps == []
+        chunk = asyncio.create_task(hold("chunk", clock.now + 0.3))
+        await asyncio.sleep(0)
+        assert limiter.due()
+        await limiter.step_aside(place)  # returns once the place is back
+        order.append("long call back")
+        await chunk
+        limiter.release()
+        await queued
+        assert limiter.holders == 0 and limiter.waiting == 0
+        assert steps == [1]
+        return order
+
+    assert asyncio.run(main()) == ["chunk", "long call back", "encode queued behind it"]
+
+
+def test_a_caller_let_in_by_arrival_does_not_hide_a_later_due_one() -> None:
+    # A chunk with a far deadline let in by arrival order leaves its deadline entry behind; a
+    # holder's thread asking `due` must still see the next chunk's near deadline.
+    async def main() -> None:
+        clock = Clock()
+        limiter = PriorityLimiter(1, deadline_lead=1.0, clock=clock)
+        await limiter.acquire()
+        far = asyncio.create_task(limiter.acquire(Priority.WAITED, Deadline(105.0)))
+        await asyncio.sleep(0)
+        limiter.release()  # nothing is due: the far chunk is let in by arrival
+        await far
+        limiter.release()
+        place = await limiter.acquire()  # a long call
+        near = asyncio.create_task(limiter.acquire(Priority.WAITED, Deadline(110.0)))
+        await asyncio.sleep(0)
+        assert not limiter.due()
+        clock.now = 109.5
+        assert limiter.due()
+        stepped_aside = asyncio.create_task(limiter.step_aside(place))
+        await asyncio.wait_for(near, 5)  # the near chunk has the place...
+        assert not stepped_aside.done()
+        limiter.release()  # ...and gives it back to the long call
+        await asyncio.wait_for(stepped_aside, 5)
+        limiter.release()
+        assert limiter.holders == 0
+
+    asyncio.run(main())
+
+
+def test_deadlines_are_off_with_no_lead() -> None:
+    async def main() -> list[str]:
+        clock = Clock()
+        limiter = PriorityLimiter(1, deadline_lead=0.0, clock=clock)
+        place = await limiter.acquire()
+        order: list[str] = []
+
+        async def hold(name: str, deadline: float | None) -> None:
+            await limiter.acquire(Priority.WAITED, None if deadline is None else Deadline(deadline))
+            order.append(name)
+            limiter.release()
+
+        tasks = [asyncio.create_task(hold("encode", None))]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(hold("overdue chunk", clock.now - 1)))
+        await asyncio.sleep(0)
+        assert not limiter.due()
+        await limiter.step_aside(place)  # does nothing
+        limiter.release()
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(main()) == ["encode", "overdue chunk"]
 
 
 def test_capacity_must_be_positive() -> None:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from functools import partial
 
 import anyio
 import anyio.to_thread
 import pytest
 
+from service.speech.yielding import yield_point
 from service.speech_worker.models import SpeechModels
-from service.speech_worker.priority import Priority
+from service.speech_worker.priority import Deadline, Priority
 from service.speech_worker.settings import SpeechWorkerSettings
 from service.speech_worker.state import WorkerState
 
@@ -109,6 +111,38 @@ def test_a_cancelled_call_keeps_its_thread_until_the_call_returns(kind: str) -> 
     asyncio.run(main())
     assert order == ["cancelled call returned", "next call"]
     assert limiter.holders == 0
+
+
+@pytest.mark.parametrize("preemptible", [True, False])
+def test_a_long_call_hands_its_thread_to_a_due_chunk_at_its_next_layer(preemptible: bool) -> None:
+    # A whole-turn encode must not hold a playing reply's next chunk for its whole length: run
+    # preemptible, it steps aside at its next yield point (a layer boundary of its model,
+    # service/speech/yielding.py) and finishes after the chunk.
+    state = one_inference_thread()
+    order: list[str] = []
+    started, chunk_queued = threading.Event(), threading.Event()
+
+    def long_call() -> None:
+        started.set()
+        chunk_queued.wait(30)
+        yield_point()
+        order.append("long call done")
+
+    async def main() -> None:
+        long = asyncio.create_task(state.run(long_call, preemptible=preemptible))
+        assert await asyncio.to_thread(started.wait, 30)
+        due = Deadline(time.monotonic() + 0.2)  # its listener runs out of audio in 0.2 s
+        chunk = asyncio.create_task(state.run(order.append, "chunk", deadline=due))
+        while state.limiter.waiting == 0:
+            await asyncio.sleep(0.01)
+        chunk_queued.set()
+        await asyncio.wait_for(asyncio.gather(long, chunk), 30)
+
+    asyncio.run(main())
+    assert order == (["chunk", "long call done"] if preemptible else ["long call done", "chunk"])
+    assert state.limiter.holders == 0 and state.limiter.waiting == 0
+    steps = state.metrics.registry.get_sample_value("spiritlm_speech_steps_aside_total")
+    assert steps == (1.0 if preemptible else 0.0)
 
 
 def test_plans_run_one_at_a_time() -> None:

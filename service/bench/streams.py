@@ -16,7 +16,12 @@ Per level of concurrency, all streams start together (the worst case for first a
 * stall: how long a player that starts at the first chunk and plays every chunk back to back
   would pause waiting for audio; a level keeps real time when no stall exceeds `STALL_LIMIT`;
 * batch: chunks per forward pass, and how busy the inference thread was;
-* memory: peak RSS of the process (CPU) or peak allocated CUDA memory.
+* memory: peak RSS of the process (CPU) or peak allocated CUDA memory;
+* with `--encode-seconds`, encodes of that much audio run back to back beside the streams on the
+  same inference thread (another client's uploads, other sessions' whole turns), as the speech
+  worker runs them: a chunk whose listener is about to run out of audio goes first, and an
+  encode in progress steps aside for it between layers (`--deadline-lead-seconds`,
+  service/speech_worker/priority.py).
 
 Units are random codes (seeded): with random-weight checkpoints what the units say does not
 matter, only how many frames they make.
@@ -33,8 +38,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, get_args
 
@@ -53,6 +58,7 @@ from service.speech_worker.batcher import (
     incremental_streams,
     urgency,
 )
+from service.speech_worker.priority import DEADLINE_LEAD_SECONDS, PriorityLimiter, run_in_thread
 
 SECTION = "bench-streams"
 STALL_LIMIT = 0.25
@@ -70,12 +76,14 @@ class StreamConfig:
     first_chunk_units: int = 10
     chunk_units: int = 25
     max_chunk_units: int = 100
+    deadline_lead_seconds: float = DEADLINE_LEAD_SECONDS
 
     @property
     def flags(self) -> str:
         return (
             f"--vocoder-batch-size {self.vocoder_batch_size} --vocoder-dtype {self.vocoder_dtype} "
             f"--vocoder-streaming {self.vocoder_streaming} --max-chunk-units {self.max_chunk_units}"
+            f" --deadline-lead-seconds {self.deadline_lead_seconds:g}"
         )
 
     def batch_size(self, device: str) -> int:
@@ -101,6 +109,8 @@ class LevelResult:
     batches: list[int] = field(default_factory=list)
     busy: float = 0.0  # seconds the inference thread spent in forward passes
     peak_memory_mb: float = 0.0
+    encodes: list[float] = field(default_factory=list)  # seconds each encode beside them took
+    steps_aside: int = 0  # times an encode handed the thread to a chunk
 
     @property
     def firsts(self) -> list[float]:
@@ -124,6 +134,7 @@ class Report:
     units: int
     unit_rate: float
     piece: int
+    encode_seconds: float = 0.0
     levels: list[LevelResult] = field(default_factory=list)
 
     def largest_real_time(self, config: str) -> int | None:
@@ -205,51 +216,68 @@ async def run_level(
     unit_rate: float,
     piece: int,
     device: str,
+    encode: Callable[[], object] | None = None,
 ) -> LevelResult:
-    loop = asyncio.get_running_loop()
     batches: list[int] = []
     busy = [0.0]
+    steps_aside = [0]
 
     def on_batch(size: int, seconds: float) -> None:
         batches.append(size)
         busy[0] += seconds
 
+    def on_step_aside() -> None:
+        steps_aside[0] += 1
+
     # One inference thread, as the worker's `inference_threads` default, and one planning
-    # thread, as the worker's `WorkerState.plan`.
-    with (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference") as executor,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="planning") as planner,
-    ):
+    # thread, as the worker's `WorkerState.plan`, let in by the worker's own rules.
+    inference = PriorityLimiter(
+        1, deadline_lead=config.deadline_lead_seconds, on_step_aside=on_step_aside
+    )
+    planner = PriorityLimiter(1)
 
-        def in_thread(function: Callable[..., Any], *args: Any) -> Any:
-            return loop.run_in_executor(executor, function, *args)
+    def in_thread(function: Callable[..., Any], *args: Any, **options: Any) -> Any:
+        return run_in_thread(inference, function, *args, **options)
 
-        def planning(function: Callable[..., Any], *args: Any) -> Any:
-            return loop.run_in_executor(planner, function, *args)
+    def planning(function: Callable[..., Any], *args: Any) -> Any:
+        return run_in_thread(planner, function, *args)
 
-        batcher = VocoderBatcher(in_thread, config.batch_size(device), on_batch)
-        rng = np.random.default_rng(streams)
-        speakers = vocoder.num_speakers or 1
-        started = time.perf_counter()
-        results = await asyncio.gather(
-            *[
-                run_stream(
-                    vocoder,
-                    batcher,
-                    planning,
-                    rng.integers(0, vocoder.config.num_embeddings, units).tolist(),
-                    config,
-                    unit_rate=unit_rate,
-                    piece=piece,
-                    speaker=index % speakers,
-                    incremental=config.incremental(device),
-                )
-                for index in range(streams)
-            ]
-        )
-        wall = time.perf_counter() - started
+    batcher = VocoderBatcher(in_thread, config.batch_size(device), on_batch)
+    rng = np.random.default_rng(streams)
+    speakers = vocoder.num_speakers or 1
+    streaming = asyncio.Event()
+    encodes: list[float] = []
+
+    async def encode_beside() -> None:
+        while encode is not None and not streaming.is_set():
+            started = time.perf_counter()
+            await in_thread(encode, preemptible=True)
+            encodes.append(time.perf_counter() - started)
+
+    encoding = asyncio.create_task(encode_beside())
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *[
+            run_stream(
+                vocoder,
+                batcher,
+                planning,
+                rng.integers(0, vocoder.config.num_embeddings, units).tolist(),
+                config,
+                unit_rate=unit_rate,
+                piece=piece,
+                speaker=index % speakers,
+                incremental=config.incremental(device),
+            )
+            for index in range(streams)
+        ]
+    )
+    wall = time.perf_counter() - started
+    streaming.set()
+    await encoding
     level = LevelResult(config.label, streams, list(results), wall, batches, busy[0])
     level.peak_memory_mb = peak_memory_mb(device)
+    level.encodes, level.steps_aside = encodes, steps_aside[0]
     return level
 
 
@@ -268,19 +296,41 @@ def describe(level: LevelResult) -> str:
         f"{level.config}: {level.streams} stream(s): first chunk p50 {p50}, worst stall "
         f"{level.worst_stall:.2f} s, mean batch {mean_batch}, "
         f"{'keeps' if level.keeps_up else 'misses'} real time"
+        + (
+            f", {len(level.encodes)} encode(s) beside, {level.steps_aside} step(s) aside"
+            if level.encodes
+            else ""
+        )
     )
 
 
 # ---- the whole run --------------------------------------------------------------------------
 
 
-def official_size_vocoders(progress: Progress) -> Path:
-    """A fresh root with official-size vocoders of random weights (no other checkpoint)."""
+def official_size_checkpoints(progress: Progress, *, encoders: bool) -> Path:
+    """A fresh root with official-size vocoders of random weights, and the speech encoders if
+    asked (no LM)."""
+    from service.checkpoints.tiny_encoders import write_encoders
     from service.checkpoints.tiny_vocoder import write_vocoders
 
     root = Path(tempfile.mkdtemp(prefix="bench-streams-"))
     write_vocoders(CheckpointLayout(root), size="official", progress=progress)
+    if encoders:
+        write_encoders(CheckpointLayout(root), size="official", progress=progress)
     return root
+
+
+def encoding(
+    layout: CheckpointLayout, variant: str, device: str, seconds: float
+) -> Callable[[], object]:
+    """One encode of `seconds` of audio with `variant`'s speech tokenizer, as the speech worker
+    encodes an upload (what the audio says does not matter for its cost)."""
+    from service.speech.pipeline import SpeechStack
+
+    stack = SpeechStack(layout, variant, device)
+    audio = np.random.default_rng(0).normal(0, 0.1, round(seconds * 16000)).astype(np.float32)
+    stack.encode_units(audio[:16000])  # loaded and warmed up before any level
+    return partial(stack.encode_units, audio)
 
 
 def run_benchmark(
@@ -296,11 +346,15 @@ def run_benchmark(
     piece: int,
     time_budget: float,
     progress: Progress,
+    encode_seconds: float = 0.0,
 ) -> Report:
     torch.set_num_threads(threads)
     where = str(checkpoints) if checkpoints else "official sizes, random weights (generated)"
-    report = Report(device, threads, variant, where, units, unit_rate, piece)
-    layout = CheckpointLayout(checkpoints or official_size_vocoders(progress))
+    report = Report(device, threads, variant, where, units, unit_rate, piece, encode_seconds)
+    layout = CheckpointLayout(
+        checkpoints or official_size_checkpoints(progress, encoders=encode_seconds > 0)
+    )
+    encode = encoding(layout, variant, device, encode_seconds) if encode_seconds > 0 else None
     style = 8 if variant == BASE else None  # the base vocoder's default style, as served
     started = time.perf_counter()
     for config in configs:
@@ -320,6 +374,7 @@ def run_benchmark(
                 run_level(
                     vocoder, config, streams,
                     units=units, unit_rate=unit_rate, piece=piece, device=device,
+                    encode=encode,
                 )
             )  # fmt: skip
             report.levels.append(level)
@@ -333,27 +388,33 @@ def run_benchmark(
 
 
 def markdown_table(report: Report) -> str:
-    lines = [
+    header = (
         "| Configuration | Streams | First chunk p50 (ms) | p95 (ms) | Worst stall (s) "
-        "| Keeps real time | Chunks per pass (mean) | Inference thread busy | Peak memory (MB) |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
-    ]
+        "| Keeps real time | Chunks per pass (mean) | Inference thread busy | Peak memory (MB) |"
+    )
+    rule = "|---|---:|---:|---:|---:|---|---:|---:|---:|"
+    if report.encode_seconds:
+        header += " Encodes beside | Encode time (mean s) | Steps aside |"
+        rule += "---:|---:|---:|"
+    lines = [header, rule]
     for level in report.levels:
         firsts = level.firsts
         row = "| {config} | {n} | {p50} | {p95} | {stall} | {keeps} | {batch} | {busy} | {mem} |"
-        lines.append(
-            row.format(
-                config=level.config,
-                n=level.streams,
-                p50=f"{percentile(firsts, 50) * 1000:.0f}" if firsts else "–",
-                p95=f"{percentile(firsts, 95) * 1000:.0f}" if firsts else "–",
-                stall="–" if math.isinf(level.worst_stall) else f"{level.worst_stall:.2f}",
-                keeps="yes" if level.keeps_up else "no",
-                batch=f"{np.mean(level.batches):.1f}" if level.batches else "–",
-                busy=f"{100 * level.busy / level.wall:.0f} %" if level.wall else "–",
-                mem=f"{level.peak_memory_mb:.0f}",
-            )
+        line = row.format(
+            config=level.config,
+            n=level.streams,
+            p50=f"{percentile(firsts, 50) * 1000:.0f}" if firsts else "–",
+            p95=f"{percentile(firsts, 95) * 1000:.0f}" if firsts else "–",
+            stall="–" if math.isinf(level.worst_stall) else f"{level.worst_stall:.2f}",
+            keeps="yes" if level.keeps_up else "no",
+            batch=f"{np.mean(level.batches):.1f}" if level.batches else "–",
+            busy=f"{100 * level.busy / level.wall:.0f} %" if level.wall else "–",
+            mem=f"{level.peak_memory_mb:.0f}",
         )
+        if report.encode_seconds:
+            mean = f"{np.mean(level.encodes):.2f}" if level.encodes else "–"
+            line += f" {len(level.encodes)} | {mean} | {level.steps_aside} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -382,6 +443,17 @@ def markdown_section(report: Report, configs: Sequence[StreamConfig], command: s
             "Stall: how long a player starting at the first chunk would pause; a level keeps "
             f"real time when every stall is at most {STALL_LIMIT} s. Levels stop at the first "
             "that does not.",
+            *(
+                [
+                    f"- Beside the streams, encodes of {report.encode_seconds:g} s of audio "
+                    "(the same model's speech tokenizer) run back to back on the same inference "
+                    "thread, preemptible as in the speech worker; steps aside: times one handed "
+                    "the thread to a chunk near its deadline. The thread's busy share counts "
+                    "vocoder passes only."
+                ]
+                if report.encode_seconds
+                else []
+            ),
             "",
             markdown_table(report).rstrip(),
             "",
@@ -407,6 +479,7 @@ def parse_config(text: str) -> StreamConfig:
     parser.add_argument("--first-chunk-units", type=int, default=10)
     parser.add_argument("--chunk-units", type=int, default=25)
     parser.add_argument("--max-chunk-units", type=int, default=100)
+    parser.add_argument("--deadline-lead-seconds", type=float, default=DEADLINE_LEAD_SECONDS)
     try:
         values = parser.parse_args(shlex.split(flags))
     except (argparse.ArgumentError, SystemExit) as error:
@@ -431,13 +504,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ),
         help="configurations compared in one run: 'label: flags; label: flags' with the speech "
         "worker's flags --vocoder-batch-size, --vocoder-dtype, --vocoder-streaming, "
-        "--first-chunk-units, "
-        "--chunk-units, --max-chunk-units",
+        "--first-chunk-units, --chunk-units, --max-chunk-units, --deadline-lead-seconds",
     )
     parser.add_argument("--levels", default="1,2,4,8,16", help="concurrent streams to try")
     parser.add_argument("--units", type=int, default=200, help="units per stream")
     parser.add_argument("--unit-rate", type=float, default=50.0, help="units/s each stream gets")
     parser.add_argument("--piece", type=int, default=5, help="units that arrive together")
+    parser.add_argument(
+        "--encode-seconds",
+        type=float,
+        default=0.0,
+        help="beside the streams, encode this many seconds of audio over and over on the same "
+        "inference thread, as the worker runs uploads and whole-turn encodes (0 = none; needs "
+        "the encoders: generated at official size unless --checkpoints has them)",
+    )
     parser.add_argument("--time-budget", type=float, default=900.0, help="seconds for all levels")
     parser.add_argument(
         "--output", type=Path, default=None, help="markdown file whose section to replace"
@@ -461,6 +541,7 @@ def run(args: argparse.Namespace, progress: Progress, command: str) -> Report:
         piece=args.piece,
         time_budget=args.time_budget,
         progress=progress,
+        encode_seconds=args.encode_seconds,
     )
     print(markdown_table(report), end="", flush=True)
     if args.output is not None:

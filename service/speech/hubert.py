@@ -31,6 +31,7 @@ from service.speech.torch_files import (
     require_mapping,
     require_state_dict,
 )
+from service.speech.yielding import add_yield_points
 
 OUTPUT_LAYER = 11  # 1-based: the reference reads the output of the 11th transformer layer
 HOP_LENGTH = 640  # 25 Hz at 16 kHz
@@ -468,4 +469,5 @@ def load_hubert(
     target = torch.device(device)
     model.to(target).eval()
     cast_transformer(model, model.encoder, dtype)
+    add_yield_points(model.feature_extractor.conv_layers, model.encoder.layers)
     return HubertFeatureReader(model, settings, target)

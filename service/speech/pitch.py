@@ -25,6 +25,7 @@ from service.speech.torch_files import (
     require_mapping,
     require_state_dict,
 )
+from service.speech.yielding import add_yield_points
 
 SAMPLE_RATE = 16000
 F0_HOP = 80  # 200 Hz F0 frames
@@ -404,4 +405,6 @@ def load_pitch_tokenizer(
     settings = read_settings(directory / "config.yaml")
     target = torch.device(device)
     vqvae = load_vqvae(directory, settings).to(target)
-    return PitchTokenizer(spawn_fcpe(target), vqvae, settings, target)
+    fcpe = spawn_fcpe(target)
+    add_yield_points(fcpe.model.net.encoder_layers)
+    return PitchTokenizer(fcpe, vqvae, settings, target)

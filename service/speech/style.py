@@ -18,6 +18,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
 from service.errors import AudioError, CheckpointError
 from service.speech.precision import Precision, cast_transformer
 from service.speech.torch_files import check_state_dict, load_torch_file, require_state_dict
+from service.speech.yielding import add_yield_points
 
 POOL_SIZE = 50  # wav2vec2 frames (50 Hz) per style unit
 NORM_EPS = 1e-7  # HF Wav2Vec2FeatureExtractor zero-mean unit-variance normalization
@@ -136,4 +137,6 @@ def load_style_encoder(
     target = torch.device(device)
     model = load_model(Path(style_dir)).to(target)
     cast_transformer(model.wav2vec2, model.wav2vec2.encoder, dtype)
+    body = model.wav2vec2
+    add_yield_points(body.feature_extractor.conv_layers, body.encoder.layers)
     return StyleEncoder(model, target)

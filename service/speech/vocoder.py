@@ -23,6 +23,7 @@ from service.speech.incremental import STEP_FRAMES, IncrementalDecoder
 from service.speech.incremental import warm_up as warm_up_steps
 from service.speech.precision import DTYPES, Precision, channels_last_pays
 from service.speech.torch_files import fold_weight_norm
+from service.speech.yielding import add_yield_points
 
 SAMPLE_RATE = 16000
 BASE_DEFAULT_STYLE = 8  # "conv-default" global style of the base vocoder
@@ -656,4 +657,5 @@ def load_vocoder(
     compute_dtype = DTYPES[dtype]
     if compute_dtype != torch.float32:
         model.cast_conv_stack(compute_dtype, channels_last=channels_last_pays(dtype, target))
+    add_yield_points(model.ups, model.resblocks)  # after the cast, which may replace `ups`
     return UnitVocoder(model, speakers, styles, target, default_style, compute_dtype)

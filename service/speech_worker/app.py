@@ -219,7 +219,7 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
         started = time.perf_counter()
         decode = partial(decode_f32le if raw else decode_audio, limits=limits)
         priority = Priority.AHEAD if ahead else Priority.WAITED
-        work = state.run(_encode, stack, decode, data, keep, priority=priority)
+        work = state.run(_encode, stack, decode, data, keep, priority=priority, preemptible=True)
         units, seconds = await unless_disconnected(request, work)
         elapsed = time.perf_counter() - started
         inputs.labels(stack.variant, "f32le" if raw else "file").inc()
@@ -246,7 +246,7 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
         check_speaker(stack, body.speaker)
         check_output(body.format, body.sample_rate, formats)
         started = time.perf_counter()
-        wav = await state.run(_synthesize, stack, units, body, field)
+        wav = await state.run(_synthesize, stack, units, body, field, preemptible=True)
         elapsed = time.perf_counter() - started
         seconds = len(wav) / stack.sample_rate
         state.metrics.decode_seconds.labels(stack.variant, "oneshot").observe(elapsed)

@@ -6,7 +6,11 @@ on the worker's inference thread:
 
 * urgency: a stream that has sent no audio yet comes first (its listener hears nothing until
   then), then the stream whose buffered audio runs out soonest (its first audio time plus the
-  audio it was sent: the moment its player would stall);
+  audio it was sent: the moment its player would stall). The earliest such moment among all
+  waiting chunks is also the deadline of the pass waiting for an inference thread, brought
+  forward when a more pressing chunk queues behind it (the pass ahead of it must run first):
+  near its deadline a pass goes before other model work, and long calls step aside for it
+  (service/speech_worker/priority.py);
 * batching: the most urgent chunk's window goes into one forward pass with the next waiting
   windows of the same vocoder, up to `vocoder_batch_size` (`UnitVocoder.render_batch`). A chunk
   whose window was cut short by the end of its stream is rendered alone (`RenderJob.batchable`),
@@ -33,6 +37,7 @@ import numpy as np
 
 from service.speech.streaming import RenderJob, render_alone
 from service.speech.vocoder import UnitVocoder, shape_bucket
+from service.speech_worker.priority import Deadline
 
 # (0, submitted) for a stream that has sent no audio yet, else (1, when its audio runs out).
 Urgency = tuple[int, float]
@@ -63,6 +68,7 @@ class VocoderBatcher:
         self._waiting: list[_Waiting] = []
         self._submitted = 0
         self._runner: asyncio.Task[None] | None = None
+        self._pending: Deadline | None = None  # the deadline of the pass waiting for a thread
 
     async def render(
         self, vocoder: UnitVocoder, jobs: Sequence[RenderJob], urgency: Urgency
@@ -76,6 +82,8 @@ class VocoderBatcher:
             self._submitted += 1
             mine.append(_Waiting(urgency, self._submitted, vocoder, job, loop.create_future()))
         self._waiting += mine
+        if self._pending is not None:
+            self._pending.bring_forward(deadline(urgency))
         if self._runner is None or self._runner.done():
             self._runner = loop.create_task(self._render_waiting())
         try:
@@ -108,16 +116,21 @@ class VocoderBatcher:
 
     async def _render_next(self) -> None:
         batch = self._next_batch()
-        started = time.perf_counter()
+        # The chunks left waiting cannot run before this pass: it carries their deadlines.
+        deadlines = [deadline(w.urgency) for w in batch + self._waiting]
+        self._pending = Deadline(min((at for at in deadlines if at is not None), default=None))
         try:
-            wavs = await self._run(_render, [(w.vocoder, w.job) for w in batch])
+            work = [(w.vocoder, w.job) for w in batch]
+            wavs, seconds = await self._run(_render, work, deadline=self._pending)
         except Exception as error:  # the callers report it; the runner goes on
             for waiting in batch:
                 if not waiting.result.done():
                     waiting.result.set_exception(error)
             return
+        finally:
+            self._pending = None
         if self._on_batch is not None:
-            self._on_batch(len(batch), time.perf_counter() - started)
+            self._on_batch(len(batch), seconds)
         for waiting, wav in zip(batch, wavs, strict=True):
             if not waiting.result.done():
                 waiting.result.set_result(waiting.job.cut(wav))
@@ -137,17 +150,22 @@ class VocoderBatcher:
         return batch
 
 
-def _render(work: list[tuple[UnitVocoder, RenderJob]]) -> list[np.ndarray]:
-    """One forward pass (worker thread): the windows' audio, cut by the caller.
+def _render(work: list[tuple[UnitVocoder, RenderJob]]) -> tuple[list[np.ndarray], float]:
+    """One forward pass (worker thread): the windows' audio, cut by the caller, and the
+    seconds the pass took (not counting its wait for the thread).
 
     At bucketed lengths (`shape_bucket`), padded on the side where the window's receptive
     field is complete, so the chunks' samples are what an unpadded pass gives.
     """
+    started = time.perf_counter()
     vocoder, first = work[0]
     if first.batchable:
         width = shape_bucket(max(len(job.frames) for _, job in work))
-        return vocoder.render_batch([(job.frames, job.conditioning) for _, job in work], width)
-    return [render_alone(vocoder, first)]
+        jobs = [(job.frames, job.conditioning) for _, job in work]
+        wavs = vocoder.render_batch(jobs, width)
+    else:
+        wavs = [render_alone(vocoder, first)]
+    return wavs, time.perf_counter() - started
 
 
 def urgency(sent_seconds: float, first_audio_at: float | None, submitted: float) -> Urgency:
@@ -155,6 +173,14 @@ def urgency(sent_seconds: float, first_audio_at: float | None, submitted: float)
     if first_audio_at is None:
         return (0, submitted)
     return (1, first_audio_at + sent_seconds)
+
+
+def deadline(urgency: Urgency) -> float | None:
+    """When a chunk's listener runs out of audio (time.monotonic), if it has started playing:
+    the inference threads let a chunk whose deadline is near go first
+    (service/speech_worker/priority.py)."""
+    started, runs_out = urgency
+    return runs_out if started else None
 
 
 # On a CPU a batched forward pass costs what its windows cost one by one (docs/benchmarks.md), so

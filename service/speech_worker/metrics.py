@@ -63,6 +63,13 @@ class WorkerMetrics:
             buckets=SECONDS_BUCKETS,
             registry=registry,
         )
+        self.steps_aside = Counter(
+            "spiritlm_speech_steps_aside",
+            "Times a long model call (an encode, a one-shot synthesis) handed its inference "
+            "thread, between two layers, to a stream chunk whose listener was about to run out "
+            "of audio.",
+            registry=registry,
+        )
         self.active_streams = Gauge(
             "spiritlm_speech_active_streams", "Open synthesis streams.", registry=registry
         )

@@ -11,6 +11,7 @@ from service.checkpoints.layout import VARIANTS
 from service.config import ModelName, Settings
 from service.speech.precision import Precision
 from service.speech_worker.batcher import StreamingMode
+from service.speech_worker.priority import DEADLINE_LEAD_SECONDS
 
 
 class SpeechWorkerSettings(Settings):
@@ -42,6 +43,16 @@ class SpeechWorkerSettings(Settings):
         description="Model calls run at once (each in a worker thread): encodes, one-shot "
         "decodes and vocoder passes; bounds torch's load. Streams plan their chunks (duration "
         "prediction of at most max_chunk_units units) on one more thread of their own.",
+    )
+    deadline_lead_seconds: float = Field(
+        default=DEADLINE_LEAD_SECONDS,
+        ge=0,
+        le=30,
+        description="A stream chunk whose listener runs out of audio within this many seconds "
+        "goes before all other model work, and an encode or one-shot decode in progress hands "
+        "it the inference thread at its next layer boundary (at most about 0.2 s apart for a "
+        "9 s turn at official size on a CPU, docs/benchmarks.md); results are the same. 0 = "
+        "off: chunks wait for the calls in progress and queue in arrival order.",
     )
     max_chunk_units: int = Field(
         default=0,

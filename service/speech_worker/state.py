@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import anyio
-import anyio.to_thread
-
 from service.speech_worker.batcher import VocoderBatcher
 from service.speech_worker.metrics import WorkerMetrics
 from service.speech_worker.models import SpeechModels
-from service.speech_worker.priority import Priority, PriorityLimiter
+from service.speech_worker.priority import Deadline, Priority, PriorityLimiter, run_in_thread
 from service.speech_worker.settings import SpeechWorkerSettings
 
 T = TypeVar("T")
@@ -30,7 +26,11 @@ class WorkerState:
     _batcher: VocoderBatcher | None = None
 
     def __post_init__(self) -> None:
-        self.limiter = PriorityLimiter(self.settings.inference_threads)
+        self.limiter = PriorityLimiter(
+            self.settings.inference_threads,
+            deadline_lead=self.settings.deadline_lead_seconds,
+            on_step_aside=self.metrics.steps_aside.inc,
+        )
         self.planning_limiter = PriorityLimiter(1)
 
     @property
@@ -42,11 +42,27 @@ class WorkerState:
         return self._batcher
 
     async def run(
-        self, function: Callable[..., T], *args: object, priority: Priority = Priority.WAITED
+        self,
+        function: Callable[..., T],
+        *args: object,
+        priority: Priority = Priority.WAITED,
+        deadline: Deadline | None = None,
+        preemptible: bool = False,
     ) -> T:
         """Run model work in a worker thread; at most `inference_threads` at once, waiting
-        calls let in by `priority` (service/speech_worker/priority.py)."""
-        return await _in_thread(self.limiter, priority, function, *args)
+        calls let in by `deadline` and `priority`
+        (service/speech_worker/priority.py). A `preemptible` call hands its thread over at its
+        model's layer boundaries to a caller whose deadline is due (service/speech/yielding.py):
+        encodes and one-shot syntheses are, long calls whose results nobody hears while they
+        run; a stream's chunks are not, they are short, and they are what steps in."""
+        return await run_in_thread(
+            self.limiter,
+            function,
+            *args,
+            priority=priority,
+            deadline=deadline,
+            preemptible=preemptible,
+        )
 
     async def plan(self, function: Callable[..., T], *args: object) -> T:
         """Run a stream's planning step in a worker thread, one at a time, beside `run`'s.
@@ -60,26 +76,4 @@ class WorkerState:
         torch runs on at most `inference_threads` + 1 threads. On a GPU the duration predictor
         still shares the device's stream with the vocoder passes.
         """
-        return await _in_thread(self.planning_limiter, Priority.WAITED, function, *args)
-
-
-async def _in_thread(
-    limiter: PriorityLimiter, priority: Priority, function: Callable[..., T], *args: object
-) -> T:
-    """`function(*args)` in a worker thread once `limiter` lets it in.
-
-    A caller that is cancelled (its client went away) returns at once, but the call in progress
-    keeps its place until its thread returns: the limiter really bounds the threads that use
-    torch. (anyio's shield does not hold against a plain `Task.cancel`, which is how
-    service/speech_worker/disconnect.py cancels, so the call is shielded here.)
-    """
-    await limiter.acquire(priority)
-
-    def done(call: asyncio.Future[T]) -> None:
-        limiter.release()
-        if not call.cancelled():
-            call.exception()  # retrieved: a caller that gave up no longer will
-
-    call = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args))
-    call.add_done_callback(done)
-    return await asyncio.shield(call)
+        return await run_in_thread(self.planning_limiter, function, *args)
