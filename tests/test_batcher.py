@@ -13,6 +13,7 @@ from service.checkpoints.tiny_vocoder import write_vocoders
 from service.speech.streaming import RenderJob, StreamingVocoder
 from service.speech.vocoder import UnitVocoder, load_vocoder
 from service.speech_worker.batcher import (
+    FIRST_CHUNK_DEADLINE_SECONDS,
     VocoderBatcher,
     deadline,
     incremental_streams,
@@ -163,9 +164,9 @@ def test_a_playing_streams_pass_runs_with_the_time_its_audio_runs_out(
     vocoder: UnitVocoder,
 ) -> None:
     # The inference threads let a chunk go first, and long calls step aside for it, only near
-    # its deadline (service/speech_worker/priority.py): a stream that has not started playing
-    # has none, a playing one's is when its sent audio runs out.
-    assert deadline(urgency(0.0, None, 100.0)) is None
+    # its deadline (service/speech_worker/priority.py): a playing stream's is when its sent
+    # audio runs out, a first chunk's a fixed time after it was queued.
+    assert deadline(urgency(0.0, None, 100.0)) == 100.0 + FIRST_CHUNK_DEADLINE_SECONDS
     assert deadline(urgency(2.5, 10.0, 0.0)) == 12.5
     recorder = Recorder()
     batcher = VocoderBatcher(recorder, max_batch=1)
@@ -177,7 +178,7 @@ def test_a_playing_streams_pass_runs_with_the_time_its_audio_runs_out(
         await batcher.render(vocoder, playing.push_jobs(codes(12, 12))[:1], urgency(2.5, 10, 0))
 
     asyncio.run(main())
-    assert recorder.deadlines == [None, 12.5]
+    assert recorder.deadlines == [FIRST_CHUNK_DEADLINE_SECONDS, 12.5]
 
 
 def test_streams_are_incremental_where_chunks_are_rendered_alone() -> None:
@@ -220,6 +221,7 @@ def test_a_waiting_pass_carries_the_deadlines_of_the_chunks_queued_behind_it(
     # The chunks queued behind a pass cannot run before it, so the inference threads must see
     # their deadlines on it: a playing stream's chunk queued behind a fresh stream's first
     # chunk brings that pass's deadline forward while it waits.
+    queued_at = 50.0
     seen: list[tuple[str, float | None]] = []
 
     async def main() -> None:
@@ -236,7 +238,7 @@ def test_a_waiting_pass_carries_the_deadlines_of_the_chunks_queued_behind_it(
         fresh = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
         playing = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
         first = asyncio.create_task(
-            batcher.render(vocoder, fresh.push_jobs(codes(13, 12))[:1], urgency(0, None, 0))
+            batcher.render(vocoder, fresh.push_jobs(codes(13, 12))[:1], urgency(0, None, queued_at))
         )
         await asyncio.sleep(0)
         later = asyncio.create_task(
@@ -248,7 +250,7 @@ def test_a_waiting_pass_carries_the_deadlines_of_the_chunks_queued_behind_it(
 
     asyncio.run(main())
     assert seen == [
-        ("submitted", None),  # the fresh stream's first chunk alone: no deadline
+        ("submitted", queued_at + FIRST_CHUNK_DEADLINE_SECONDS),  # the first chunk alone
         ("let in", 12.5),  # the playing stream's chunk queued behind it meanwhile
         ("submitted", 12.5),
         ("let in", 12.5),

@@ -6,8 +6,9 @@ on the worker's inference thread:
 
 * urgency: a stream that has sent no audio yet comes first (its listener hears nothing until
   then), then the stream whose buffered audio runs out soonest (its first audio time plus the
-  audio it was sent: the moment its player would stall). The earliest such moment among all
-  waiting chunks is also the deadline of the pass waiting for an inference thread, brought
+  audio it was sent: the moment its player would stall). That moment (for a first chunk,
+  `FIRST_CHUNK_DEADLINE_SECONDS` after it was queued) is the chunk's deadline, and the earliest
+  among all waiting chunks is the deadline of the pass waiting for an inference thread, brought
   forward when a more pressing chunk queues behind it (the pass ahead of it must run first):
   near its deadline a pass goes before other model work, and long calls step aside for it
   (service/speech_worker/priority.py);
@@ -117,8 +118,7 @@ class VocoderBatcher:
     async def _render_next(self) -> None:
         batch = self._next_batch()
         # The chunks left waiting cannot run before this pass: it carries their deadlines.
-        deadlines = [deadline(w.urgency) for w in batch + self._waiting]
-        self._pending = Deadline(min((at for at in deadlines if at is not None), default=None))
+        self._pending = Deadline(min(deadline(w.urgency) for w in batch + self._waiting))
         try:
             work = [(w.vocoder, w.job) for w in batch]
             wavs, seconds = await self._run(_render, work, deadline=self._pending)
@@ -175,12 +175,20 @@ def urgency(sent_seconds: float, first_audio_at: float | None, submitted: float)
     return (1, first_audio_at + sent_seconds)
 
 
-def deadline(urgency: Urgency) -> float | None:
-    """When a chunk's listener runs out of audio (time.monotonic), if it has started playing:
-    the inference threads let a chunk whose deadline is near go first
-    (service/speech_worker/priority.py)."""
-    started, runs_out = urgency
-    return runs_out if started else None
+# A stream's first chunk is needed this long after it was queued. With the default
+# `deadline_lead_seconds` (1 s) it goes before other model work once it has waited a second:
+# behind an upload's encode it waited the whole encode before (several seconds), while a
+# first chunk preempting at once let other sessions' first chunks crowd out a playing reply's
+# next one (docs/benchmarks.md, "Deadlines").
+FIRST_CHUNK_DEADLINE_SECONDS = 2.0
+
+
+def deadline(urgency: Urgency) -> float:
+    """When a chunk is needed (time.monotonic): when its listener runs out of audio once its
+    stream plays, else `FIRST_CHUNK_DEADLINE_SECONDS` after it was queued. The inference
+    threads let a chunk whose deadline is near go first (service/speech_worker/priority.py)."""
+    started, at = urgency
+    return at if started else at + FIRST_CHUNK_DEADLINE_SECONDS
 
 
 # On a CPU a batched forward pass costs what its windows cost one by one (docs/benchmarks.md), so

@@ -17,7 +17,8 @@ for that window, so windows must not starve behind a steady stream of waited-for
 
 A listener whose reply is playing cannot wait for a whole-turn encode of another session (most
 of a second at official size) or a long upload's (seconds): its player would stall. Its chunk
-comes with a `Deadline` (when its audio runs out), and once that is the speech worker's
+comes with a `Deadline` (when its audio runs out; a first chunk's is a fixed time after it was
+queued, service/speech_worker/batcher.py), and once that is the speech worker's
 `deadline_lead_seconds` away it goes before everything else, and a call that allows it (an
 encode, a one-shot synthesis: `WorkerState.run(preemptible=True)`) hands over its thread at its
 next layer boundary (`step_aside`, service/speech/yielding.py) and takes it back after.

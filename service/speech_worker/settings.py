@@ -49,6 +49,7 @@ class SpeechWorkerSettings(Settings):
         ge=0,
         le=30,
         description="A stream chunk whose listener runs out of audio within this many seconds "
+        "(a first chunk: that has waited 2 s minus this) "
         "goes before all other model work, and an encode or one-shot decode in progress hands "
         "it the inference thread at its next layer boundary (at most about 0.2 s apart for a "
         "9 s turn at official size on a CPU, docs/benchmarks.md); results are the same. 0 = "
