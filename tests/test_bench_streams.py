@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.bench.streams import (
+    Report,
     StreamConfig,
     markdown_section,
     markdown_table,
@@ -26,24 +27,37 @@ def test_configs_use_the_speech_worker_flag_names() -> None:
             parse_config(bad)
 
 
-def test_levels_run_through_the_scheduler(layout: CheckpointLayout, tmp_path: Path) -> None:
-    configs = [
-        StreamConfig("per-chunk", max_chunk_units=25, first_chunk_units=4, chunk_units=8),
-        StreamConfig("batched", vocoder_batch_size=4, first_chunk_units=4, chunk_units=8),
-    ]
-    report = run_benchmark(
+def small_run(
+    layout: CheckpointLayout,
+    configs: list[StreamConfig],
+    levels: list[int],
+    *,
+    unit_rate: float,
+    encode_seconds: float = 0.0,
+) -> Report:
+    """40 units per stream on the embedded tiny vocoder, one thread."""
+    return run_benchmark(
         configs,
-        [1, 3],
+        levels,
         checkpoints=layout.root,
         variant=BASE,
         device="cpu",
         threads=1,
         units=40,
-        unit_rate=2000.0,
+        unit_rate=unit_rate,
         piece=5,
         time_budget=600.0,
         progress=lambda _: None,
+        encode_seconds=encode_seconds,
     )
+
+
+def test_levels_run_through_the_scheduler(layout: CheckpointLayout, tmp_path: Path) -> None:
+    configs = [
+        StreamConfig("per-chunk", max_chunk_units=25, first_chunk_units=4, chunk_units=8),
+        StreamConfig("batched", vocoder_batch_size=4, first_chunk_units=4, chunk_units=8),
+    ]
+    report = small_run(layout, configs, [1, 3], unit_rate=2000.0)
     assert [(level.config, level.streams) for level in report.levels] == [
         ("per-chunk", 1), ("per-chunk", 3), ("batched", 1), ("batched", 3)
     ]  # fmt: skip
@@ -67,20 +81,8 @@ def test_encodes_run_beside_the_streams_on_their_thread(
 ) -> None:
     config = parse_config("no deadlines: --deadline-lead-seconds 0")
     assert config == StreamConfig("no deadlines", deadline_lead_seconds=0.0)
-    report = run_benchmark(
-        [StreamConfig("defaults", first_chunk_units=4, chunk_units=8), config],
-        [2],
-        checkpoints=layout.root,
-        variant=BASE,
-        device="cpu",
-        threads=1,
-        units=40,
-        unit_rate=100.0,
-        piece=5,
-        time_budget=600.0,
-        progress=lambda _: None,
-        encode_seconds=2.0,
-    )
+    configs = [StreamConfig("defaults", first_chunk_units=4, chunk_units=8), config]
+    report = small_run(layout, configs, [2], unit_rate=100.0, encode_seconds=2.0)
     for level in report.levels:
         assert all(r.first_chunk is not None for r in level.results)
         assert level.encodes and all(seconds > 0 for seconds in level.encodes)

@@ -22,9 +22,8 @@ queued, service/speech_worker/batcher.py), and once that is the speech worker's
 `deadline_lead_seconds` away it goes before everything else, and a call that allows it (an
 encode, a one-shot synthesis: `WorkerState.run(preemptible=True)`) hands over its thread at its
 next layer boundary (`step_aside`, service/speech/yielding.py) and takes it back after.
-Deadlines further away do not count: giving every playing reply's chunks precedence delayed the
-other sessions' turn encodes, and with them their first audio (docs/benchmarks.md, "Incremental
-vocoding").
+Deadlines further away do not count, so replies with audio buffered do not push back the turn
+encodes of sessions still waiting for their first audio (docs/benchmarks.md, "Deadlines").
 """
 
 from __future__ import annotations
