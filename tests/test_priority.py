@@ -166,7 +166,7 @@ def test_a_holder_steps_aside_for_a_due_caller_and_comes_back_before_later_arriv
         clock = Clock()
         steps: list[int] = []
         limiter = PriorityLimiter(1, clock=clock, on_step_aside=lambda: steps.append(1))
-        place = await limiter.acquire()  # the long call
+        long_call = await limiter.acquire()
         order: list[str] = []
 
         async def hold(name: str, deadline: float | None) -> None:
@@ -177,12 +177,13 @@ def test_a_holder_steps_aside_for_a_due_caller_and_comes_back_before_later_arriv
         queued = asyncio.create_task(hold("encode queued behind it", None))
         await asyncio.sleep(0)
         assert not limiter.due()
-        await limiter.step_aside(place)  # nothing due: the holder goes on at once
+        await limiter.step_aside(long_call)  # nothing due: the holder goes on at once
         assert order == [] and steps == []
         chunk = asyncio.create_task(hold("chunk", clock.now + 0.3))
         await asyncio.sleep(0)
         assert limiter.due()
-        await limiter.step_aside(place)  # returns once the place is back
+        await limiter.step_aside(long_call)  # returns once the place is back
+        assert long_call.held
         order.append("long call back")
         await chunk
         limiter.release()
@@ -206,13 +207,13 @@ def test_a_caller_let_in_by_arrival_does_not_hide_a_later_due_one() -> None:
         limiter.release()  # nothing is due: the far chunk is let in by arrival
         await far
         limiter.release()
-        place = await limiter.acquire()  # a long call
+        hold = await limiter.acquire()  # a long call
         near = asyncio.create_task(limiter.acquire(Priority.WAITED, Deadline(110.0)))
         await asyncio.sleep(0)
         assert not limiter.due()
         clock.now = 109.5
         assert limiter.due()
-        stepped_aside = asyncio.create_task(limiter.step_aside(place))
+        stepped_aside = asyncio.create_task(limiter.step_aside(hold))
         await asyncio.wait_for(near, 5)  # the near chunk has the place...
         assert not stepped_aside.done()
         limiter.release()  # ...and gives it back to the long call
@@ -227,7 +228,7 @@ def test_deadlines_are_off_with_no_lead() -> None:
     async def main() -> list[str]:
         clock = Clock()
         limiter = PriorityLimiter(1, deadline_lead=0.0, clock=clock)
-        place = await limiter.acquire()
+        long_call = await limiter.acquire()
         order: list[str] = []
 
         async def hold(name: str, deadline: float | None) -> None:
@@ -240,12 +241,55 @@ def test_deadlines_are_off_with_no_lead() -> None:
         tasks.append(asyncio.create_task(hold("overdue chunk", clock.now - 1)))
         await asyncio.sleep(0)
         assert not limiter.due()
-        await limiter.step_aside(place)  # does nothing
+        await limiter.step_aside(long_call)  # does nothing
         limiter.release()
         await asyncio.gather(*tasks)
         return order
 
     assert asyncio.run(main()) == ["encode", "overdue chunk"]
+
+
+def test_a_step_aside_cancelled_while_waiting_leaves_the_place_with_the_chunk() -> None:
+    # At shutdown the wait to get the place back is cancelled: the long call must then not
+    # count as holding a place (its thread ends without releasing one: `Interrupted`).
+    async def main() -> None:
+        limiter = PriorityLimiter(1)
+        long_call = await limiter.acquire()
+        chunk = asyncio.create_task(limiter.acquire(Priority.WAITED, Deadline(0.0)))
+        await asyncio.sleep(0)
+        stepping = asyncio.create_task(limiter.step_aside(long_call))
+        await asyncio.wait_for(chunk, 5)
+        stepping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stepping
+        assert not long_call.held and limiter.holders == 1  # the chunk's
+        limiter.release()
+        assert limiter.holders == 0 and limiter.waiting == 0
+
+    asyncio.run(main())
+
+
+def test_a_caller_let_in_by_its_deadline_can_step_aside_later() -> None:
+    # Its entry in the arrival heap stays behind when it is let in by deadline; coming back at
+    # the same place must not make the heap compare futures.
+    async def main() -> None:
+        limiter = PriorityLimiter(1)
+        await limiter.acquire()
+        first = asyncio.create_task(limiter.acquire(Priority.WAITED, Deadline(0.0)))
+        await asyncio.sleep(0)
+        limiter.release()
+        hold = await asyncio.wait_for(first, 5)
+        chunk = asyncio.create_task(limiter.acquire(Priority.WAITED, Deadline(0.0)))
+        await asyncio.sleep(0)
+        stepping = asyncio.create_task(limiter.step_aside(hold))
+        await asyncio.wait_for(chunk, 5)
+        limiter.release()
+        await asyncio.wait_for(stepping, 5)
+        assert hold.held
+        limiter.release()
+        assert limiter.holders == 0
+
+    asyncio.run(main())
 
 
 def test_capacity_must_be_positive() -> None:

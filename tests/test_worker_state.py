@@ -13,7 +13,7 @@ import pytest
 
 from service.speech.yielding import yield_point
 from service.speech_worker.models import SpeechModels
-from service.speech_worker.priority import Deadline, Priority
+from service.speech_worker.priority import Deadline, Interrupted, Priority
 from service.speech_worker.settings import SpeechWorkerSettings
 from service.speech_worker.state import WorkerState
 
@@ -143,6 +143,51 @@ def test_a_long_call_hands_its_thread_to_a_due_chunk_at_its_next_layer(preemptib
     assert state.limiter.holders == 0 and state.limiter.waiting == 0
     steps = state.metrics.registry.get_sample_value("spiritlm_speech_steps_aside_total")
     assert steps == (1.0 if preemptible else 0.0)
+
+
+def test_a_call_stepped_aside_at_shutdown_ends_instead_of_blocking_the_exit() -> None:
+    # The event loop stops while a long call waits to get its thread back: the call must end
+    # (`Interrupted`) rather than keep its thread waiting forever (which would hang the exit).
+    state = one_inference_thread()
+    ended: list[str] = []
+    started, chunk_running, chunk_may_end = threading.Event(), threading.Event(), threading.Event()
+
+    def long_call() -> None:
+        started.set()
+        try:
+            while True:
+                yield_point()
+                threading.Event().wait(0.01)
+        except Interrupted:
+            ended.append("interrupted")
+            raise
+
+    def chunk() -> None:
+        chunk_running.set()
+        chunk_may_end.wait(30)
+
+    async def main() -> None:
+        asyncio.create_task(state.run(long_call, preemptible=True))
+        assert await asyncio.to_thread(started.wait, 30)
+        asyncio.create_task(state.run(chunk, deadline=Deadline(time.monotonic())))
+        assert await asyncio.to_thread(chunk_running.wait, 30)
+        # returning ends the loop: its tasks are cancelled, the long call's wait among them
+
+    asyncio.run(main())
+    chunk_may_end.set()
+    deadline = time.monotonic() + 10
+    while not ended and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ended == ["interrupted"]
+
+
+def test_the_deadline_lead_setting_reaches_the_inference_limiter() -> None:
+    settings = SpeechWorkerSettings(inference_threads=1, deadline_lead_seconds=0.4)
+    assert (
+        WorkerState(settings=settings, models=SpeechModels(settings)).limiter.deadline_lead == 0.4
+    )
+    with pytest.raises(ValueError):
+        SpeechWorkerSettings(deadline_lead_seconds=2.5)
 
 
 def test_plans_run_one_at_a_time() -> None:

@@ -58,8 +58,9 @@ def test_an_encode_stepping_aside_between_layers_gives_the_same_units(
     assert interleaved == alone
     # HuBERT's conv and transformer layers, FCPE's encoder layers, the style encoder's layers.
     hubert = stack.hubert.settings
-    least = len(hubert.conv_layers) + OUTPUT_LAYER + stack.style._model.config.num_hidden_layers
-    assert len(calls) >= least
+    fcpe = len(stack.pitch._fcpe.model.net.encoder_layers)
+    style = stack.style._model.config.num_hidden_layers
+    assert len(calls) >= len(hubert.conv_layers) + OUTPUT_LAYER + fcpe + style
 
 
 def test_a_synthesis_stepping_aside_between_layers_gives_the_same_audio(

@@ -657,5 +657,5 @@ def load_vocoder(
     compute_dtype = DTYPES[dtype]
     if compute_dtype != torch.float32:
         model.cast_conv_stack(compute_dtype, channels_last=channels_last_pays(dtype, target))
-    add_yield_points(model.ups, model.resblocks)  # after the cast, which may replace `ups`
+    add_yield_points(model.ups, model.resblocks)
     return UnitVocoder(model, speakers, styles, target, default_style, compute_dtype)

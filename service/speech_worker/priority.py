@@ -29,6 +29,7 @@ encodes of sessions still waiting for their first audio (docs/benchmarks.md, "De
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import heapq
 import itertools
 import time
@@ -37,6 +38,7 @@ from enum import IntEnum
 from functools import partial
 from typing import TypeVar
 
+import anyio
 import anyio.to_thread
 
 from service.speech.yielding import StepAside, stepping_aside
@@ -47,9 +49,27 @@ AHEAD_HANDICAP_SECONDS = 1.0
 DEADLINE_LEAD_SECONDS = 1.0
 
 # (when it counts as arrived, arrival order): a place in the queue, kept by a holder that steps
-# aside so that it comes back before everything that arrived after it.
+# aside so that it comes back before every caller that arrived after it (a chunk whose deadline
+# is due excepted).
 Place = tuple[float, int]
 T = TypeVar("T")
+# How often a thread that stepped aside checks that the event loop still runs.
+STEP_ASIDE_POLL_SECONDS = 0.1
+
+
+class Hold:
+    """A caller's place in the queue, and whether it holds a place now (not while it has
+    stepped aside)."""
+
+    def __init__(self, place: Place) -> None:
+        self.place = place
+        self.held = True
+
+
+class Interrupted(BaseException):
+    """Raised in a call's thread when the event loop stopped while the call had stepped aside:
+    the call no longer holds a place and must end. A BaseException, so that model code that
+    catches Exception does not swallow it and go on computing without a place."""
 
 
 class Priority(IntEnum):
@@ -105,27 +125,39 @@ class PriorityLimiter:
         # Callers waiting, by place, and those with a deadline also by deadline; a caller that
         # gave up (or was let in through the other heap) stays until it reaches the top, where
         # it is skipped.
-        self._waiting: list[tuple[Place, asyncio.Future[None]]] = []
+        # Each entry has an arrival number of its own after its sort keys, so that entries
+        # never compare their futures (a holder that steps aside comes back at its old place).
+        self._waiting: list[tuple[Place, int, asyncio.Future[None]]] = []
         self._deadlines: list[tuple[float, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
+        self._threads: anyio.CapacityLimiter | None = None
 
     @property
     def waiting(self) -> int:
-        return sum(1 for _, future in self._waiting if not future.done())
+        return sum(1 for _, _, future in self._waiting if not future.done())
+
+    @property
+    def threads(self) -> anyio.CapacityLimiter:
+        """Worker threads of this limiter's calls: its holders and those that stepped aside
+        (made on first use, inside the event loop). Its own, so that they never wait for
+        anyio's default pool, which the web framework shares."""
+        if self._threads is None:
+            self._threads = anyio.CapacityLimiter(2 * self.capacity)
+        return self._threads
 
     async def acquire(
         self, priority: Priority = Priority.WAITED, deadline: Deadline | None = None
-    ) -> Place:
+    ) -> Hold:
         """Wait for a place; `deadline` is when the caller's result is needed. Returns the
-        caller's place in the queue, for `step_aside`."""
+        caller's hold on it, for `step_aside`."""
         loop = asyncio.get_running_loop()
         handicap = self.ahead_handicap if priority == Priority.AHEAD else 0.0
         place = (loop.time() + handicap, next(self._arrivals))
         if self.holders < self.capacity and not self.waiting:
             self.holders += 1
-            return place
+            return Hold(place)
         future: asyncio.Future[None] = loop.create_future()
-        heapq.heappush(self._waiting, (place, future))
+        heapq.heappush(self._waiting, (place, place[1], future))
         if deadline is not None:
 
             def push(at: float) -> None:
@@ -134,7 +166,7 @@ class PriorityLimiter:
 
             deadline.watch(push)
         await self._handed_over(future)
-        return place
+        return Hold(place)
 
     def release(self) -> None:
         """Hand the place to the next caller still waiting (one that gave up is skipped)."""
@@ -156,18 +188,26 @@ class PriorityLimiter:
             return False
         return deadline - self.clock() <= self.deadline_lead
 
-    async def step_aside(self, place: Place) -> None:
+    async def step_aside(self, hold: Hold) -> None:
         """From a holder: hand the place to the caller whose deadline is due, if any, and wait
-        to get it back at the holder's own `place` (before everything that arrived after it)."""
+        to get one back at the holder's own place. If the wait is cancelled, `hold.held` says
+        whether a place was handed back all the same (its holder must then release it)."""
         future = self._take_due()
         if future is None:
             return
         if self.on_step_aside is not None:
             self.on_step_aside()
         self._hand_over(future)
+        hold.held = False
         back: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (place, back))
-        await self._handed_over(back)
+        heapq.heappush(self._waiting, (hold.place, next(self._arrivals), back))
+        try:
+            await back
+        except asyncio.CancelledError:
+            hold.held = back.done() and not back.cancelled()
+            self._drop_settled_deadlines()
+            raise
+        hold.held = True
 
     async def _handed_over(self, future: asyncio.Future[None]) -> None:
         try:
@@ -196,7 +236,7 @@ class PriorityLimiter:
 
     def _take_first(self) -> asyncio.Future[None] | None:
         while self._waiting:
-            _, future = heapq.heappop(self._waiting)
+            _, _, future = heapq.heappop(self._waiting)
             if not future.done():
                 return future
         return None
@@ -217,10 +257,11 @@ async def run_in_thread(
     torch. (anyio's shield does not hold against a plain `Task.cancel`, which is how
     service/speech_worker/disconnect.py cancels, so the call is shielded here.)
     """
-    place = await limiter.acquire(priority, deadline)
+    hold = await limiter.acquire(priority, deadline)
 
     def done(call: asyncio.Future[T]) -> None:
-        limiter.release()
+        if hold.held:  # not if the call ended while stepped aside (`Interrupted`)
+            limiter.release()
         if not call.cancelled():
             call.exception()  # retrieved: a caller that gave up no longer will
 
@@ -229,12 +270,32 @@ async def run_in_thread(
 
         def step_aside() -> None:  # in the worker thread, at a layer boundary
             if limiter.due():
-                asyncio.run_coroutine_threadsafe(limiter.step_aside(place), loop).result()
+                aside = asyncio.run_coroutine_threadsafe(limiter.step_aside(hold), loop)
+                _wait_from_thread(aside, loop)
 
         function = partial(_stepping_aside, step_aside, function)
-    call = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args))
+    work = anyio.to_thread.run_sync(function, *args, limiter=limiter.threads)
+    call = asyncio.ensure_future(work)
     call.add_done_callback(done)
     return await asyncio.shield(call)
+
+
+def _wait_from_thread(
+    stepped_aside: concurrent.futures.Future[None], loop: asyncio.AbstractEventLoop
+) -> None:
+    """Block the call's thread until its place is back. If the wait was cancelled, or the
+    event loop stopped meanwhile (shutdown), end the call (`Interrupted`) rather than block the
+    process's exit forever."""
+    while True:
+        try:
+            stepped_aside.result(timeout=STEP_ASIDE_POLL_SECONDS)
+            return
+        except TimeoutError:
+            if loop.is_closed() or not loop.is_running():
+                stepped_aside.cancel()
+                raise Interrupted("the event loop stopped while the call waited") from None
+        except BaseException as error:
+            raise Interrupted("the wait for the inference thread was cancelled") from error
 
 
 def _stepping_aside(step_aside: StepAside, function: Callable[..., T], *args: object) -> T:

@@ -47,9 +47,10 @@ class SpeechWorkerSettings(Settings):
     deadline_lead_seconds: float = Field(
         default=DEADLINE_LEAD_SECONDS,
         ge=0,
-        le=30,
+        le=2,
         description="A stream chunk whose listener runs out of audio within this many seconds "
-        "(a first chunk: that has waited 2 s minus this) "
+        "(a first chunk: that has waited 2 s minus this, so at 2 a first chunk goes first at "
+        "once, which made a playing reply stall in docs/benchmarks.md 'Deadlines') "
         "goes before all other model work, and an encode or one-shot decode in progress hands "
         "it the inference thread at its next layer boundary (at most about 0.2 s apart for a "
         "9 s turn at official size on a CPU, docs/benchmarks.md); results are the same. 0 = "
