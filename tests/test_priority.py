@@ -16,6 +16,13 @@ async def _hold(limiter: PriorityLimiter, name: str, priority: Priority, order: 
     limiter.release()
 
 
+async def cancelled(task: asyncio.Task) -> None:
+    """Cancel `task` and wait until it has taken the cancellation."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_waited_work_goes_before_work_done_ahead_then_in_arrival_order() -> None:
     async def main() -> list[str]:
         limiter = PriorityLimiter(1)
@@ -89,9 +96,7 @@ def test_a_caller_that_gives_up_while_waiting_takes_no_place() -> None:
         gives_up = asyncio.create_task(limiter.acquire(Priority.WAITED))
         later = asyncio.create_task(limiter.acquire(Priority.AHEAD))
         await asyncio.sleep(0)
-        gives_up.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await gives_up
+        await cancelled(gives_up)
         limiter.release()
         await asyncio.wait_for(later, 5)  # the place went past the cancelled caller
         limiter.release()
@@ -108,9 +113,7 @@ def test_a_place_handed_over_as_its_caller_gives_up_is_passed_on() -> None:
         second = asyncio.create_task(limiter.acquire())
         await asyncio.sleep(0)
         limiter.release()  # handed to `first`, which has not run yet...
-        first.cancel()  # ...and gives up before it does
-        with pytest.raises(asyncio.CancelledError):
-            await first
+        await cancelled(first)  # ...and gives up before it does
         await asyncio.wait_for(second, 5)
         limiter.release()
         assert limiter.holders == 0
@@ -259,9 +262,7 @@ def test_a_step_aside_cancelled_while_waiting_leaves_the_place_with_the_chunk() 
         await asyncio.sleep(0)
         stepping = asyncio.create_task(limiter.step_aside(long_call))
         await asyncio.wait_for(chunk, 5)
-        stepping.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await stepping
+        await cancelled(stepping)
         assert not long_call.held and limiter.holders == 1  # the chunk's
         limiter.release()
         assert limiter.holders == 0 and limiter.waiting == 0
