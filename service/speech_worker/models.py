@@ -77,11 +77,11 @@ class SpeechModels:
         """Build the vocoder's kernels for the lengths streams use, before serving."""
         started = time.monotonic()
         if self.incremental:
-            lengths = stack.vocoder.warm_up_incremental()
+            passes = stack.vocoder.warm_up_incremental()
         else:
-            lengths = stack.vocoder.warm_up_streams(self.settings.max_chunk_units)
+            passes = stack.vocoder.warm_up_streams(self.settings.max_chunk_units)
         seconds = _since(started)
-        log.info("%s: vocoder warmed up at %d lengths in %.1f s", stack.variant, lengths, seconds)
+        log.info("%s: vocoder warmed up in %d passes in %.1f s", stack.variant, passes, seconds)
 
     def status(self) -> str:
         if self.failure:

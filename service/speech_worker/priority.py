@@ -78,26 +78,25 @@ class Priority(IntEnum):
 
 
 class Deadline:
-    """When a caller's result is needed (on the limiter's clock, time.monotonic), or None. Its
-    owner may bring it forward while the caller waits (the vocoder scheduler's pass, when a
-    more pressing chunk queues behind it: service/speech_worker/batcher.py)."""
+    """When a caller's result is needed (on the limiter's clock, time.monotonic). Its owner
+    may bring it forward while the caller waits (the vocoder scheduler's pass, when a more
+    pressing chunk queues behind it: service/speech_worker/batcher.py)."""
 
-    def __init__(self, at: float | None = None) -> None:
+    def __init__(self, at: float) -> None:
         self.at = at
-        self._watchers: list[Callable[[float], None]] = []
+        self._watcher: Callable[[float], None] | None = None
 
-    def bring_forward(self, at: float | None) -> None:
-        if at is None or (self.at is not None and self.at <= at):
-            return
-        self.at = at
-        for watcher in self._watchers:
-            watcher(at)
+    def bring_forward(self, at: float) -> None:
+        if at < self.at:
+            self.at = at
+            if self._watcher is not None:
+                self._watcher(at)
 
     def watch(self, watcher: Callable[[float], None]) -> None:
-        """Call `watcher(at)` now if there is a deadline, and whenever it comes forward."""
-        self._watchers.append(watcher)
-        if self.at is not None:
-            watcher(self.at)
+        """Call `watcher(at)` now and whenever the deadline comes forward (the one caller
+        waiting with it: `PriorityLimiter.acquire`)."""
+        self._watcher = watcher
+        watcher(self.at)
 
 
 class PriorityLimiter:
@@ -124,9 +123,9 @@ class PriorityLimiter:
         self.holders = 0
         # Callers waiting, by place, and those with a deadline also by deadline; a caller that
         # gave up (or was let in through the other heap) stays until it reaches the top, where
-        # it is skipped.
-        # Each entry has an arrival number of its own after its sort keys, so that entries
-        # never compare their futures (a holder that steps aside comes back at its old place).
+        # it is skipped. Each entry has an arrival number of its own after its sort keys, so
+        # that entries never compare their futures (a holder that steps aside comes back at its
+        # old place).
         self._waiting: list[tuple[Place, int, asyncio.Future[None]]] = []
         self._deadlines: list[tuple[float, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
