@@ -14,6 +14,7 @@ from service.speech.streaming import RenderJob, StreamingVocoder
 from service.speech.vocoder import UnitVocoder, load_vocoder
 from service.speech_worker.batcher import (
     FIRST_CHUNK_DEADLINE_SECONDS,
+    RUNNING_OUT_PASSES,
     VocoderBatcher,
     deadline,
     incremental_streams,
@@ -37,7 +38,8 @@ def codes(seed: int, count: int) -> list[int]:
 class Recorder:
     """Runs each batch at once, as the worker's inference thread would, and keeps its shape."""
 
-    def __init__(self) -> None:
+    def __init__(self, pass_seconds: float | None = None) -> None:
+        self.pass_seconds = pass_seconds  # what each pass reports it took (None: as measured)
         self.batches: list[list[tuple[int, int]]] = []
         self.incremental: list[list[bool]] = []  # per batch: which chunks are incremental
         self.deadlines: list[float | None] = []  # per batch: the deadline it was run with
@@ -52,7 +54,8 @@ class Recorder:
         self.incremental.append([job.decoder is not None for _, job in work])
         self.deadlines.append(None if deadline is None else deadline.at)
         await asyncio.sleep(0)  # let other streams queue, as a real forward pass would
-        return function(work)
+        wavs, seconds = function(work)
+        return wavs, seconds if self.pass_seconds is None else self.pass_seconds
 
 
 async def stream_through(batcher: VocoderBatcher, stream: StreamingVocoder, units: list[int],
@@ -101,7 +104,8 @@ def test_a_lone_stream_is_rendered_at_once_and_alone(vocoder: UnitVocoder) -> No
 
 def test_most_urgent_first_and_cut_windows_alone(vocoder: UnitVocoder) -> None:
     recorder = Recorder()
-    batcher = VocoderBatcher(recorder, max_batch=2)
+    # At time 0 every playing stream below has 10 s of audio or more left.
+    batcher = VocoderBatcher(recorder, max_batch=2, clock=lambda: 0.0)
     late = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
     soon = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
     fresh = StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
@@ -134,6 +138,44 @@ def test_most_urgent_first_and_cut_windows_alone(vocoder: UnitVocoder) -> None:
     assert all(len(batch) <= 2 for batch in recorder.batches)
     last = id(ended_jobs[-1])
     assert [len(b) for b in recorder.batches if any(i == last for i, _ in b)] == [1]
+
+
+@pytest.mark.parametrize(("pass_seconds", "order"), [
+    (0.25, ["dry", "fresh", "comfortable"]),  # 0.3 s left: less than two such passes
+    (0.1, ["fresh", "dry", "comfortable"]),  # enough for a first chunk's pass, then its own
+])  # fmt: skip
+def test_a_listener_about_to_run_out_goes_before_streams_without_audio(
+    vocoder: UnitVocoder, pass_seconds: float, order: list[str]
+) -> None:
+    # When replies start together, a playing reply's next chunk must not wait for every other
+    # stream's first chunk if its listener would run dry meanwhile (RUNNING_OUT_PASSES passes
+    # of the recent ones); a stream with audio to spare still waits.
+    now = 100.0
+    recorder = Recorder(pass_seconds)
+    batcher = VocoderBatcher(recorder, max_batch=1, clock=lambda: now)
+    streams = {
+        name: StreamingVocoder(vocoder, first_chunk_units=5, chunk_units=7)
+        for name in ("earlier", "comfortable", "fresh", "dry")
+    }
+    jobs = {name: stream.push_jobs(codes(20 + i, 12))[:1]
+            for i, (name, stream) in enumerate(streams.items())}  # fmt: skip
+    places = {
+        "comfortable": urgency(1.5, now, 0.0),
+        "fresh": urgency(0.0, None, now - 5.0),
+        "dry": urgency(0.3, now, 0.0),
+    }
+
+    async def main() -> None:
+        await batcher.render(vocoder, jobs["earlier"], urgency(0.0, None, 0.0))  # a pass's time
+        # Queued in the worst order; the runner starts after all of them are queued.
+        await asyncio.gather(*[
+            batcher.render(vocoder, jobs[name], places[name]) for name in places
+        ])  # fmt: skip
+
+    asyncio.run(main())
+    assert RUNNING_OUT_PASSES * 0.1 < 0.3 < RUNNING_OUT_PASSES * 0.25
+    name_of = {id(job): name for name, group in jobs.items() for job in group}
+    assert [name_of[batch[0][0]] for batch in recorder.batches[1:]] == order
 
 
 def test_a_caller_that_leaves_drops_its_waiting_chunks(vocoder: UnitVocoder) -> None:

@@ -53,6 +53,31 @@ def test_worker_returns_the_kept_stretch(servers, speech_file: Path, model: str)
     assert Units.from_dict(tail.json()["units"]) == keep_units(units, 8000, None)
 
 
+def test_realtime_turns_are_encoded_in_the_realtime_precision(  # noqa: ANN001
+    servers, speech_file: Path, layout
+) -> None:
+    # The shared worker runs with the default `realtime_encoder_dtype` (auto): a realtime
+    # conversation's turn gets the units of the encoders in that precision, everything else
+    # the float32 reference's.
+    from service.audio.decode import decode_audio
+    from service.cpus import cpu_flags
+    from service.speech.pipeline import SpeechStack
+    from service.speech_worker.models import realtime_precision
+
+    worker = servers.speech()
+    audio = speech_file.read_bytes()
+    wav = decode_audio(audio)
+    precision = realtime_precision("auto", "float32", "cpu", cpu_flags())
+    for model in (BASE, EXPRESSIVE):
+        exact = SpeechStack(layout, model).encode_units(wav)
+        fast = SpeechStack(layout, model, encoder_dtype=precision).encode_units(wav)
+        rest = encode(worker, audio, model)
+        realtime = encode(worker, audio, model, realtime=True)
+        assert rest.status_code == realtime.status_code == 200, realtime.text
+        assert Units.from_dict(rest.json()["units"]) == exact
+        assert Units.from_dict(realtime.json()["units"]) == fast
+
+
 def test_worker_refuses_stretches_off_the_grid_or_past_the_end(servers, speech_file: Path) -> None:  # noqa: ANN001
     worker = servers.speech()
     audio = speech_file.read_bytes()

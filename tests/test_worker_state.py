@@ -12,7 +12,7 @@ import anyio.to_thread
 import pytest
 
 from service.speech.yielding import yield_point
-from service.speech_worker.models import SpeechModels
+from service.speech_worker.models import SpeechModels, realtime_precision
 from service.speech_worker.priority import Deadline, Interrupted, Priority
 from service.speech_worker.settings import SpeechWorkerSettings
 from service.speech_worker.state import WorkerState
@@ -211,6 +211,37 @@ def test_plans_run_one_at_a_time() -> None:
 
     anyio.run(main)
     assert most[0] == 1
+
+
+def test_realtime_turns_have_encoders_of_their_own_precision(layout) -> None:  # noqa: ANN001
+    import torch
+
+    from service.checkpoints.layout import BASE
+
+    settings = SpeechWorkerSettings(
+        checkpoints_dir=layout.root, models=[BASE], realtime_encoder_dtype="bfloat16"
+    )
+    models = SpeechModels(settings)
+    models.load()
+    exact, realtime = models.get(BASE), models.get(BASE, realtime=True)
+    assert exact.hubert.dtype == torch.float32  # REST and the CLI: the reference's units
+    assert realtime.hubert.dtype == torch.bfloat16
+    assert realtime.vocoder is exact.vocoder and realtime.quantizer is exact.quantizer
+    same = SpeechModels(settings.model_copy(update={"realtime_encoder_dtype": "float32"}))
+    same.load()
+    assert same.get(BASE, realtime=True) is same.get(BASE)  # nothing loaded twice
+
+
+def test_realtime_precision_auto_takes_bfloat16_where_the_hardware_has_it() -> None:
+    amx, avx512, plain = frozenset({"amx_bf16"}), frozenset({"avx512_bf16"}), frozenset({"avx2"})
+    assert realtime_precision("auto", "float32", "cpu", amx) == "bfloat16"
+    assert realtime_precision("auto", "float32", "cpu", avx512) == "bfloat16"
+    assert realtime_precision("auto", "float32", "cuda", plain) == "bfloat16"
+    # Emulated bfloat16 is slower than float32: the REST precision stays.
+    assert realtime_precision("auto", "float32", "cpu", plain) == "float32"
+    assert realtime_precision("auto", "bfloat16", "cpu", plain) == "bfloat16"
+    assert realtime_precision("float32", "float32", "cpu", amx) == "float32"
+    assert realtime_precision("bfloat16", "float32", "cpu", plain) == "bfloat16"
 
 
 def test_the_worker_loads_its_encoders_in_the_configured_precision(layout) -> None:  # noqa: ANN001

@@ -230,12 +230,14 @@ class Engine:
         keep_ms: tuple[int, int | None] | None = None,
         *,
         ahead: bool = False,
+        realtime: bool = False,
     ) -> EncodeResult:
         """Audio file bytes, or an upload already decoded (service/gateway/uploads.py), -> units
         (of the `keep_ms` stretch only, when given); retried on another speech worker if one is
-        unreachable. `ahead`: nobody waits for it yet (SpeechClient.encode)."""
+        unreachable. `ahead`: nobody waits for it yet; `realtime`: a realtime conversation's
+        turn (SpeechClient.encode)."""
         return await self._with_speech_worker(
-            lambda client: client.encode(audio, model, keep_ms, ahead=ahead)
+            lambda client: client.encode(audio, model, keep_ms, ahead=ahead, realtime=realtime)
         )
 
     async def decode(self, **request: object) -> bytes:

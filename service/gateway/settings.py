@@ -200,8 +200,8 @@ class GatewaySettings(Settings):
         "many seconds of kept units (rounded up to the model's unit grid: 0.04 s base, 2 s "
         "expressive), so that only the tail is left when the turn ends; the units can differ "
         "from whole-turn units (docs/realtime.md#encoding-while-the-user-speaks has the "
-        "measured agreement). 0 (default) = each turn is encoded whole when it ends, exactly "
-        "as REST endpoints encode.",
+        "measured agreement). 0 (default) = each turn is encoded whole when it ends (in the "
+        "speech worker's realtime_encoder_dtype, docs/realtime.md#encoder-precision).",
     )
     realtime_encode_left_seconds: float = Field(
         default=4.0,

@@ -203,8 +203,12 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
             description="nobody waits for the result yet (a window of a realtime turn still "
             "being spoken): let in after model work that someone does wait for",
         ),
+        realtime: bool = Query(
+            False,
+            description="a realtime conversation's turn: encoded in `realtime_encoder_dtype`",
+        ),
     ) -> EncodeResult:
-        stack = state.models.get(model)
+        stack = state.models.get(model, realtime=realtime)
         keep = _kept_stretch(keep_from_ms, keep_to_ms, stack)
         raw = is_f32le(request.headers.get("content-type", ""))
         limits = AudioLimits(

@@ -4,14 +4,16 @@ Each stream plans its chunks (`StreamSession.plan`: windows of frames with their
 field) and hands them here. One runner takes what is waiting, most urgent first, and renders it
 on the worker's inference thread:
 
-* urgency: a stream that has sent no audio yet comes first (its listener hears nothing until
-  then), then the stream whose buffered audio runs out soonest (its first audio time plus the
-  audio it was sent: the moment its player would stall). That moment (for a first chunk,
-  `FIRST_CHUNK_DEADLINE_SECONDS` after it was queued) is the chunk's deadline, and the earliest
-  among all waiting chunks is the deadline of the pass waiting for an inference thread, brought
-  forward when a more pressing chunk queues behind it (the pass ahead of it must run first):
-  near its deadline a pass goes before other model work, and long calls step aside for it
-  (service/speech_worker/priority.py);
+* urgency: a playing stream whose buffered audio would run out while two more passes run
+  (`RUNNING_OUT_PASSES` of the longest recent one) comes first (its player is about to
+  stall), then a stream that has sent no audio yet (its listener
+  hears nothing until then), then the stream whose buffered audio runs out soonest (its first
+  audio time plus the audio it was sent: the moment its player would stall). That moment (for
+  a first chunk, `FIRST_CHUNK_DEADLINE_SECONDS` after it was queued) is the chunk's deadline,
+  and the earliest among all waiting chunks is the deadline of the pass waiting for an inference
+  thread, brought forward when a more pressing chunk queues behind it (the pass ahead of it
+  must run first): near its deadline a pass goes before other model work, and long calls step
+  aside for it (service/speech_worker/priority.py);
 * batching: the most urgent chunk's window goes into one forward pass with the next waiting
   windows of the same vocoder, up to `vocoder_batch_size` (`UnitVocoder.render_batch`). A chunk
   whose window was cut short by the end of its stream is rendered alone (`RenderJob.batchable`),
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -62,14 +65,17 @@ class VocoderBatcher:
         run: RunInThread,
         max_batch: int,
         on_batch: Callable[[int, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run = run
+        self._clock = clock
         self.max_batch = max_batch
         self._on_batch = on_batch
         self._waiting: list[_Waiting] = []
         self._submitted = 0
         self._runner: asyncio.Task[None] | None = None
         self._pending: Deadline | None = None  # the deadline of the pass waiting for a thread
+        self._recent_passes: deque[float] = deque(maxlen=RECENT_PASSES)  # seconds each
 
     async def render(
         self, vocoder: UnitVocoder, jobs: Sequence[RenderJob], urgency: Urgency
@@ -129,6 +135,7 @@ class VocoderBatcher:
             return
         finally:
             self._pending = None
+        self._recent_passes.append(seconds)
         if self._on_batch is not None:
             self._on_batch(len(batch), seconds)
         for waiting, wav in zip(batch, wavs, strict=True):
@@ -136,7 +143,9 @@ class VocoderBatcher:
                 waiting.result.set_result(waiting.job.cut(wav))
 
     def _next_batch(self) -> list[_Waiting]:
-        self._waiting.sort()
+        now = self._clock()
+        margin = RUNNING_OUT_PASSES * max(self._recent_passes, default=0.0)
+        self._waiting.sort(key=lambda w: (not running_out(w.urgency, now, margin), w))
         first = self._waiting[0]
         batch = [first]
         if first.job.batchable:
@@ -173,6 +182,24 @@ def urgency(sent_seconds: float, first_audio_at: float | None, submitted: float)
     if first_audio_at is None:
         return (0, submitted)
     return (1, first_audio_at + sent_seconds)
+
+
+# A playing stream whose listener would run out of audio within this many passes (the longest
+# of the last `RECENT_PASSES`) goes before the streams that have sent none. Steady chunks
+# always waited behind first chunks before: when four replies started together, the first
+# reply's next chunk queued behind the three others' first chunks (0.2-0.3 s each in float32
+# at official size) and its listener ran dry (docs/benchmarks.md, "Replies that start
+# together"). Two passes: the one a first chunk would take ahead of it, and its own. Measured
+# in passes, not seconds, so that the margin follows the hardware and the precision: a fixed
+# half second (tried) kept first chunks waiting behind playing replies that were not short.
+RUNNING_OUT_PASSES = 2
+RECENT_PASSES = 8
+
+
+def running_out(urgency: Urgency, now: float, margin: float) -> bool:
+    """Whether a chunk's listener runs out of audio within `margin` seconds."""
+    started, at = urgency
+    return bool(started) and at - now <= margin
 
 
 # A stream's first chunk is needed this long after it was queued. With the default

@@ -127,20 +127,23 @@ class SpeechClient:
         keep_ms: tuple[int, int | None] | None = None,
         *,
         ahead: bool = False,
+        realtime: bool = False,
     ) -> EncodeResult:
         """Units and token string of an audio file's bytes (any format the worker decodes), or
         of audio the caller has decoded already, sent as raw samples the worker does not decode
         again (F32LE_CONTENT_TYPE, docs/architecture.md). `keep_ms`: only the units of that
         stretch, in milliseconds from the start (a window of a turn, service/units/windows.py).
         `ahead`: work sent before anyone waits for it, which the worker lets in after work
-        someone does wait for (service/speech_worker/priority.py)."""
+        someone does wait for (service/speech_worker/priority.py). `realtime`: a realtime
+        conversation's turn, encoded in the worker's `realtime_encoder_dtype`."""
         params: dict[str, str | int] = {"model": model} if model else {}
         if keep_ms is not None:
             params["keep_from_ms"] = keep_ms[0]
             if keep_ms[1] is not None:
                 params["keep_to_ms"] = keep_ms[1]
-        if ahead:
-            params["ahead"] = "true"
+        for flag, value in (("ahead", ahead), ("realtime", realtime)):
+            if value:
+                params[flag] = "true"
         body: bytes | AsyncIterator[memoryview]
         if isinstance(audio, DecodedAudio):
             # Slices of the samples, not a copy of them; with the length given, not chunked.

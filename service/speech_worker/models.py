@@ -9,6 +9,7 @@ from service.checkpoints.make import check_files, resolve_layout
 from service.config import resolve_device
 from service.cpus import cpu_flags, native_bfloat16
 from service.speech.pipeline import SpeechStack
+from service.speech.precision import Precision
 from service.speech_worker.batcher import default_batch_size, incremental_streams
 from service.speech_worker.protocol import WorkerRequestError
 from service.speech_worker.settings import SpeechWorkerSettings
@@ -28,6 +29,12 @@ class SpeechModels:
         self.vocoder_batch_size = settings.vocoder_batch_size or default_batch_size(self.device)
         self.incremental = incremental_streams(settings.vocoder_streaming, self.vocoder_batch_size)
         self.stacks: dict[str, SpeechStack] = {}
+        # The same stacks with the encoders realtime turns use (`realtime_encoder_dtype`); the
+        # same objects where that precision is `encoder_dtype`.
+        self.realtime_encoder_dtype = realtime_precision(
+            settings.realtime_encoder_dtype, settings.encoder_dtype, self.device, cpu_flags()
+        )
+        self.realtime_stacks: dict[str, SpeechStack] = {}
         # Per model, the sorted HuBERT units of silence (learnt at load time; see SpeechStack).
         self.silence: dict[str, list[int]] = {}
         self.ready = False
@@ -38,6 +45,7 @@ class SpeechModels:
         """Blocking: resolve the checkpoints and load every model (run it in a thread)."""
         started = time.monotonic()
         _log_precision(self.device, self.settings.encoder_dtype, self.settings.vocoder_dtype)
+        log.info("realtime turns: encoders %s", self.realtime_encoder_dtype)
         try:
             self.loading = "checkpoints"
             layout = resolve_layout(
@@ -46,6 +54,7 @@ class SpeechModels:
             for name in self.names:
                 check_files(layout, name, lm=False, speech=True)
             stacks = {}
+            realtime_stacks = {}
             silence = {}
             for name in self.names:
                 self.loading = name
@@ -60,6 +69,7 @@ class SpeechModels:
                 stack.load()
                 self._warm_up(stack)
                 stacks[name] = stack
+                realtime_stacks[name] = self._realtime_stack(stack)
                 silence[name] = sorted(stack.silence_units())
                 log.info("%s: %d HuBERT units are silence", name, len(silence[name]))
         except Exception as error:
@@ -69,9 +79,25 @@ class SpeechModels:
         finally:
             self.loading = None
         self.stacks = stacks
+        self.realtime_stacks = realtime_stacks
         self.silence = silence
         self.ready = True
         log.info("speech models ready (%s) in %.1f s", ", ".join(self.names), _since(started))
+
+    def _realtime_stack(self, stack: SpeechStack) -> SpeechStack:
+        """`stack` with realtime turns' encoders: only they are loaded again (the loaders
+        share the quantizer, pitch tokenizer and vocoder, service/speech/pipeline.py)."""
+        if self.realtime_encoder_dtype == stack.encoder_dtype:
+            return stack
+        realtime = SpeechStack(
+            stack.layout,
+            stack.variant,
+            device=self.device,
+            encoder_dtype=self.realtime_encoder_dtype,
+            vocoder_dtype=stack.vocoder_dtype,
+        )
+        realtime.load()
+        return realtime
 
     def _warm_up(self, stack: SpeechStack) -> None:
         """Build the vocoder's kernels for the lengths streams use, before serving."""
@@ -90,8 +116,9 @@ class SpeechModels:
             return "ready"
         return f"loading ({self.loading or 'starting'})"
 
-    def get(self, name: str | None) -> SpeechStack:
-        """The stack of a request's model; 404 for a model not served, 503 while loading."""
+    def get(self, name: str | None, *, realtime: bool = False) -> SpeechStack:
+        """The stack of a request's model; 404 for a model not served, 503 while loading.
+        `realtime`: with the encoders of realtime turns (`realtime_encoder_dtype`)."""
         name = name or self.default
         if name not in self.names:
             raise WorkerRequestError(
@@ -105,7 +132,20 @@ class SpeechModels:
             raise WorkerRequestError(
                 503, f"speech worker not ready: {self.status()}", code="not_ready"
             )
-        return self.stacks[name]
+        return (self.realtime_stacks if realtime else self.stacks)[name]
+
+
+def realtime_precision(
+    setting: str, encoder_dtype: Precision, device: str, flags: frozenset[str]
+) -> Precision:
+    """The encoders' precision for realtime turns: `auto` takes bfloat16 where the hardware
+    runs it natively (2-2.5x faster on this project's AMX CPUs, docs/benchmarks.md "Reduced
+    precision"; emulated it is slower than float32) and `encoder_dtype` elsewhere."""
+    if setting == "float32" or setting == "bfloat16":
+        return setting
+    if device.startswith("cpu") and not native_bfloat16(flags):
+        return encoder_dtype
+    return "bfloat16"
 
 
 def _log_precision(device: str, encoder_dtype: str, vocoder_dtype: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -110,6 +110,14 @@ class SpeechWorkerSettings(Settings):
         "expressive style encoder). float32 matches the reference's units; bfloat16 encodes "
         "2-2.5x faster on a CPU with AMX (not measured on GPUs), and some units change "
         "(docs/benchmarks.md, 'Reduced precision').",
+    )
+    realtime_encoder_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Precision of the encoders for the turns of realtime conversations, which "
+        "a spoken reply waits for (POST /v1/encode?realtime=true). auto = bfloat16 on a GPU and "
+        "on a CPU with native bfloat16 (AMX or AVX512-BF16), else encoder_dtype. REST "
+        "endpoints, the CLI and transcription sessions always use encoder_dtype. bfloat16 "
+        "encodes 2-2.5x faster and changes a few units (docs/realtime.md#encoder-precision).",
     )
     # The gateway's setting of the same name bounds /v1/speech/detokenize, which calls
     # /v1/decode; one name, so `up`'s shared environment sets both.

@@ -455,9 +455,20 @@ class RealtimeConnection:
         self, wav: bytes, keep_from_ms: int, keep_to_ms: int | None, *, ahead: bool
     ) -> Units:
         result = await self.engine.encode(
-            wav, self.model, keep_ms=(keep_from_ms, keep_to_ms), ahead=ahead
+            wav,
+            self.model,
+            keep_ms=(keep_from_ms, keep_to_ms),
+            ahead=ahead,
+            realtime=self._reply_waits,
         )
         return Units.from_dict(result.units)
+
+    @property
+    def _reply_waits(self) -> bool:
+        """Whether a spoken reply waits for this session's turns: then the speech worker
+        encodes them in its `realtime_encoder_dtype` (docs/realtime.md#encoder-precision). A
+        transcription session's text stays what /v1/audio/transcriptions gives for the audio."""
+        return self.config.type != TRANSCRIPTION
 
     def _encode_early(self, utterance: Utterance) -> None:
         """Start encoding at a pause: if the pause ends the turn, the encoding is ready sooner.
@@ -556,7 +567,7 @@ class RealtimeConnection:
 
     async def _encode(self, wav: bytes) -> str:
         try:
-            return (await self.engine.encode(wav, self.model)).tokens
+            return (await self.engine.encode(wav, self.model, realtime=self._reply_waits)).tokens
         except APIError as error:
             self._error(ProtocolError("audio_encoding_failed", error.message, kind="server_error"))
             return ""

@@ -7,7 +7,7 @@ middle. When the turn is committed, or a pause makes it a candidate, only the ta
 is encoded with its left context and joined to the windows' units. One window per session is
 in flight at a time; the next one is sent when it finishes or when more audio arrives.
 
-A turn too short to have been windowed is encoded whole, exactly as REST endpoints encode
+A turn too short to have been windowed is encoded whole, as when windowing is off
 (`WindowPlan.next_window` sends none until the tail would no longer start at the first sample).
 Setting `realtime_encode_window_seconds` to 0 turns windowing off: every turn is encoded whole.
 Units of a windowed turn can differ from whole-turn units, since the encoders see less context:
