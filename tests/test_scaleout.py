@@ -102,6 +102,7 @@ def test_sigterm_drains_in_flight_stream(servers: Servers) -> None:
     body = {**SPOKEN, "stream": True}
     events: list[dict] = []
     started = threading.Event()
+    refusal_checked = threading.Event()
 
     def consume() -> None:
         with httpx.stream("POST", f"{gateway}/v1/generate", json=body, timeout=120) as response:
@@ -109,6 +110,10 @@ def test_sigterm_drains_in_flight_stream(servers: Servers) -> None:
                 if line.startswith("data: ") and line != "data: [DONE]":
                     events.append(json.loads(line[6:]))
                     started.set()
+                    # Read on only once the new request was sent: a reader that kept up let
+                    # the stream end, and the gateway exit, before that request (seen once in
+                    # a full run).
+                    refusal_checked.wait(60)
                 elif line == "data: [DONE]":
                     events.append({"type": "[DONE]"})
 
@@ -116,8 +121,11 @@ def test_sigterm_drains_in_flight_stream(servers: Servers) -> None:
     reader.start()
     assert started.wait(60)
     child.popen.send_signal(signal.SIGTERM)
-    wait_for(lambda: httpx.get(f"{gateway}/ready", timeout=5).status_code == 503, timeout=10)
-    refused = httpx.post(f"{gateway}/v1/generate", json={**body, "stream": False}, timeout=10)
+    try:
+        wait_for(lambda: httpx.get(f"{gateway}/ready", timeout=5).status_code == 503, timeout=10)
+        refused = httpx.post(f"{gateway}/v1/generate", json={**body, "stream": False}, timeout=10)
+    finally:
+        refusal_checked.set()
     assert refused.status_code == 503
     assert "shutting down" in refused.json()["error"]["message"]
     reader.join(120)

@@ -138,14 +138,16 @@ class SpeechModels:
 def realtime_precision(
     setting: str, encoder_dtype: Precision, device: str, flags: frozenset[str]
 ) -> Precision:
-    """The encoders' precision for realtime turns: `auto` takes bfloat16 where the hardware
-    runs it natively (2-2.5x faster on this project's AMX CPUs, docs/benchmarks.md "Reduced
-    precision"; emulated it is slower than float32) and `encoder_dtype` elsewhere."""
+    """The encoders' precision for realtime turns: `auto` takes bfloat16 on a CPU that runs it
+    natively, where float32 encodes queue on the speech core (2-2.5x faster on this project's
+    AMX CPUs, docs/benchmarks.md "Reduced precision"; emulated it is slower than float32), and
+    `encoder_dtype` elsewhere: a GPU encodes a turn in float32 in a small share of a reply's
+    first-audio time, which would not pay for changed units (not measured, no GPU here)."""
     if setting == "float32" or setting == "bfloat16":
         return setting
-    if device.startswith("cpu") and not native_bfloat16(flags):
-        return encoder_dtype
-    return "bfloat16"
+    if device.startswith("cpu") and native_bfloat16(flags):
+        return "bfloat16"
+    return encoder_dtype
 
 
 def _log_precision(device: str, encoder_dtype: str, vocoder_dtype: str) -> None:

@@ -114,8 +114,8 @@ class SpeechWorkerSettings(Settings):
     realtime_encoder_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",
         description="Precision of the encoders for the turns of realtime conversations, which "
-        "a spoken reply waits for (POST /v1/encode?realtime=true). auto = bfloat16 on a GPU and "
-        "on a CPU with native bfloat16 (AMX or AVX512-BF16), else encoder_dtype. REST "
+        "a spoken reply waits for (POST /v1/encode?realtime=true). auto = bfloat16 on a CPU "
+        "with native bfloat16 (AMX or AVX512-BF16), else encoder_dtype (GPUs too). REST "
         "endpoints, the CLI and transcription sessions always use encoder_dtype. bfloat16 "
         "encodes 2-2.5x faster and changes a few units (docs/realtime.md#encoder-precision).",
     )
