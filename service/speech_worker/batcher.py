@@ -6,14 +6,14 @@ on the worker's inference thread:
 
 * urgency: a playing stream whose buffered audio would run out while two more passes run
   (`RUNNING_OUT_PASSES` of the longest recent one) comes first (its player is about to
-  stall), then a stream that has sent no audio yet (its listener
-  hears nothing until then), then the stream whose buffered audio runs out soonest (its first
-  audio time plus the audio it was sent: the moment its player would stall). That moment (for
-  a first chunk, `FIRST_CHUNK_DEADLINE_SECONDS` after it was queued) is the chunk's deadline,
-  and the earliest among all waiting chunks is the deadline of the pass waiting for an inference
-  thread, brought forward when a more pressing chunk queues behind it (the pass ahead of it
-  must run first): near its deadline a pass goes before other model work, and long calls step
-  aside for it (service/speech_worker/priority.py);
+  stall), then a stream that has sent no audio yet (its listener hears nothing until then),
+  then the stream whose buffered audio runs out soonest (its first audio time plus the audio
+  it was sent: the moment its player would stall). That moment (for a first chunk,
+  `FIRST_CHUNK_DEADLINE_SECONDS` after it was queued) is the chunk's deadline, and the earliest
+  among all waiting chunks is the deadline of the pass waiting for an inference thread, brought
+  forward when a more pressing chunk queues behind it (the pass ahead of it must run first):
+  near its deadline a pass goes before other model work, and long calls step aside for it
+  (service/speech_worker/priority.py);
 * batching: the most urgent chunk's window goes into one forward pass with the next waiting
   windows of the same vocoder, up to `vocoder_batch_size` (`UnitVocoder.render_batch`). A chunk
   whose window was cut short by the end of its stream is rendered alone (`RenderJob.batchable`),
@@ -188,10 +188,12 @@ def urgency(sent_seconds: float, first_audio_at: float | None, submitted: float)
 # of the last `RECENT_PASSES`) goes before the streams that have sent none. Steady chunks
 # always waited behind first chunks before: when four replies started together, the first
 # reply's next chunk queued behind the three others' first chunks (0.2-0.3 s each in float32
-# at official size) and its listener ran dry (docs/benchmarks.md, "Replies that start
-# together"). Two passes: the one a first chunk would take ahead of it, and its own. Measured
-# in passes, not seconds, so that the margin follows the hardware and the precision: a fixed
-# half second (tried) kept first chunks waiting behind playing replies that were not short.
+# at official size) and its listener ran dry (docs/benchmarks.md, "Realtime turns in
+# bfloat16, and replies that start together"). Two passes: the one a first chunk would take
+# ahead of it, and its own (one pass, tried, still stalled 0.71 s once). Counted in passes,
+# not seconds, so that the margin follows the hardware and the precision: a fixed 0.5 s
+# (tried) gave first audio no sooner here and would hold first chunks back far too long on a
+# GPU, whose passes take milliseconds.
 RUNNING_OUT_PASSES = 2
 RECENT_PASSES = 8
 
