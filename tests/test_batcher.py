@@ -18,6 +18,7 @@ from service.speech_worker.batcher import (
     VocoderBatcher,
     deadline,
     incremental_streams,
+    queue_place,
     urgency,
 )
 from service.speech_worker.priority import Deadline
@@ -161,7 +162,7 @@ def test_a_listener_about_to_run_out_goes_before_streams_without_audio(
             for i, (name, stream) in enumerate(streams.items())}  # fmt: skip
     places = {
         "comfortable": urgency(1.5, now, 0.0),
-        "fresh": urgency(0.0, None, now - 5.0),
+        "fresh": urgency(0.0, None, now - 0.5),  # queued half a second ago: not overdue
         "dry": urgency(0.3, now, 0.0),
     }
 
@@ -176,6 +177,19 @@ def test_a_listener_about_to_run_out_goes_before_streams_without_audio(
     assert RUNNING_OUT_PASSES * 0.1 < 0.3 < RUNNING_OUT_PASSES * 0.25
     name_of = {id(job): name for name, group in jobs.items() for job in group}
     assert [name_of[batch[0][0]] for batch in recorder.batches[1:]] == order
+
+
+def test_a_first_chunk_past_its_deadline_goes_before_listeners_running_out() -> None:
+    # Under sustained load every playing reply may be running out; a new reply's first chunk
+    # still gets its turn once its deadline has passed (earliest deadline first among them).
+    now, margin = 100.0, 0.5
+    overdue = urgency(0.0, None, now - FIRST_CHUNK_DEADLINE_SECONDS - 0.1)
+    waiting_first = urgency(0.0, None, now - 0.5)
+    dry = urgency(0.2, now, 0.0)
+    stalled = urgency(0.0, now - 0.5, 0.0)  # its listener ran dry 0.5 s ago
+    places = sorted([waiting_first, dry, overdue, stalled],
+                    key=lambda u: queue_place(u, now, margin))  # fmt: skip
+    assert places == [stalled, overdue, dry, waiting_first]
 
 
 def test_a_caller_that_leaves_drops_its_waiting_chunks(vocoder: UnitVocoder) -> None:

@@ -5,11 +5,13 @@ windowed (service/gateway/realtime/turn_encoder.py)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from service.checkpoints.layout import BASE, EXPRESSIVE
 from service.units.tokens import Units
@@ -76,6 +78,66 @@ def test_realtime_turns_are_encoded_in_the_realtime_precision(  # noqa: ANN001
         assert rest.status_code == realtime.status_code == 200, realtime.text
         assert Units.from_dict(rest.json()["units"]) == exact
         assert Units.from_dict(realtime.json()["units"]) == fast
+
+
+def encodes_by_precision(worker: str) -> dict[str, float]:
+    text = httpx.get(worker + "/metrics", timeout=10).text
+    name = "spiritlm_speech_encode_inputs_total"
+    return {dtype: metric(text, name, f'encoders="{dtype}"') for dtype in ("float32", "bfloat16")}
+
+
+def test_conversation_turns_go_in_realtime_precision_and_transcriptions_do_not(  # noqa: ANN001
+    servers, speech_file: Path
+) -> None:
+    # A worker whose realtime precision differs from its REST one on any machine, behind a
+    # gateway that windows its turns: the windows and tail of a VAD turn and an audio item
+    # (connection.py: `_encode_window`, `_encode`) are encoded in bfloat16, a transcription
+    # session's turn in float32 (its text is the REST transcription's).
+    from service.process import free_port
+    from tests.support.realtime_client import ws_url
+    from tests.support.scaleout import gateway_argv
+
+    port = free_port()
+    worker = f"http://127.0.0.1:{port}"
+    argv = servers.speech_argv(port) + ["--realtime-encoder-dtype", "bfloat16"]
+    servers.spawn("speech-realtime-bfloat16", argv, worker, "/ready", 300)
+    port = free_port()
+    gateway = f"http://127.0.0.1:{port}"
+    argv = gateway_argv(port, [servers.lm(BASE)], [worker], *WINDOWS)
+    servers.spawn("gateway-realtime-bfloat16", argv, gateway, "/ready", 120)
+    pcm = speech_pcm(speech_file)
+
+    async def conversation() -> None:
+        client = await open_client(gateway)
+        await client.update(
+            audio={"input": {"turn_detection": ONE_TURN}}, max_output_tokens=8, temperature=0.0
+        )
+        audio = {"type": "input_audio", "audio": base64.b64encode(pcm).decode()}
+        item = {"type": "message", "role": "user", "content": [audio]}
+        await client.send(type="conversation.item.create", item=item)
+        await client.append(pcm + silence(3.0))
+        await client.until("response.done")
+        await client.ws.close()
+
+    async def transcription() -> None:
+        ws = await connect(ws_url(gateway) + "&intent=transcription", max_size=None)
+        client = Client(ws)
+        await client.until("session.created")
+        await client.append(pcm + silence(3.0))
+        await client.until("conversation.item.input_audio_transcription.completed")
+        await client.ws.close()
+
+    # The transcription first: the gateway's ASR exemplars (fewshot.py) are encoded like REST
+    # audio on first use, which the conversation's reply transcript would otherwise do.
+    before = encodes_by_precision(worker)
+    run(transcription())
+    middle = encodes_by_precision(worker)
+    assert middle["float32"] > before["float32"]
+    assert middle["bfloat16"] == before["bfloat16"]
+    run(conversation())
+    after = encodes_by_precision(worker)
+    assert after["bfloat16"] - middle["bfloat16"] >= 3  # the item, the windows, the tail
+    assert after["float32"] == middle["float32"]
 
 
 def test_worker_refuses_stretches_off_the_grid_or_past_the_end(servers, speech_file: Path) -> None:  # noqa: ANN001

@@ -112,7 +112,8 @@ def test_sigterm_drains_in_flight_stream(servers: Servers) -> None:
                     started.set()
                     # Read on only once the new request was sent: a reader that kept up let
                     # the stream end, and the gateway exit, before that request (seen once in
-                    # a full run).
+                    # a full run). A mitigation, not a guarantee: the socket buffers may still
+                    # hold the rest of the stream.
                     refusal_checked.wait(60)
                 elif line == "data: [DONE]":
                     events.append({"type": "[DONE]"})

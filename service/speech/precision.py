@@ -1,9 +1,12 @@
-"""The precisions the speech models may run in (settings `encoder_dtype`, `vocoder_dtype`).
+"""The precisions the speech models may run in (settings `encoder_dtype`,
+`realtime_encoder_dtype`, `vocoder_dtype`).
 
-float32 is the reference's and the default everywhere: units and audio then match the official
-implementation. bfloat16 is 2-2.5x (encoders) and 4.5x (vocoder) faster on a CPU with AMX,
-where its convolutions run channels-last (GPUs not measured), at a measured cost
-(docs/benchmarks.md, "Reduced precision").
+float32 is the reference's and the default for REST, the CLI and all audio: units and audio
+then match the official implementation. Realtime conversations' turns are encoded in bfloat16
+by default on a CPU with native bfloat16 (`realtime_encoder_dtype auto`, docs/realtime.md).
+bfloat16 is 2-2.5x (encoders) and 4.5x (vocoder) faster on a CPU with AMX, where its
+convolutions run channels-last (GPUs not measured), at a measured cost (docs/benchmarks.md,
+"Reduced precision").
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Precision = Literal["float32", "bfloat16"]
+PrecisionChoice = Literal["auto", "float32", "bfloat16"]  # auto: chosen by the hardware
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 

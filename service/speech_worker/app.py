@@ -186,9 +186,10 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
     # decoded by the caller (the gateway decodes each upload once, service/gateway/uploads.py).
     inputs = Counter(
         "spiritlm_speech_encode_inputs",
-        "Encoded inputs by model and kind: file (decoded by this worker) or f32le (raw 16 kHz "
-        "float32 samples, decoded by the caller).",
-        ["model", "kind"],
+        "Encoded inputs by model, kind: file (decoded by this worker) or f32le (raw 16 kHz "
+        "float32 samples, decoded by the caller), and the encoders' precision (encoder_dtype, "
+        "or realtime_encoder_dtype for realtime conversations' turns).",
+        ["model", "kind", "encoders"],
         registry=state.metrics.registry,
     )
 
@@ -226,7 +227,7 @@ def _add_speech_routes(app: FastAPI, state: WorkerState) -> None:
         work = state.run(_encode, stack, decode, data, keep, priority=priority, preemptible=True)
         units, seconds = await unless_disconnected(request, work)
         elapsed = time.perf_counter() - started
-        inputs.labels(stack.variant, "f32le" if raw else "file").inc()
+        inputs.labels(stack.variant, "f32le" if raw else "file", stack.encoder_dtype).inc()
         state.metrics.encode_seconds.labels(stack.variant).observe(elapsed)
         state.metrics.observe_compute(stack.variant, "encode", elapsed, seconds)
         return EncodeResult(

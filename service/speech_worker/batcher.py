@@ -4,9 +4,10 @@ Each stream plans its chunks (`StreamSession.plan`: windows of frames with their
 field) and hands them here. One runner takes what is waiting, most urgent first, and renders it
 on the worker's inference thread:
 
-* urgency: a playing stream whose buffered audio would run out while two more passes run
-  (`RUNNING_OUT_PASSES` of the longest recent one) comes first (its player is about to
-  stall), then a stream that has sent no audio yet (its listener hears nothing until then),
+* urgency: a playing stream whose buffered audio would run out while `RUNNING_OUT_PASSES`
+  more passes run (the longest recent one) comes first (its player is about to stall), with
+  first chunks past their deadline beside them (`queue_place`), then a stream that has sent no
+  audio yet (its listener hears nothing until then),
   then the stream whose buffered audio runs out soonest (its first audio time plus the audio
   it was sent: the moment its player would stall). That moment (for a first chunk,
   `FIRST_CHUNK_DEADLINE_SECONDS` after it was queued) is the chunk's deadline, and the earliest
@@ -65,7 +66,7 @@ class VocoderBatcher:
         run: RunInThread,
         max_batch: int,
         on_batch: Callable[[int, float], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,  # the urgencies' clock; tests set it
     ) -> None:
         self._run = run
         self._clock = clock
@@ -145,7 +146,7 @@ class VocoderBatcher:
     def _next_batch(self) -> list[_Waiting]:
         now = self._clock()
         margin = RUNNING_OUT_PASSES * max(self._recent_passes, default=0.0)
-        self._waiting.sort(key=lambda w: (not running_out(w.urgency, now, margin), w))
+        self._waiting.sort(key=lambda w: (*queue_place(w.urgency, now, margin), w.order))
         first = self._waiting[0]
         batch = [first]
         if first.job.batchable:
@@ -202,6 +203,18 @@ def running_out(urgency: Urgency, now: float, margin: float) -> bool:
     """Whether a chunk's listener runs out of audio within `margin` seconds."""
     started, at = urgency
     return bool(started) and at - now <= margin
+
+
+def queue_place(urgency: Urgency, now: float, margin: float) -> tuple[float, ...]:
+    """A waiting chunk's place (lower goes first; the module docstring has the order).
+
+    Chunks whose listener is running out go first, and with them first chunks past their
+    deadline, earliest deadline first: under sustained load every playing reply may be
+    running out, and a new reply must still get its first audio."""
+    started, _ = urgency
+    if running_out(urgency, now, margin) or (not started and deadline(urgency) <= now):
+        return (0, deadline(urgency))
+    return (1, *urgency)
 
 
 # A stream's first chunk is needed this long after it was queued. With the default

@@ -9,7 +9,7 @@ from service.checkpoints.make import check_files, resolve_layout
 from service.config import resolve_device
 from service.cpus import cpu_flags, native_bfloat16
 from service.speech.pipeline import SpeechStack
-from service.speech.precision import Precision
+from service.speech.precision import Precision, PrecisionChoice
 from service.speech_worker.batcher import default_batch_size, incremental_streams
 from service.speech_worker.protocol import WorkerRequestError
 from service.speech_worker.settings import SpeechWorkerSettings
@@ -44,8 +44,14 @@ class SpeechModels:
     def load(self) -> None:
         """Blocking: resolve the checkpoints and load every model (run it in a thread)."""
         started = time.monotonic()
-        _log_precision(self.device, self.settings.encoder_dtype, self.settings.vocoder_dtype)
-        log.info("realtime turns: encoders %s", self.realtime_encoder_dtype)
+        _log_precision(
+            self.device,
+            {
+                "encoder_dtype": self.settings.encoder_dtype,
+                "realtime_encoder_dtype": self.realtime_encoder_dtype,
+                "vocoder_dtype": self.settings.vocoder_dtype,
+            },
+        )
         try:
             self.loading = "checkpoints"
             layout = resolve_layout(
@@ -97,6 +103,7 @@ class SpeechModels:
             vocoder_dtype=stack.vocoder_dtype,
         )
         realtime.load()
+        realtime.silence_units()  # builds its encoders' kernels, as the float32 stack's are
         return realtime
 
     def _warm_up(self, stack: SpeechStack) -> None:
@@ -136,30 +143,31 @@ class SpeechModels:
 
 
 def realtime_precision(
-    setting: str, encoder_dtype: Precision, device: str, flags: frozenset[str]
+    setting: PrecisionChoice, encoder_dtype: Precision, device: str, flags: frozenset[str]
 ) -> Precision:
     """The encoders' precision for realtime turns: `auto` takes bfloat16 on a CPU that runs it
     natively, where float32 encodes queue on the speech core (2-2.5x faster on this project's
-    AMX CPUs, docs/benchmarks.md "Reduced precision"; emulated it is slower than float32), and
+    AMX CPUs, docs/benchmarks.md "Reduced precision"; AVX512-BF16 without AMX is not
+    measured; emulated, bfloat16 is slower than float32), and
     `encoder_dtype` elsewhere: a GPU encodes a turn in float32 in a small share of a reply's
     first-audio time, which would not pay for changed units (not measured, no GPU here)."""
-    if setting == "float32" or setting == "bfloat16":
+    if setting != "auto":
         return setting
     if device.startswith("cpu") and native_bfloat16(flags):
         return "bfloat16"
     return encoder_dtype
 
 
-def _log_precision(device: str, encoder_dtype: str, vocoder_dtype: str) -> None:
+def _log_precision(device: str, dtypes: dict[str, Precision]) -> None:
     """Say what the CPU offers for the models' precisions (docs/benchmarks.md measures both)."""
-    chosen = f"encoders {encoder_dtype}, vocoder {vocoder_dtype}"
+    chosen = ", ".join(f"{setting} {dtype}" for setting, dtype in dtypes.items())
     if not device.startswith("cpu"):
         log.info("precision: %s on %s", chosen, device)
         return
     native = native_bfloat16(cpu_flags())
     offer = f"native bfloat16 ({', '.join(native)})" if native else "no native bfloat16"
     log.info("precision: %s; this CPU has %s", chosen, offer)
-    for setting, dtype in (("encoder_dtype", encoder_dtype), ("vocoder_dtype", vocoder_dtype)):
+    for setting, dtype in dtypes.items():
         if dtype == "bfloat16" and not native:
             log.warning("%s=bfloat16 without native bfloat16 is slower than float32", setting)
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from service.checkpoints.layout import VARIANTS
 from service.config import ModelName, Settings
-from service.speech.precision import Precision
+from service.speech.precision import Precision, PrecisionChoice
 from service.speech_worker.batcher import StreamingMode
 from service.speech_worker.priority import DEADLINE_LEAD_SECONDS
 
@@ -111,11 +111,12 @@ class SpeechWorkerSettings(Settings):
         "2-2.5x faster on a CPU with AMX (not measured on GPUs), and some units change "
         "(docs/benchmarks.md, 'Reduced precision').",
     )
-    realtime_encoder_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+    realtime_encoder_dtype: PrecisionChoice = Field(
         default="auto",
         description="Precision of the encoders for the turns of realtime conversations, which "
         "a spoken reply waits for (POST /v1/encode?realtime=true). auto = bfloat16 on a CPU "
-        "with native bfloat16 (AMX or AVX512-BF16), else encoder_dtype (GPUs too). REST "
+        "with native bfloat16 (AMX, or AVX512-BF16: not measured without AMX), else "
+        "encoder_dtype (GPUs too). REST "
         "endpoints, the CLI and transcription sessions always use encoder_dtype. bfloat16 "
         "encodes 2-2.5x faster and changes a few units (docs/realtime.md#encoder-precision).",
     )

@@ -9,10 +9,13 @@ on ``session.update`` with ``session.type: "transcription"`` (beta:
 ``transcription_session.update``) while no response is in progress. In the beta dialect its
 session events are ``transcription_session.created`` / ``transcription_session.updated``.
 
-The transcript is the one /v1/audio/transcriptions gives for the same audio: the same ASR
-prompt and greedy generation (service/gateway/tasks.py), with the whitespace around it trimmed
-as the route trims it; deltas hold back trailing whitespace until more text follows, so the
-deltas add up to exactly the completed transcript.
+A transcription session's transcript is the one /v1/audio/transcriptions gives for the same
+audio: the same ASR prompt and greedy generation (service/gateway/tasks.py), with the
+whitespace around it trimmed as the route trims it. In a conversation session the transcript
+is made from the turn's tokens, which the speech worker encoded in its
+`realtime_encoder_dtype` (docs/realtime.md#encoder-precision), so on a CPU with native bfloat16
+it can differ from the route's. Both ways, deltas hold back trailing whitespace until more
+text follows, so the deltas add up to exactly the completed transcript.
 """
 
 from __future__ import annotations
