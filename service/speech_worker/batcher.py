@@ -7,14 +7,13 @@ on the worker's inference thread:
 * urgency: a playing stream whose buffered audio would run out while `RUNNING_OUT_PASSES`
   more passes run (the longest recent one) comes first (its player is about to stall), with
   first chunks past their deadline beside them (`queue_place`), then a stream that has sent no
-  audio yet (its listener hears nothing until then),
-  then the stream whose buffered audio runs out soonest (its first audio time plus the audio
-  it was sent: the moment its player would stall). That moment (for a first chunk,
-  `FIRST_CHUNK_DEADLINE_SECONDS` after it was queued) is the chunk's deadline, and the earliest
-  among all waiting chunks is the deadline of the pass waiting for an inference thread, brought
-  forward when a more pressing chunk queues behind it (the pass ahead of it must run first):
-  near its deadline a pass goes before other model work, and long calls step aside for it
-  (service/speech_worker/priority.py);
+  audio yet (its listener hears nothing until then), then the stream whose buffered audio runs
+  out soonest (its first audio time plus the audio it was sent: the moment its player would
+  stall). That moment (for a first chunk, `FIRST_CHUNK_DEADLINE_SECONDS` after it was queued)
+  is the chunk's deadline, and the earliest among all waiting chunks is the deadline of the
+  pass waiting for an inference thread, brought forward when a more pressing chunk queues
+  behind it (the pass ahead of it must run first): near its deadline a pass goes before other
+  model work, and long calls step aside for it (service/speech_worker/priority.py);
 * batching: the most urgent chunk's window goes into one forward pass with the next waiting
   windows of the same vocoder, up to `vocoder_batch_size` (`UnitVocoder.render_batch`). A chunk
   whose window was cut short by the end of its stream is rendered alone (`RenderJob.batchable`),
