@@ -13,7 +13,12 @@ import torch
 import service.speech.incremental as incremental
 from service.checkpoints.tiny_vocoder import GEOMETRIES, vocoder_config
 from service.speech.hifigan import CodeHiFiGAN
-from service.speech.incremental import MAX_STEP_FRAMES, STEP_FRAMES, IncrementalDecoder
+from service.speech.incremental import (
+    FIRST_STEP_FRAMES,
+    MAX_STEP_FRAMES,
+    STEP_FRAMES,
+    IncrementalDecoder,
+)
 from service.speech.streaming import StreamingVocoder
 from service.speech.vocoder import SHAPE_BUCKET_FRAMES, UnitVocoder, parse_config, shape_bucket
 from tests.support.threads import torch_threads
@@ -215,7 +220,8 @@ def test_streams_use_only_the_warmed_up_lengths(
     vocoder = UnitVocoder(narrow, ["0", "1"], [], torch.device("cpu"), None)
     # Every first call that releases audio, and every later call length (whole blocks).
     decoder = IncrementalDecoder(narrow)
-    firsts = sum(decoder.released(length) > 0 for length in range(1, MAX_STEP_FRAMES + 1))
+    lengths = range(FIRST_STEP_FRAMES, MAX_STEP_FRAMES + 1, FIRST_STEP_FRAMES)
+    firsts = sum(decoder.released(length) > 0 for length in lengths)
     left, right = vocoder.frame_context
     windows = shape_bucket(left + right + STEP_FRAMES) // SHAPE_BUCKET_FRAMES  # last windows
     assert vocoder.warm_up_incremental() == firsts + MAX_STEP_FRAMES // STEP_FRAMES + windows

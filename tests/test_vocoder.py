@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from service.checkpoints.layout import BASE, EXPRESSIVE, CheckpointLayout
 from service.checkpoints.tiny_vocoder import write_vocoders
 from service.errors import CheckpointError
+from service.speech.incremental import FIRST_STEP_FRAMES
 from service.speech.streaming import StreamingVocoder
 from service.speech.torch_files import fold_weight_norm
 from service.speech.vocoder import (
@@ -625,15 +626,18 @@ def test_first_chunk_timing_with_durations(base):
     assert len(later[0]) == (ends[first + 4] - ends[first - 1]) * HOP  # then 5 units per chunk
 
 
-def test_first_chunk_timing_incremental(base):
-    # As soon as a window could: the first units' frames, the decoder's lag past them (its
-    # right padding, at most the receptive field's right half), and the durations' context.
-    first, units = 10, random_codes(22, 60, 500)
+@pytest.mark.parametrize("first", [3, 10])
+def test_first_chunk_timing_incremental(base, first):
+    # The first units' frames and the decoder's lag past them (its right padding, at most the
+    # receptive field's right half), rounded up to whole FIRST_STEP_FRAMES (the lengths whose
+    # kernels are built), and the durations' context.
+    units = random_codes(22, 60, 500)
     stream = StreamingVocoder(base, first_chunk_units=first, chunk_units=5, incremental=True)
     decoder = base.incremental_decoder()
     _, dur_right = base.duration_context
     ends = np.cumsum(base.durations(units))
-    frames = ends[first - 1] + -(-decoder.lag // HOP)
+    needed = ends[first - 1] + -(-decoder.lag // HOP)
+    frames = -(-needed // FIRST_STEP_FRAMES) * FIRST_STEP_FRAMES
     last_needed = int(np.argmax(ends >= frames))
     count, chunks = push_until_audio(stream, units)
     assert count == last_needed + 1 + dur_right

@@ -18,11 +18,13 @@ samples; the receptive field's right half), the same samples as one-shot synthes
 rounding (tests/test_incremental.py).
 
 oneDNN builds kernels per input length, and the first call at a new length costs several times
-a cached one (docs/benchmarks.md, "Where the speech side spends its time"). So after its first
-chunk (which takes as few frames as release its units) a stream feeds whole blocks of
-`STEP_FRAMES` frames, in calls of at most `MAX_STEP_FRAMES` (`call_lengths`), and `warm_up`
-runs each of those calls; the end of a stream, whose length is arbitrary, goes through a window
-instead (`StreamingVocoder`; bucketed unless it reaches back to the stream's start).
+a cached one (docs/benchmarks.md, "Where the speech side spends its time"). So a stream's first
+chunk takes a whole number of `FIRST_STEP_FRAMES` frames (the fewest that release its units),
+its later chunks whole blocks of `STEP_FRAMES` frames, in calls of at most `MAX_STEP_FRAMES`
+(`call_lengths`), and `warm_up` runs each of those calls; the end of a stream, whose length is
+arbitrary, goes through a window instead (`StreamingVocoder`; bucketed unless it reaches back
+to the stream's start). Few lengths also keep the kernels few enough for the process's kernel
+cache to hold them all (service/speech/kernel_cache.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from service.speech.hifigan import FINAL_LRELU_SLOPE, LRELU_SLOPE, CodeHiFiGAN, 
 from service.speech.precision import ChannelsLastConv1d, ChannelsLastConvTranspose1d
 
 STEP_FRAMES = 16  # frames are fed in whole blocks of this many (0.64 s of audio)
+# A first chunk's frames: every length needs its own kernels (about 180 at official size, some
+# 9 MB), so a first chunk of any length cost 45 lengths' worth; in eights it waits for at most
+# 7 more frames (0.28 s of audio, about 3 LM tokens) and costs 6.
+FIRST_STEP_FRAMES = 8
 MAX_STEP_FRAMES = 64  # most frames one decoder call takes; more go in several calls
 
 
@@ -255,8 +261,8 @@ class IncrementalDecoder:
 def call_lengths(frames: int) -> list[int]:
     """How `IncrementalDecoder.decode` splits `frames` frames into calls: at most
     `MAX_STEP_FRAMES` each, all but the first a whole number of blocks. A stream's first chunk
-    may take any number of frames (as few as release its units); its later ones are whole
-    blocks, so the first call is the only one of another length."""
+    takes whole `FIRST_STEP_FRAMES` (the fewest that release its units); its later ones are
+    whole blocks, so the first call is the only one of another length."""
     if frames <= MAX_STEP_FRAMES:
         return [frames] if frames else []
     # The odd frames go first, with enough whole blocks that the call releases audio.
@@ -270,8 +276,9 @@ def warm_up(model: CodeHiFiGAN, channels: int, dtype: torch.dtype, device: torch
 
     A call that releases audio leaves every layer holding exactly what it holds from then on
     (each layer had more input than its reach), so all later calls of a length have the same
-    shapes. A stream's first call always releases audio (its first chunk's units) and may have
-    any length up to `MAX_STEP_FRAMES` (`call_lengths`); later calls are whole blocks.
+    shapes. A stream's first call always releases audio (its first chunk's units) and is a
+    whole number of `FIRST_STEP_FRAMES` frames up to `MAX_STEP_FRAMES` (`call_lengths`); later
+    calls are whole blocks.
     """
 
     def frames(count: int) -> torch.Tensor:
@@ -279,7 +286,7 @@ def warm_up(model: CodeHiFiGAN, channels: int, dtype: torch.dtype, device: torch
 
     calls = 0
     with torch.inference_mode():
-        for length in range(1, MAX_STEP_FRAMES + 1):
+        for length in range(FIRST_STEP_FRAMES, MAX_STEP_FRAMES + 1, FIRST_STEP_FRAMES):
             first = IncrementalDecoder(model)
             if first.released(length) > 0:
                 first.decode(frames(length))

@@ -29,7 +29,8 @@ duration context in units, both from the loaded config):
   arrived (pitch at 1/``hubert_to_f0`` and style at 1/``hubert_to_style`` of the unit rate).
 
 * incremental streams: the first chunk's units, then enough units that the frames cover the
-  stack's right padding (`IncrementalDecoder.lag`, at most R frames) past them, then d_r.
+  stack's right padding (`IncrementalDecoder.lag`, at most R frames) past them and round them
+  up to whole `FIRST_STEP_FRAMES` (fewer than 8 more), then d_r.
 
 For the official unit HiFi-GAN geometry (upsample_initial_channel 512, rates [5, 4, 4, 4, 2],
 kernels [11, 8, 8, 8, 4], resblocks [3, 7, 11] x dilations [1, 3, 5]) R = 20 frames (0.8 s) on
@@ -46,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from service.speech.incremental import STEP_FRAMES, IncrementalDecoder
+from service.speech.incremental import FIRST_STEP_FRAMES, STEP_FRAMES, IncrementalDecoder
 from service.speech.vocoder import (
     DEFAULT_SPEAKER,
     Conditioning,
@@ -156,7 +157,8 @@ class StreamingVocoder:
         if self._decoder is None:
             return self.first_chunk_units + self.right_frames + self.right_units
         lag_frames = -(-self._decoder.lag // self._decoder.hop)
-        return self.first_chunk_units + lag_frames + self.right_units
+        # Up to FIRST_STEP_FRAMES - 1 more frames round the first chunk up (`_frames_due`).
+        return self.first_chunk_units + lag_frames + FIRST_STEP_FRAMES - 1 + self.right_units
 
     @property
     def started(self) -> bool:
@@ -421,10 +423,10 @@ class StreamingVocoder:
     def _emit_incremental(self, decoder: IncrementalDecoder) -> list[RenderJob]:
         """Chunks that feed the decoder frames, then at the end a window for the rest.
 
-        The first chunk takes as few frames as release `first_chunk_units` units (as soon as a
-        window could); later chunks take whole blocks of `STEP_FRAMES` frames (only those call
-        lengths are warmed up, service/speech/incremental.py), once the blocks whose frames
-        are final release `chunk_units` units (as windows do: fewer, larger calls cost less per
+        The first chunk takes as few whole `FIRST_STEP_FRAMES` as release `first_chunk_units`
+        units, later chunks whole blocks of `STEP_FRAMES` frames (only those call lengths are
+        warmed up, service/speech/incremental.py), once the blocks whose frames are final
+        release `chunk_units` units (as windows do: fewer, larger calls cost less per
         frame than one call per block; at the end, any), and every such block while their
         units stay within `chunk_cap`. A chunk's audio is everything its frames release, up to
         the decoder's lag behind them, so chunks need not end on a unit.
@@ -456,7 +458,8 @@ class StreamingVocoder:
         """Frames the next chunk feeds the decoder, or 0 (see `_emit_incremental`)."""
         available = len(self._frames) - self._fed_frames
         if not self.started and not self._finished:
-            for count in range(1, available + 1):
+            # Whole FIRST_STEP_FRAMES: the lengths whose kernels are built (`warm_up`).
+            for count in range(FIRST_STEP_FRAMES, available + 1, FIRST_STEP_FRAMES):
                 released = self._units_released(decoder, self._fed_frames + count)
                 if released >= self.first_chunk_units:
                     return count

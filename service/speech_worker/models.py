@@ -8,6 +8,7 @@ import time
 from service.checkpoints.make import check_files, resolve_layout
 from service.config import resolve_device
 from service.cpus import cpu_flags, native_bfloat16
+from service.speech.kernel_cache import keep_kernels
 from service.speech.pipeline import SpeechStack
 from service.speech.precision import Precision, PrecisionChoice
 from service.speech_worker.batcher import default_batch_size, incremental_streams
@@ -44,6 +45,7 @@ class SpeechModels:
     def load(self) -> None:
         """Blocking: resolve the checkpoints and load every model (run it in a thread)."""
         started = time.monotonic()
+        keep_kernels(self.settings.kernel_cache_capacity)  # before the first model call
         _log_precision(
             self.device,
             {

@@ -9,6 +9,7 @@ from pydantic_settings import NoDecode
 
 from service.checkpoints.layout import VARIANTS
 from service.config import ModelName, Settings
+from service.speech.kernel_cache import DEFAULT_KERNEL_CACHE_CAPACITY
 from service.speech.precision import Precision, PrecisionChoice
 from service.speech_worker.batcher import StreamingMode
 from service.speech_worker.priority import DEADLINE_LEAD_SECONDS
@@ -119,6 +120,16 @@ class SpeechWorkerSettings(Settings):
         "encoder_dtype (GPUs too). REST "
         "endpoints, the CLI and transcription sessions always use encoder_dtype. bfloat16 "
         "encodes 2-2.5x faster and changes a few units (docs/realtime.md#encoder-precision).",
+    )
+    kernel_cache_capacity: int = Field(
+        default=DEFAULT_KERNEL_CACHE_CAPACITY,
+        ge=0,
+        description="Most compiled CPU kernels (oneDNN primitives: one per layer, input length, "
+        "precision and layout) the worker keeps; it sets ONEDNN_PRIMITIVE_CACHE_CAPACITY before "
+        "its models load. The official-size vocoder's streaming calls need a few thousand; "
+        "with oneDNN's default of 1024 its chunks rebuilt them pass after pass, 1.7-2.6x "
+        "slower (docs/benchmarks.md, 'The kernel cache'). Each kept kernel costs about 50 KB. "
+        "0 = oneDNN's default, or what the environment sets.",
     )
     # The gateway's setting of the same name bounds /v1/speech/detokenize, which calls
     # /v1/decode; one name, so `up`'s shared environment sets both.
