@@ -7,7 +7,10 @@ to 1000x slower (two, one of them on vLLM's core) while vLLM decoded. So when th
 speech models share a machine (`spiritlm-serve up` on CPU, the test stacks), they get disjoint
 cores: vLLM's threads are bound to the first cores through its own `VLLM_CPU_OMP_THREADS_BIND`,
 and the speech worker and the gateway are pinned to the rest (torch sizes its thread pool from
-the affinity it starts with).
+the affinity it starts with). All of vLLM runs on its cores, not only its compute threads: its
+API server and engine process, left anywhere, took turns with the speech worker on the speech
+core, and four official-size voice replies started 0.2-0.8 s later (docs/benchmarks.md, "All
+of vLLM on its own cores").
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class CoreSplit:
     speech: tuple[int, ...]
 
     def lm_env(self) -> dict[str, str]:
-        """Environment that binds vLLM-CPU's compute threads to the LM cores."""
+        """Environment that binds vLLM-CPU's compute threads to the LM cores (start vLLM on
+        `lm`, too: `ChildProcess(cores=...)`)."""
         return {VLLM_BIND_ENV: core_list(self.lm)}
 
     def speech_env(self) -> dict[str, str]:

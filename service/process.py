@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -29,12 +30,16 @@ class ChildProcess:
         *,
         env: dict[str, str] | None = None,
         log_path: str | None = None,
+        cores: Sequence[int] | None = None,
     ) -> None:
+        """`cores`: the CPU cores the process, and every process it starts, may run on (None:
+        this process's own)."""
         self.name = name
         self.argv = list(argv)
         self.health_url = health_url
         self.env = env
         self.log_path = log_path
+        self.cores = list(cores) if cores else None
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -46,6 +51,8 @@ class ChildProcess:
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             start_new_session=True,
+            # Set between fork and exec: the children it starts inherit it.
+            preexec_fn=partial(os.sched_setaffinity, 0, self.cores) if self.cores else None,
         )
 
     def running(self) -> bool:

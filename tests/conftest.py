@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from service.checkpoints.layout import CheckpointLayout
-from service.cpus import plan_for
+from service.cpus import CoreSplit, plan_for
 from service.lm.worker import is_cpu_vllm
 from tests.support.paths import SPEECH_FILE
 from tests.support.servers import Servers
@@ -42,15 +42,21 @@ def layout(cache_dir: Path) -> CheckpointLayout:
 
 
 @pytest.fixture(scope="session")
-def child_env(layout: CheckpointLayout, cache_dir: Path) -> dict[str, str]:
+def core_split() -> CoreSplit | None:
+    """The test stacks share the cores the way `spiritlm-serve up` does (service/cpus.py)."""
+    return plan_for(os.environ, is_cpu_vllm())
+
+
+@pytest.fixture(scope="session")
+def child_env(
+    layout: CheckpointLayout, cache_dir: Path, core_split: CoreSplit | None
+) -> dict[str, str]:
     env = dict(os.environ)
     env["SPIRITLM_CHECKPOINTS_DIR"] = str(layout.root)
     env["SPIRITLM_CACHE_DIR"] = str(cache_dir)
     env.pop("SPIRITLM_API_KEYS", None)
-    # The test stacks share the cores the way `spiritlm-serve up` does (service/cpus.py).
-    split = plan_for(env, is_cpu_vllm())
-    if split is not None:
-        env.update(split.lm_env() | split.speech_env())
+    if core_split is not None:
+        env.update(core_split.lm_env() | core_split.speech_env())
     return env
 
 
@@ -61,9 +67,12 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def servers(
-    layout: CheckpointLayout, child_env: dict[str, str], log_dir: Path
+    layout: CheckpointLayout,
+    child_env: dict[str, str],
+    log_dir: Path,
+    core_split: CoreSplit | None,
 ) -> Iterator[Servers]:
-    running = Servers(layout, child_env, log_dir)
+    running = Servers(layout, child_env, log_dir, core_split.lm if core_split else None)
     yield running
     running.stop_all()
 

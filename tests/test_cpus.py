@@ -18,6 +18,7 @@ from service.cpus import (
     plan_for,
     split_cores,
 )
+from service.process import ChildProcess
 
 
 def test_core_lists_round_trip() -> None:
@@ -51,13 +52,36 @@ def test_the_test_stack_runs_on_disjoint_cores(servers, child_env) -> None:  # n
     if split is None or VLLM_BIND_ENV not in child_env:
         pytest.skip("one core, or vLLM is not the CPU build: nothing to split")
     speech_pid = listening_pid(servers.speech())
-    lm_url = servers.lm()
-    if speech_pid is None or listening_pid(lm_url) is None:
+    lm_pid = listening_pid(servers.lm())
+    if speech_pid is None or lm_pid is None:
         pytest.skip("cannot see the worker processes")
     assert psutil.Process(speech_pid).cpu_affinity() == list(split.speech)
+    # All of vLLM, its API server and engine processes too, not only its compute threads.
+    lm = psutil.Process(lm_pid)
+    for process in [lm, *lm.children(recursive=True)]:
+        assert process.cpu_affinity() == list(split.lm), process.name()
     assert child_env[VLLM_BIND_ENV] == core_list(split.lm)
     log = (servers.log_dir / "lm-spirit-lm-base-7b.log").read_text(errors="replace")
     assert f"core ids={list(split.lm)}" in log  # vLLM's own report of its thread binding
+
+
+def test_a_child_process_and_all_it_starts_run_on_the_cores_given(tmp_path) -> None:  # noqa: ANN001
+    cores = available_cores()[-1:]
+    report = "import os; print(sorted(os.sched_getaffinity(0)), flush=True)"
+    starts_another = (
+        f"{report}; import subprocess, sys; subprocess.run([sys.executable, '-c', {report!r}])"
+    )
+    log = tmp_path / "child.log"
+    child = ChildProcess(
+        "affinity",
+        [sys.executable, "-c", starts_another],
+        "http://127.0.0.1:9/",
+        log_path=str(log),
+        cores=cores,
+    )
+    child.start()
+    assert child.popen is not None and child.popen.wait(timeout=60) == 0
+    assert log.read_text().splitlines() == [str(cores), str(cores)]
 
 
 def test_cores_not_available_are_refused_before_anything_loads(child_env) -> None:  # noqa: ANN001

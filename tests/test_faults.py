@@ -113,7 +113,8 @@ def start_speech(servers: Servers, port: int) -> ChildProcess:
 
 def start_lm(servers: Servers, port: int) -> ChildProcess:
     argv = vllm_argv(servers.layout.lm_dir(BASE), BASE, host="127.0.0.1", port=port)
-    return servers.spawn(f"faults-lm-{port}", argv, f"http://127.0.0.1:{port}", "/health", 600)
+    url = f"http://127.0.0.1:{port}"
+    return servers.spawn(f"faults-lm-{port}", argv, url, "/health", 600, cores=servers.lm_cores)
 
 
 @pytest.fixture(scope="module")

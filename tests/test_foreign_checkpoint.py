@@ -148,7 +148,8 @@ def foreign_lm(servers: Any, foreign: CheckpointLayout) -> str:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = vllm_argv(foreign.lm_dir(EXPRESSIVE), EXPRESSIVE, host="127.0.0.1", port=port)
-    servers.spawn("lm-foreign", [*argv, "--dtype", "float32"], url, "/health", 600)
+    argv += ["--dtype", "float32"]
+    servers.spawn("lm-foreign", argv, url, "/health", 600, cores=servers.lm_cores)
     return url
 
 

@@ -450,6 +450,7 @@ def run_lm_benchmark(
             env=split.lm_env() if split else None,
             log_path=lm_worker_log_path(port),
             progress=progress,
+            cores=split.lm if split else None,
         )
         url = f"http://127.0.0.1:{port}"
     try:

@@ -211,6 +211,7 @@ def run_up(args: argparse.Namespace) -> int:
             api_key=env[INTERNAL_API_KEY_ENV],
             log_path=str(logs / "lm-worker.log"),
             progress=log,
+            cores=split.lm if split else None,
         )
         children.append(lm)
         speech.wait_healthy(600, log)

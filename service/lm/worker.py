@@ -147,8 +147,10 @@ def start_lm_worker(
     log_path: str | None = None,
     timeout: float = 900.0,
     progress: Progress | None = None,
+    cores: Sequence[int] | None = None,
 ) -> ChildProcess:
     """Start vLLM and return once it answers /health; `env` adds to this process's own.
+    `cores`: where all of vLLM's processes run (service/cpus.py; None: anywhere).
 
     With `api_key` (in vLLM's environment only), vLLM refuses every route but /health and
     /metrics without it.
@@ -170,6 +172,7 @@ def start_lm_worker(
         f"http://{host}:{port}/health",
         env={**os.environ, **added} if added else None,
         log_path=log_path,
+        cores=cores,
     )
     if progress:
         progress(f"starting vLLM for {lm_dir} on {host}:{port}")

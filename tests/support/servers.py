@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,10 +30,17 @@ def with_internal_key(env: dict[str, str], key: str = INTERNAL_API_KEY) -> dict[
 class Servers:
     """Starts each (kind, model) process once and stops them all at the end."""
 
-    def __init__(self, layout: CheckpointLayout, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        layout: CheckpointLayout,
+        env: dict[str, str],
+        log_dir: Path,
+        lm_cores: Sequence[int] | None = None,
+    ) -> None:
         self.layout = layout
         self.env = env
         self.log_dir = log_dir
+        self.lm_cores = lm_cores  # where vLLM runs, as `spiritlm-serve up` places it
         self.started: dict[str, tuple[ChildProcess, str]] = {}
         self.extra: list[ChildProcess] = []
 
@@ -43,7 +51,7 @@ class Servers:
 
             port = free_port()
             argv = vllm_argv(self.layout.lm_dir(model), model, host="127.0.0.1", port=port)
-            self._start(key, argv, f"http://127.0.0.1:{port}", "/health", 600)
+            self._start(key, argv, f"http://127.0.0.1:{port}", "/health", 600, self.lm_cores)
         return self.started[key][1]
 
     def speech(self, models: str = f"{BASE},{EXPRESSIVE}") -> str:
@@ -64,8 +72,16 @@ class Servers:
             self._start(key, argv, f"http://127.0.0.1:{port}", "/ready", 120)
         return self.started[key][1]
 
-    def _start(self, key: str, argv: list[str], url: str, health: str, timeout: float) -> None:
-        self.started[key] = (self.spawn(key, argv, url, health, timeout), url)
+    def _start(
+        self,
+        key: str,
+        argv: list[str],
+        url: str,
+        health: str,
+        timeout: float,
+        cores: Sequence[int] | None = None,
+    ) -> None:
+        self.started[key] = (self.spawn(key, argv, url, health, timeout, cores=cores), url)
 
     def spawn(
         self,
@@ -75,14 +91,17 @@ class Servers:
         health: str,
         timeout: float,
         env: dict[str, str] | None = None,
+        cores: Sequence[int] | None = None,
     ) -> ChildProcess:
-        """Start one more process (stopped at session end at the latest) and wait for it."""
+        """Start one more process (stopped at session end at the latest) and wait for it;
+        a vLLM server goes on `lm_cores`."""
         child = ChildProcess(
             name,
             argv,
             url + health,
             env=env or self.env,
             log_path=str(self.log_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".log")),
+            cores=cores,
         )
         child.start()
         self.extra.append(child)
