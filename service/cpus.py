@@ -8,9 +8,10 @@ speech models share a machine (`spiritlm-serve up` on CPU, the test stacks), the
 cores: vLLM's threads are bound to the first cores through its own `VLLM_CPU_OMP_THREADS_BIND`,
 and the speech worker and the gateway are pinned to the rest (torch sizes its thread pool from
 the affinity it starts with). All of vLLM runs on its cores, not only its compute threads: its
-API server and engine process, left anywhere, took turns with the speech worker on the speech
-core, and four official-size voice replies started 0.2-0.8 s later (docs/benchmarks.md, "All
-of vLLM on its own cores").
+API server and engine process (which spins while it waits for the compute threads), left
+anywhere, took turns with the speech worker on the speech core: four official-size voices'
+first audio p50 ranged 0.36-1.92 s over twelve runs, against 0.41-0.44 s pinned
+(docs/benchmarks.md, "All of vLLM on its own cores").
 """
 
 from __future__ import annotations

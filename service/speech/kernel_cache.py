@@ -4,10 +4,13 @@ On a CPU, torch runs convolutions (and bfloat16 matrix products) through oneDNN,
 a kernel, a "primitive", for every layer shape it meets: layer, input length, precision and
 memory layout, plus the reorders between layouts. It keeps the most recently used ones, as many
 as `ONEDNN_PRIMITIVE_CACHE_CAPACITY` says, 1024 by default, and builds an evicted one again on
-its next use. The official-size vocoder's streaming calls need several thousand: warming up all
-of them (service/speech/incremental.py) evicted most, so a stream's chunks rebuilt their kernels
-pass after pass. Measured on one core (docs/benchmarks.md, "The kernel cache"): a first chunk
-of 31 frames took 0.115 s instead of 0.044 s, a steady 16-frame block 0.08 s instead of 0.047 s.
+its next use. The official-size vocoder's streaming calls needed about 9,700 when a first chunk
+could take any length: warming them all up (service/speech/incremental.py) evicted most, and a
+first chunk rebuilt its kernels unless its length had been used lately. Measured on one core
+(docs/benchmarks.md, "All of vLLM on its own cores, and the kernel cache"): a first chunk of 31
+frames took 0.115 s instead of 0.044 s, a 16-frame block after a few first chunks 0.08 s
+instead of 0.047 s. First chunks now take six lengths, and the vocoder's warm-up builds about
+2,000.
 
 A kept kernel costs about 50 KB of memory, so the capacity bounds that memory: the encoders'
 kernels for every new turn length also go in, and the cache fills up to its capacity over time.
@@ -20,8 +23,9 @@ from __future__ import annotations
 import os
 
 CAPACITY_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
-# Room for the official-size vocoder's streaming kernels, both precisions of HuBERT and the
-# turns that come and go (docs/benchmarks.md, "The kernel cache"): at most about 200 MB.
+# Room for the official-size vocoder's streaming kernels (1,980; 2,035 with both precisions of
+# HuBERT after the base model's load) and for the kernels of turns that come and go (about 20
+# per turn length): at most about 200 MB (tests/test_kernel_cache.py).
 DEFAULT_KERNEL_CACHE_CAPACITY = 4096
 
 

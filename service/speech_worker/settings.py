@@ -126,10 +126,10 @@ class SpeechWorkerSettings(Settings):
         ge=0,
         description="Most compiled CPU kernels (oneDNN primitives: one per layer, input length, "
         "precision and layout) the worker keeps; it sets ONEDNN_PRIMITIVE_CACHE_CAPACITY before "
-        "its models load. The official-size vocoder's streaming calls need a few thousand; "
-        "with oneDNN's default of 1024 its chunks rebuilt them pass after pass, 1.7-2.6x "
-        "slower (docs/benchmarks.md, 'The kernel cache'). Each kept kernel costs about 50 KB. "
-        "0 = oneDNN's default, or what the environment sets.",
+        "its models load. The official-size vocoder's streaming calls need about 2,000; with "
+        "oneDNN's default of 1024 a stream's first chunk rebuilt its kernels, 2-2.6x slower "
+        "(docs/benchmarks.md, 'All of vLLM on its own cores, and the kernel cache'). Each kept "
+        "kernel costs about 50 KB. 0 = oneDNN's default, or what the environment sets.",
     )
     # The gateway's setting of the same name bounds /v1/speech/detokenize, which calls
     # /v1/decode; one name, so `up`'s shared environment sets both.
