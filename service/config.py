@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     first_chunk_units: int = Field(
         default=10,
         ge=1,
-        description="HuBERT units before the streaming vocoder emits its first chunk.",
+        description="HuBERT units before the streaming vocoder emits its first chunk (an "
+        "incremental stream's first chunk takes the next whole 8 frames: a few more units).",
     )
     chunk_units: int = Field(
         default=25,

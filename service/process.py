@@ -11,7 +11,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -33,13 +32,12 @@ class ChildProcess:
         cores: Sequence[int] | None = None,
     ) -> None:
         """`cores`: the CPU cores the process, and every process it starts, may run on (None:
-        this process's own)."""
+        this process's own); a ValueError names those this process may not use itself."""
         self.name = name
-        self.argv = list(argv)
+        self.argv = on_cores(argv, cores) if cores else list(argv)
         self.health_url = health_url
         self.env = env
         self.log_path = log_path
-        self.cores = list(cores) if cores else None
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -51,8 +49,6 @@ class ChildProcess:
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             start_new_session=True,
-            # Set between fork and exec: the children it starts inherit it.
-            preexec_fn=partial(os.sched_setaffinity, 0, self.cores) if self.cores else None,
         )
 
     def running(self) -> bool:
@@ -111,6 +107,25 @@ class ChildProcess:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+# Moves itself to the cores in argv[1], then becomes argv[2:] (same process: exec keeps the
+# affinity, and every process it starts inherits it). Not Popen's preexec_fn, which is unsafe
+# in a parent with threads (pytest, `bench lm`).
+_AFFINITY_THEN_EXEC = (
+    "import os, sys; "
+    "os.sched_setaffinity(0, [int(core) for core in sys.argv[1].split(',')]); "
+    "os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
+def on_cores(argv: Sequence[str], cores: Sequence[int]) -> list[str]:
+    """`argv`, run on `cores` only; a ValueError names those this process may not use."""
+    missing = sorted(set(cores) - os.sched_getaffinity(0))
+    if missing:
+        raise ValueError(f"core(s) {missing} are not available to this process")
+    listed = ",".join(str(core) for core in sorted(set(cores)))
+    return [sys.executable, "-c", _AFFINITY_THEN_EXEC, listed, *argv]
 
 
 def python_module_argv(module: str, *args: str) -> list[str]:

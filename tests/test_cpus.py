@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -47,25 +48,29 @@ def test_a_placement_the_user_chose_wins() -> None:
     assert plan_for({}, cpu_engine=True) == expected
 
 
-def test_the_test_stack_runs_on_disjoint_cores(servers, child_env) -> None:  # noqa: ANN001
-    split = plan_for({}, cpu_engine=True)
-    if split is None or VLLM_BIND_ENV not in child_env:
-        pytest.skip("one core, or vLLM is not the CPU build: nothing to split")
+def test_the_test_stack_runs_on_disjoint_cores(servers, child_env, core_split) -> None:  # noqa: ANN001
+    split = core_split
+    if split is None:
+        pytest.skip("one core, vLLM is not the CPU build, or its cores were placed: no split")
     speech_pid = listening_pid(servers.speech())
     lm_pid = listening_pid(servers.lm())
     if speech_pid is None or lm_pid is None:
         pytest.skip("cannot see the worker processes")
     assert psutil.Process(speech_pid).cpu_affinity() == list(split.speech)
-    # All of vLLM, its API server and engine processes too, not only its compute threads.
+    # All of vLLM, its API server and engine processes too, not only its compute threads
+    # (which vLLM may bind to single cores among them).
     lm = psutil.Process(lm_pid)
     for process in [lm, *lm.children(recursive=True)]:
-        assert process.cpu_affinity() == list(split.lm), process.name()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            assert set(process.cpu_affinity()) <= set(split.lm), process.name()
     assert child_env[VLLM_BIND_ENV] == core_list(split.lm)
     log = (servers.log_dir / "lm-spirit-lm-base-7b.log").read_text(errors="replace")
     assert f"core ids={list(split.lm)}" in log  # vLLM's own report of its thread binding
 
 
 def test_a_child_process_and_all_it_starts_run_on_the_cores_given(tmp_path) -> None:  # noqa: ANN001
+    if len(available_cores()) < 2:
+        pytest.skip("one core: a child runs there anyway")
     cores = available_cores()[-1:]
     report = "import os; print(sorted(os.sched_getaffinity(0)), flush=True)"
     starts_another = (
@@ -80,8 +85,13 @@ def test_a_child_process_and_all_it_starts_run_on_the_cores_given(tmp_path) -> N
         cores=cores,
     )
     child.start()
-    assert child.popen is not None and child.popen.wait(timeout=60) == 0
+    try:
+        assert child.popen is not None and child.popen.wait(timeout=60) == 0
+    finally:
+        child.stop()
     assert log.read_text().splitlines() == [str(cores), str(cores)]
+    with pytest.raises(ValueError, match="not available"):
+        ChildProcess("nowhere", [sys.executable], "http://127.0.0.1:9/", cores=[max(cores) + 1])
 
 
 def test_cores_not_available_are_refused_before_anything_loads(child_env) -> None:  # noqa: ANN001

@@ -113,8 +113,7 @@ def start_speech(servers: Servers, port: int) -> ChildProcess:
 
 def start_lm(servers: Servers, port: int) -> ChildProcess:
     argv = vllm_argv(servers.layout.lm_dir(BASE), BASE, host="127.0.0.1", port=port)
-    url = f"http://127.0.0.1:{port}"
-    return servers.spawn(f"faults-lm-{port}", argv, url, "/health", 600, cores=servers.lm_cores)
+    return servers.spawn_lm(f"faults-lm-{port}", argv, f"http://127.0.0.1:{port}")
 
 
 @pytest.fixture(scope="module")

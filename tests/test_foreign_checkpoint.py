@@ -149,7 +149,7 @@ def foreign_lm(servers: Any, foreign: CheckpointLayout) -> str:
     url = f"http://127.0.0.1:{port}"
     argv = vllm_argv(foreign.lm_dir(EXPRESSIVE), EXPRESSIVE, host="127.0.0.1", port=port)
     argv += ["--dtype", "float32"]
-    servers.spawn("lm-foreign", argv, url, "/health", 600, cores=servers.lm_cores)
+    servers.spawn_lm("lm-foreign", argv, url)
     return url
 
 

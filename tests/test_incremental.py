@@ -227,7 +227,7 @@ def test_streams_use_only_the_warmed_up_lengths(
     assert vocoder.warm_up_incremental() == firsts + MAX_STEP_FRAMES // STEP_FRAMES + windows
     warmed = set(seen)
     units = np.random.default_rng(9).integers(0, 100, 300).tolist()
-    for first_chunk_units in (5, 10, 20):
+    for first_chunk_units in (5, 10, 20, 60):  # 60: a first chunk over MAX_STEP_FRAMES
         seen.clear()
         stream = StreamingVocoder(
             vocoder, dur_pred=False, first_chunk_units=first_chunk_units, incremental=True

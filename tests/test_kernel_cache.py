@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from service.checkpoints.layout import CheckpointLayout
-from service.speech.kernel_cache import DEFAULT_KERNEL_CACHE_CAPACITY
+from service.speech.kernel_cache import CAPACITY_ENV, DEFAULT_KERNEL_CACHE_CAPACITY
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMED_UP = "-- warmed up --"
@@ -85,8 +85,13 @@ vocoder.warm_up_incremental()
 
 
 def kernels_built_by_streams(script: str, layout: CheckpointLayout, capacity: int) -> int:
-    env = dict(os.environ, ONEDNN_VERBOSE="profile_create", PYTHONPATH=str(ROOT))
-    env.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)
+    # The worker's defaults: none of this environment's settings (SPIRITLM_*) or cache size.
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("SPIRITLM_") and name != CAPACITY_ENV
+    }
+    env.update(ONEDNN_VERBOSE="profile_create", PYTHONPATH=str(ROOT))
     done = subprocess.run(
         [sys.executable, "-c", script, str(layout.root), str(capacity)],
         env=env,
@@ -113,6 +118,7 @@ def test_the_worker_sets_the_capacity_before_its_models_load(layout: CheckpointL
 def test_the_default_keeps_every_kernel_of_official_size_streams(
     layout: CheckpointLayout,
 ) -> None:
-    # oneDNN's own default is too small for them (docs/benchmarks.md, "The kernel cache").
+    # oneDNN's own default is too small for them (docs/benchmarks.md, "All of vLLM on its own
+    # cores, and the kernel cache").
     assert kernels_built_by_streams(AT_OFFICIAL_SIZE, layout, ONEDNN_DEFAULT_CAPACITY) > 0
     assert kernels_built_by_streams(AT_OFFICIAL_SIZE, layout, DEFAULT_KERNEL_CACHE_CAPACITY) == 0

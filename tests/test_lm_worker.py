@@ -65,7 +65,8 @@ def replica(servers: Servers) -> tuple[ChildProcess, str]:
     argv = [sys.executable, "-m", "service", "lm", "--model", BASE, "--port", str(port)]
     argv += ["--max-model-len", "1024", "--enable-prefix-caching", "--max-num-seqs", "8"]
     env = with_internal_key(servers.env)
-    return servers.spawn("lm-command", argv, url, "/health", 600, env=env), url
+    child = servers.spawn("lm-command", argv, url, "/health", 600, env=env, cores=servers.lm_cores)
+    return child, url
 
 
 def test_lm_command_passes_vllm_flags(replica: tuple[ChildProcess, str]) -> None:

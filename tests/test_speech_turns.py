@@ -94,7 +94,7 @@ def scripted_lm(servers, layout: CheckpointLayout, script: Script, tmp_path_fact
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = vllm_argv(lm_dir, BASE, host="127.0.0.1", port=port)
-    servers.spawn("lm-scripted", argv, url, "/health", 600)
+    servers.spawn_lm("lm-scripted", argv, url)
     return url
 
 

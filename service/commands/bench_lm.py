@@ -50,7 +50,9 @@ def run_bench_lm(args: argparse.Namespace) -> int:
     from service.bench.lm import BenchConfig, run_lm_benchmark
     from service.bench.lm_report import markdown, section
     from service.bench.report import update_section
+    from service.speech.kernel_cache import keep_kernels
 
+    keep_kernels()  # its speech models run in this process: the speech worker's kernel cache
     settings, layout = layout_from_args(args, lm=True, speech=True)
     config = BenchConfig(
         concurrency=args.concurrency,

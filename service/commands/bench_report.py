@@ -45,10 +45,12 @@ def measure(args: argparse.Namespace, results: Path, command: str) -> None:
     from service.bench.lm import BenchConfig
     from service.bench.perf import measure_lm, measure_speech, write_json
     from service.config import resolve_device
+    from service.speech.kernel_cache import keep_kernels
 
     chosen = _measurements(args.measure)
     if not chosen:
         return
+    keep_kernels()  # the speech models run in this process: the speech worker's kernel cache
     settings, layout = layout_from_args(args, lm="lm" in chosen, speech=True)
     device = resolve_device(settings.device)
     audio = Path(args.audio or DEFAULT_AUDIO)

@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
         raise SpiritError(f"{audio}: audio file not found (give one with --audio)")
     if args.checkpoints is not None and not Path(args.checkpoints).is_dir():
         raise SpiritError(f"{args.checkpoints}: checkpoint directory does not exist")
-    from service.speech.kernel_cache import DEFAULT_KERNEL_CACHE_CAPACITY, keep_kernels
+    from service.speech.kernel_cache import keep_kernels
 
-    keep_kernels(DEFAULT_KERNEL_CACHE_CAPACITY)  # the speech worker's (kernel_cache_capacity)
+    keep_kernels()  # the speech worker's kernel cache, before any model call
     device = checked_device(args.device)
 
     import torch

@@ -71,11 +71,10 @@ def register_in_process_bench(
 
     def run(args: argparse.Namespace) -> int:
         command = "spiritlm-serve " + shlex.join(sys.argv[1:])
-        # The speech worker's kernel cache (its kernel_cache_capacity), so that the models
-        # run here as fast as there.
-        from service.speech.kernel_cache import DEFAULT_KERNEL_CACHE_CAPACITY, keep_kernels
+        # The speech worker's kernel cache, so that the models run here as fast as there.
+        from service.speech.kernel_cache import keep_kernels
 
-        keep_kernels(DEFAULT_KERNEL_CACHE_CAPACITY)
+        keep_kernels()
         try:
             importlib.import_module(module).run(args, log, command)
         except ValueError as error:

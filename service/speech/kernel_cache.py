@@ -12,10 +12,13 @@ frames took 0.115 s instead of 0.044 s, a 16-frame block after a few first chunk
 instead of 0.047 s. First chunks now take six lengths, and the vocoder's warm-up builds about
 2,000.
 
-A kept kernel costs about 50 KB of memory, so the capacity bounds that memory: the encoders'
-kernels for every new turn length also go in, and the cache fills up to its capacity over time.
-oneDNN reads the variable once, when its cache is first used, so `keep_kernels` must run before
-the process's first model call.
+A kept kernel costs about 50 KB of memory (the vocoder's average; an estimate for the others),
+so the capacity bounds that memory: the kernels of every new turn length (about 20) and of
+every new one-shot decode length (about 180) go in too, and the cache fills up to its capacity
+over time. The least recently used go first, so a stream's kernels, used every pass, stay; a
+rarely used one (a long first chunk's) may be built again once after many new lengths. oneDNN
+reads the variable once, when its cache is first used, so `keep_kernels` must run before the
+process's first model call.
 """
 
 from __future__ import annotations
@@ -24,14 +27,17 @@ import os
 
 CAPACITY_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 # Room for the official-size vocoder's streaming kernels (1,980; 2,035 with both precisions of
-# HuBERT after the base model's load) and for the kernels of turns that come and go (about 20
-# per turn length): at most about 200 MB (tests/test_kernel_cache.py).
+# HuBERT after the base model's load; tests/test_kernel_cache.py) and for the kernels of
+# requests that come and go: about 200 MB at most (docs/benchmarks.md, "All of vLLM on its own
+# cores, and the kernel cache").
 DEFAULT_KERNEL_CACHE_CAPACITY = 4096
+MAX_KERNEL_CACHE_CAPACITY = 65536  # about 3 GB
 
 
-def keep_kernels(capacity: int) -> None:
-    """Make this process's oneDNN keep up to `capacity` kernels; 0 leaves the library's
-    default (1024, or the capacity the environment already sets). Call it before the first
-    model call: later it changes nothing."""
-    if capacity:
+def keep_kernels(capacity: int = DEFAULT_KERNEL_CACHE_CAPACITY) -> None:
+    """Make this process's oneDNN keep up to `capacity` kernels (the speech worker's
+    `kernel_cache_capacity`; the in-process benchmarks take its default). 0, or a capacity the
+    environment already sets, leaves oneDNN as it is. Call it before the first model call:
+    later it changes nothing."""
+    if capacity and CAPACITY_ENV not in os.environ:
         os.environ[CAPACITY_ENV] = str(capacity)

@@ -34,8 +34,10 @@ duration context in units, both from the loaded config):
 
 For the official unit HiFi-GAN geometry (upsample_initial_channel 512, rates [5, 4, 4, 4, 2],
 kernels [11, 8, 8, 8, 4], resblocks [3, 7, 11] x dilations [1, 3, 5]) R = 20 frames (0.8 s) on
-each side and d_r = 2, so with ``first_chunk_units = 10`` the first chunk needs at most 32 units;
-the tiny test geometry has R = 7. `latency_units` reports the worst case for the loaded vocoder.
+each side and d_r = 2, so with ``first_chunk_units = 10`` the first chunk needs at most 32 units
+as a window, and at most 39 incrementally (the decoder's lag is at most R frames, plus the
+rounding to whole `FIRST_STEP_FRAMES`); the tiny test geometry has R = 7. `latency_units`
+reports the worst case for the loaded vocoder.
 """
 
 from __future__ import annotations

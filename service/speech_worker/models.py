@@ -23,6 +23,8 @@ class SpeechModels:
 
     def __init__(self, settings: SpeechWorkerSettings) -> None:
         self.settings = settings
+        # Before any model call, and on the thread that creates the app: `load` runs on another.
+        keep_kernels(settings.kernel_cache_capacity)
         self.names = settings.served_models()
         self.default = settings.default_model()
         self.device = resolve_device(settings.device)
@@ -45,7 +47,6 @@ class SpeechModels:
     def load(self) -> None:
         """Blocking: resolve the checkpoints and load every model (run it in a thread)."""
         started = time.monotonic()
-        keep_kernels(self.settings.kernel_cache_capacity)  # before the first model call
         _log_precision(
             self.device,
             {

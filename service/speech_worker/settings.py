@@ -9,7 +9,7 @@ from pydantic_settings import NoDecode
 
 from service.checkpoints.layout import VARIANTS
 from service.config import ModelName, Settings
-from service.speech.kernel_cache import DEFAULT_KERNEL_CACHE_CAPACITY
+from service.speech.kernel_cache import DEFAULT_KERNEL_CACHE_CAPACITY, MAX_KERNEL_CACHE_CAPACITY
 from service.speech.precision import Precision, PrecisionChoice
 from service.speech_worker.batcher import StreamingMode
 from service.speech_worker.priority import DEADLINE_LEAD_SECONDS
@@ -124,12 +124,13 @@ class SpeechWorkerSettings(Settings):
     kernel_cache_capacity: int = Field(
         default=DEFAULT_KERNEL_CACHE_CAPACITY,
         ge=0,
+        le=MAX_KERNEL_CACHE_CAPACITY,
         description="Most compiled CPU kernels (oneDNN primitives: one per layer, input length, "
         "precision and layout) the worker keeps; it sets ONEDNN_PRIMITIVE_CACHE_CAPACITY before "
-        "its models load. The official-size vocoder's streaming calls need about 2,000; with "
-        "oneDNN's default of 1024 a stream's first chunk rebuilt its kernels, 2-2.6x slower "
-        "(docs/benchmarks.md, 'All of vLLM on its own cores, and the kernel cache'). Each kept "
-        "kernel costs about 50 KB. 0 = oneDNN's default, or what the environment sets.",
+        "its models load, unless the environment sets that itself. The official-size vocoder's "
+        "streaming calls need about 2,000; with oneDNN's default of 1024 a stream's first chunk "
+        "rebuilt its kernels, 2-2.6x slower (docs/benchmarks.md, 'All of vLLM on its own cores, "
+        "and the kernel cache'). Each kept kernel costs about 50 KB. 0 = oneDNN's default.",
     )
     # The gateway's setting of the same name bounds /v1/speech/detokenize, which calls
     # /v1/decode; one name, so `up`'s shared environment sets both.

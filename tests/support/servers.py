@@ -51,7 +51,8 @@ class Servers:
 
             port = free_port()
             argv = vllm_argv(self.layout.lm_dir(model), model, host="127.0.0.1", port=port)
-            self._start(key, argv, f"http://127.0.0.1:{port}", "/health", 600, self.lm_cores)
+            url = f"http://127.0.0.1:{port}"
+            self.started[key] = (self.spawn_lm(key, argv, url), url)
         return self.started[key][1]
 
     def speech(self, models: str = f"{BASE},{EXPRESSIVE}") -> str:
@@ -72,16 +73,12 @@ class Servers:
             self._start(key, argv, f"http://127.0.0.1:{port}", "/ready", 120)
         return self.started[key][1]
 
-    def _start(
-        self,
-        key: str,
-        argv: list[str],
-        url: str,
-        health: str,
-        timeout: float,
-        cores: Sequence[int] | None = None,
-    ) -> None:
-        self.started[key] = (self.spawn(key, argv, url, health, timeout, cores=cores), url)
+    def _start(self, key: str, argv: list[str], url: str, health: str, timeout: float) -> None:
+        self.started[key] = (self.spawn(key, argv, url, health, timeout), url)
+
+    def spawn_lm(self, name: str, argv: list[str], url: str) -> ChildProcess:
+        """`spawn` for a vLLM server (`argv` from `vllm_argv`), on `lm_cores`."""
+        return self.spawn(name, argv, url, "/health", 600, cores=self.lm_cores)
 
     def spawn(
         self,
@@ -93,8 +90,7 @@ class Servers:
         env: dict[str, str] | None = None,
         cores: Sequence[int] | None = None,
     ) -> ChildProcess:
-        """Start one more process (stopped at session end at the latest) and wait for it;
-        a vLLM server goes on `lm_cores`."""
+        """Start one more process (stopped at session end at the latest) and wait for it."""
         child = ChildProcess(
             name,
             argv,
