@@ -179,3 +179,49 @@ def test_levels_measure_first_audio_speed_and_memory(
     rows = rows_of(markdown_table(report))
     assert float(rows[0]["Speech worker peak RSS (MiB)"]) == round(streamed.speech_rss / MIB)
     assert np.isclose(float(rows[0]["Slowest stream (x real time)"]), slowest, atol=0.006)
+
+
+def test_push_to_talk_callers_commit_their_turns_and_the_clock_starts_there(
+    servers,
+    speech_file: Path,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    # No VAD: each caller sends its turn, commits it and asks for a reply; the server encodes
+    # the turn only then, so the encode phase is part of the first audio, and the baseline
+    # tokenizes the turn after the commit too.
+    gateway = servers.gateway(BASE)
+    wave, rate = soundfile.read(str(speech_file), dtype="float32")
+    short = tmp_path / "turn.wav"
+    soundfile.write(str(short), wave[: int(2.0 * rate)], rate)
+    report = asyncio.run(
+        run_benchmark(
+            gateway,
+            short,
+            [1],
+            max_tokens=30,
+            time_budget=600.0,
+            progress=lambda _: None,
+            push_to_talk=True,
+        )  # fmt: skip
+    )
+    assert report.push_to_talk
+    streamed, whole = report.levels
+    for lv in (streamed, whole):
+        assert len(lv.completed) == 1, [r.error for r in lv.results]
+        assert all(r.latency is not None and 0 < r.latency < 60 for r in lv.completed)
+    assert streamed.phases["encode"] > 0
+    client_mean = float(np.mean(streamed.latencies))
+    assert abs(sum(streamed.phases.values()) - client_mean) < 0.3 + 0.2 * client_mean
+    section = markdown_section("bench", report)
+    assert "commits its turn (push to talk" in section
+    assert "from the client sending its commit" in section and "silence_duration_ms" not in section
+
+
+def test_push_to_talk_refuses_a_vad_silence() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "service", "bench", "realtime", "--push-to-talk",
+         "--silence-ms", "500", "--url", "http://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode != 0
+    assert "--push-to-talk" in completed.stderr and "--silence-ms" in completed.stderr

@@ -3,9 +3,14 @@
 Each session is one simulated caller: it streams the speech file in real time (100 ms appends,
 paced by the clock) and keeps sending silence afterwards, as a microphone would; the server's
 VAD ends the turn (silence_duration_ms 2000, so the file's 1.6 s pause does not split it) and
-answers in speech. Measured per session, on the client's clock:
+answers in speech. A push-to-talk caller (`push_to_talk`) turns the VAD off
+(``turn_detection: null``), stops sending when the file ends and commits the turn itself
+(``input_audio_buffer.commit``, then ``response.create``): nothing tells the server beforehand
+that the turn is about to end, so all of its encoding happens after the commit. Measured per
+session, on the client's clock:
 
-* latency: from receiving ``input_audio_buffer.speech_stopped`` to the first audio delta;
+* latency: from receiving ``input_audio_buffer.speech_stopped`` (push to talk: from sending
+  the commit) to the first audio delta;
 * stall: how long a player that starts at the first delta and plays every delta back to back
   would have to pause, waiting for audio (0 when every delta arrives before it is needed).
   Output keeps up with real time when no session stalls more than `STALL_LIMIT`;
@@ -25,7 +30,9 @@ API the way a server without streaming would answer: the same realtime session d
 turn (``create_response: false``), then the reply is generated whole (POST /v1/generate with
 the prompt the realtime session would build, speech tokens only, ``end_of_turn``) and vocoded
 whole (POST /v1/speech/detokenize), and its audio counts as arriving at once. The user's speech
-is tokenized once before the level, as the gateway encodes a turn while the user pauses.
+is tokenized once before the level, as the gateway encodes a turn while the user pauses; a
+push-to-talk baseline clears the session's input instead of committing it and tokenizes the
+turn then (POST /v1/speech/tokenize), as a server must when nothing came before the commit.
 Levels go up until streaming output no longer keeps up; the largest level that kept up is
 reported.
 """
@@ -51,7 +58,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from service.audio.pcm import float_to_pcm16
+from service.audio.pcm import float_to_pcm16, pcm16_wav
 from service.audio.resample import resample
 from service.bench.processes import listening_pid
 from service.bench.report import load_average, machine_description, percentile, stall_of
@@ -128,6 +135,7 @@ class Report:
     load_after: float | None = None
     label: str = ""  # the stack configuration, when several are compared in one run
     silence_ms: int = SILENCE_MS  # the server VAD's silence_duration_ms
+    push_to_talk: bool = False  # callers commit their turns; no VAD
     speech_cores: int | None = None  # CPU cores the speech worker may run on (its affinity)
 
     def largest_real_time(self) -> int | None:
@@ -259,16 +267,34 @@ class Caller:
     tokens: str
     max_tokens: int
     silence_ms: int = SILENCE_MS  # the server VAD's silence_duration_ms
+    push_to_talk: bool = False  # the caller commits its turn when the file ends; no VAD
+
+
+class _Turn:
+    """When the caller's turn ended, on the client's clock: when `speech_stopped` arrived, or
+    when a push-to-talk caller sent its commit."""
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+        self.at: float | None = None
+
+    def end(self) -> None:
+        if self.at is None:
+            self.at = time.perf_counter()
+            self.ended.set()
 
 
 async def run_session(url: str, caller: Caller, *, streaming: bool) -> SessionResult:
     result = SessionResult()
+    turn = _Turn()
     ws_url = url.replace("http://", "ws://").replace("https://", "wss://") + "/v1/realtime"
     async with connect(ws_url, max_size=None, open_timeout=60) as ws:
         await ws.recv()  # session.created
-        turns = {"type": "server_vad", "silence_duration_ms": caller.silence_ms}
-        if not streaming:
-            turns["create_response"] = False  # the baseline answers the turn itself
+        turns: dict[str, Any] | None = None
+        if not caller.push_to_talk:
+            turns = {"type": "server_vad", "silence_duration_ms": caller.silence_ms}
+            if not streaming:
+                turns["create_response"] = False  # the baseline answers the turn itself
         update = {
             "audio": {"input": {"turn_detection": turns}},
             "max_output_tokens": caller.max_tokens,
@@ -276,19 +302,23 @@ async def run_session(url: str, caller: Caller, *, streaming: bool) -> SessionRe
         await ws.send(json.dumps({"type": "session.update", "session": update}))
         done = asyncio.Event()
         if streaming:
-            reader = asyncio.create_task(_read(ws, result, done))
+            reader = asyncio.create_task(_read(ws, result, done, turn))
         else:
-            reader = asyncio.create_task(_read_baseline(ws, url, caller, result, done))
+            reader = asyncio.create_task(_read_baseline(ws, url, caller, result, done, turn))
         try:
-            await _talk(ws, caller.pcm, done)
+            await _talk(ws, caller, done, turn, streaming=streaming)
             await asyncio.wait_for(reader, SESSION_TIMEOUT)
         finally:
             reader.cancel()
     return result
 
 
-async def _talk(ws: Any, pcm: bytes, done: asyncio.Event) -> None:
-    """The file, then silence until the reply is done; paced in real time."""
+async def _talk(
+    ws: Any, caller: Caller, done: asyncio.Event, turn: _Turn, *, streaming: bool
+) -> None:
+    """The file, paced in real time; then silence until the reply is done, or for a
+    push-to-talk caller the end of its turn: the commit and the request for a reply."""
+    pcm = caller.pcm
     step = int(CHUNK_SECONDS * RATE) * 2
     silence = bytes(step)
     start = time.perf_counter()
@@ -296,6 +326,15 @@ async def _talk(ws: Any, pcm: bytes, done: asyncio.Event) -> None:
     deadline = start + SESSION_TIMEOUT
     while not done.is_set() and time.perf_counter() < deadline:
         offset = index * step
+        if caller.push_to_talk and offset >= len(pcm):
+            if streaming:
+                await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                turn.end()
+                await ws.send(json.dumps({"type": "response.create"}))
+            else:  # the baseline answers the turn itself: a commit would encode it twice
+                await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+                turn.end()
+            return
         piece = pcm[offset : offset + step] if offset < len(pcm) else silence
         await ws.send(
             json.dumps(
@@ -306,16 +345,15 @@ async def _talk(ws: Any, pcm: bytes, done: asyncio.Event) -> None:
         await asyncio.sleep(max(0.0, start + index * CHUNK_SECONDS - time.perf_counter()))
 
 
-async def _read(ws: Any, result: SessionResult, done: asyncio.Event) -> None:
-    stopped_at: float | None = None
+async def _read(ws: Any, result: SessionResult, done: asyncio.Event, turn: _Turn) -> None:
     arrivals: list[tuple[float, float]] = []
     try:
         async for frame in ws:
             now = time.perf_counter()
             event = json.loads(frame)
             kind = event["type"]
-            if kind == "input_audio_buffer.speech_stopped" and stopped_at is None:
-                stopped_at = now
+            if kind == "input_audio_buffer.speech_stopped":
+                turn.end()
             elif kind in ("response.output_audio.delta", "response.audio.delta"):
                 seconds = len(base64.b64decode(event["delta"])) / 2 / RATE
                 arrivals.append((now, seconds))
@@ -326,7 +364,7 @@ async def _read(ws: Any, result: SessionResult, done: asyncio.Event) -> None:
                 break
     finally:
         done.set()
-    _timed(result, stopped_at, arrivals)
+    _timed(result, turn.at, arrivals)
 
 
 def _timed(
@@ -352,31 +390,40 @@ def stream_speed(arrivals: list[tuple[float, float]]) -> float | None:
 
 
 async def _read_baseline(
-    ws: Any, url: str, caller: Caller, result: SessionResult, done: asyncio.Event
+    ws: Any, url: str, caller: Caller, result: SessionResult, done: asyncio.Event, turn: _Turn
 ) -> None:
     """The non-streaming baseline: at the end of the turn, generate whole, then vocode whole."""
-    stopped_at: float | None = None
     arrivals: list[tuple[float, float]] = []
     try:
-        async for frame in ws:
-            event = json.loads(frame)
-            if event["type"] == "error":
-                result.error = event["error"]["message"]
-            if event["type"] != "input_audio_buffer.speech_stopped":
-                continue
-            stopped_at = time.perf_counter()
-            async with httpx.AsyncClient(base_url=url, timeout=SESSION_TIMEOUT) as http:
-                result.status, pcm = await _whole_reply(http, caller)
-            arrivals.append((time.perf_counter(), len(pcm) / 2 / RATE))
-            break
+        if not caller.push_to_talk and not await _until_speech_stopped(ws, result, turn):
+            return  # the session closed first: no reply
+        await turn.ended.wait()  # a push-to-talk caller's commit (_talk) ends its turn
+        async with httpx.AsyncClient(base_url=url, timeout=SESSION_TIMEOUT) as http:
+            result.status, pcm = await _whole_reply(http, caller)
+        arrivals.append((time.perf_counter(), len(pcm) / 2 / RATE))
     finally:
         done.set()
-    _timed(result, stopped_at, arrivals)
+    _timed(result, turn.at, arrivals)
+
+
+async def _until_speech_stopped(ws: Any, result: SessionResult, turn: _Turn) -> bool:
+    """Whether the server's VAD ended the turn before the session closed."""
+    async for frame in ws:
+        event = json.loads(frame)
+        if event["type"] == "error":
+            result.error = event["error"]["message"]
+        if event["type"] == "input_audio_buffer.speech_stopped":
+            turn.end()
+            return True
+    return False
 
 
 async def _whole_reply(http: httpx.AsyncClient, caller: Caller) -> tuple[str, bytes]:
     # The prompt and sampling of a realtime reply to one spoken turn (service/gateway/realtime/).
-    prompt = build_prompt([SpeechInput(caller.tokens), TurnEnd()], "speech")
+    tokens = caller.tokens
+    if caller.push_to_talk:  # nothing was encoded before the commit
+        tokens = await _tokens_of(http, pcm16_wav(caller.pcm, RATE))
+    prompt = build_prompt([SpeechInput(tokens), TurnEnd()], "speech")
     generated = await http.post(
         "/v1/generate",
         json={
@@ -495,14 +542,17 @@ async def run_benchmark(
     label: str = "",
     baseline: bool = True,
     silence_ms: int = SILENCE_MS,
+    push_to_talk: bool = False,
 ) -> Report:
     """Levels of concurrent sessions on one gateway; `baseline` adds the whole-reply runs;
-    `silence_ms`: the silence that ends a turn (server VAD's silence_duration_ms)."""
+    `silence_ms`: the silence that ends a turn (server VAD's silence_duration_ms);
+    `push_to_talk`: callers commit their turns themselves instead (no VAD)."""
     pcm, seconds = speech_pcm(audio)
-    caller = Caller(pcm, await _tokens(url, audio), max_tokens, silence_ms)
+    caller = Caller(pcm, await _tokens(url, audio), max_tokens, silence_ms, push_to_talk)
     report = Report(url, target, audio, seconds, max_tokens, load_before=load_average())
     report.label = label
     report.silence_ms = silence_ms
+    report.push_to_talk = push_to_talk
     memory = await stack_memory(url)
     report.speech_cores = speech_cores(memory)
     # The first turn of a fresh stack pays one-time costs (first vocoder stream, first prompt
@@ -527,7 +577,11 @@ async def run_benchmark(
 
 async def _tokens(url: str, audio: Path) -> str:
     async with httpx.AsyncClient(base_url=url, timeout=SESSION_TIMEOUT) as http:
-        response = await http.post("/v1/speech/tokenize", files={"file": audio.read_bytes()})
+        return await _tokens_of(http, audio.read_bytes())
+
+
+async def _tokens_of(http: httpx.AsyncClient, audio_file: bytes) -> str:
+    response = await http.post("/v1/speech/tokenize", files={"file": audio_file})
     response.raise_for_status()
     return response.json()["tokens"]
 
@@ -640,11 +694,10 @@ def markdown_section(command: str, *reports: Report) -> str:
             f"- Load average (1 min): {loads} (other jobs on the machine inflate every figure)",
             f"- Gateway: {'; '.join(targets)}",
             f"- Each session streams `{report.audio.name}` ({report.audio_seconds:.1f} s) in real "
-            f"time as 100 ms appends, then silence; server VAD ends the turn "
-            f"(silence_duration_ms {report.silence_ms}); the reply is speech, "
+            f"time as 100 ms appends, then {_turn_end(report)}; the reply is speech, "
             f"max_output_tokens {report.max_tokens}. One warm-up session runs first and is "
             "not counted.",
-            "- First audio: from the client receiving `speech_stopped` to its first audio delta. "
+            f"- First audio: from the client {_turn_clock(report)} to its first audio delta. "
             "Stall: how long a player starting at the first delta would pause waiting for audio; "
             f"a level keeps up when every session replied and no stall exceeds {STALL_LIMIT} s.",
             "- Slowest stream: the per-stream real-time factor of the level's slowest reply, as "
@@ -653,8 +706,8 @@ def markdown_section(command: str, *reports: Report) -> str:
             "- Peak RSS: the largest resident memory of the speech worker and of the gateway "
             "during the level (the kernel's high-water mark, reset when the level starts; – for "
             "a gateway on another machine).",
-            "- Whole reply, then sent (the non-streaming baseline, built by the client): the "
-            "session detects the turn, then the reply is generated whole (`/v1/generate`, same "
+            "- Whole reply, then sent (the non-streaming baseline, built by the client): once "
+            "the turn has ended, the reply is generated whole (`/v1/generate`, same "
             "prompt and sampling, tokens only) and vocoded whole (`/v1/speech/detokenize`).",
             "",
             markdown_table(*reports).rstrip(),
@@ -663,6 +716,20 @@ def markdown_section(command: str, *reports: Report) -> str:
             *[_verdict(r) for r in reports],
         ]
     )
+
+
+def _turn_end(report: Report) -> str:
+    if report.push_to_talk:
+        return (
+            "commits its turn (push to talk: `turn_detection` null, `input_audio_buffer.commit` "
+            "and `response.create`; the baseline clears the input instead and tokenizes the "
+            "turn then)"
+        )
+    return f"silence; server VAD ends the turn (silence_duration_ms {report.silence_ms})"
+
+
+def _turn_clock(report: Report) -> str:
+    return "sending its commit" if report.push_to_talk else "receiving `speech_stopped`"
 
 
 def _phase_lines(*reports: Report) -> list[str]:

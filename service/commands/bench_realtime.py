@@ -57,6 +57,8 @@ def command_line(args: argparse.Namespace) -> str:
             argv += [flag, str(value)]
     if args.no_baseline:
         argv.append("--no-baseline")
+    if args.push_to_talk:
+        argv.append("--push-to-talk")
     return "spiritlm-serve " + shlex.join(argv)
 
 
@@ -79,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise SpiritError("--max-tokens must be at least 1")
     if args.silence_ms is not None and args.silence_ms < 1:
         raise SpiritError("--silence-ms must be at least 1")
+    if args.push_to_talk and args.silence_ms is not None:
+        raise SpiritError("--silence-ms sets the server VAD, which --push-to-talk turns off")
     if args.url and (args.stacks or args.checkpoints):
         raise SpiritError("--stacks and --checkpoints configure a local stack: not with --url")
 
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
                 label=label,
                 baseline=not args.no_baseline,
                 silence_ms=args.silence_ms or SILENCE_MS,
+                push_to_talk=args.push_to_talk,
             )
         )
 
@@ -173,6 +178,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="the silence that ends a turn (server VAD silence_duration_ms; default 2000, so "
         "the default file's 1.6 s pause does not split it)",
+    )
+    parser.add_argument(
+        "--push-to-talk",
+        action="store_true",
+        help="callers end their turns themselves when the file ends (turn_detection null, "
+        "input_audio_buffer.commit, response.create), so nothing is encoded before the commit; "
+        "first audio counts from the commit (default: the server VAD ends turns)",
     )
     parser.add_argument(
         "--output",
