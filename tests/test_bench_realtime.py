@@ -135,14 +135,10 @@ def test_levels_measure_first_audio_speed_and_memory(
     tmp_path: Path,  # noqa: ANN001
 ) -> None:
     gateway = servers.gateway(BASE)
-    # The first 3.5 s of the speech file: one short turn keeps each level brief.
-    wave, rate = soundfile.read(str(speech_file), dtype="float32")
-    short = tmp_path / "turn.wav"
-    soundfile.write(str(short), wave[: int(3.5 * rate)], rate)
     report = asyncio.run(
         run_benchmark(
             gateway,
-            short,
+            first_seconds(speech_file, 3.5, tmp_path),  # one short turn keeps each level brief
             [2],
             max_tokens=40,
             time_budget=600.0,
@@ -163,8 +159,7 @@ def test_levels_measure_first_audio_speed_and_memory(
     # together about the first audio the client saw (it starts the clock at speech_stopped).
     assert list(streamed.phases) == list(FIRST_AUDIO_PHASES) and whole.phases == {}
     assert all(seconds >= 0 for seconds in streamed.phases.values())
-    client_mean = float(np.mean(streamed.latencies))
-    assert abs(sum(streamed.phases.values()) - client_mean) < 0.3 + 0.2 * client_mean
+    assert_phases_add_up_to_first_audio(streamed)
     # Memory: the speech worker behind the gateway, a plausible size, its own and not the gateway's.
     speech_pid = listening_pid(servers.speech())
     assert speech_pid is not None
@@ -187,16 +182,13 @@ def test_push_to_talk_callers_commit_their_turns_and_the_clock_starts_there(
     tmp_path: Path,  # noqa: ANN001
 ) -> None:
     # No VAD: each caller sends its turn, commits it and asks for a reply; the server encodes
-    # the turn only then, so the encode phase is part of the first audio, and the baseline
-    # tokenizes the turn after the commit too.
+    # the turn only then, so the encode phase is part of the first audio. The baseline's
+    # caller clears its input instead and tokenizes the turn itself.
     gateway = servers.gateway(BASE)
-    wave, rate = soundfile.read(str(speech_file), dtype="float32")
-    short = tmp_path / "turn.wav"
-    soundfile.write(str(short), wave[: int(2.0 * rate)], rate)
     report = asyncio.run(
         run_benchmark(
             gateway,
-            short,
+            first_seconds(speech_file, 2.0, tmp_path),
             [1],
             max_tokens=30,
             time_budget=600.0,
@@ -210,8 +202,7 @@ def test_push_to_talk_callers_commit_their_turns_and_the_clock_starts_there(
         assert len(lv.completed) == 1, [r.error for r in lv.results]
         assert all(r.latency is not None and 0 < r.latency < 60 for r in lv.completed)
     assert streamed.phases["encode"] > 0
-    client_mean = float(np.mean(streamed.latencies))
-    assert abs(sum(streamed.phases.values()) - client_mean) < 0.3 + 0.2 * client_mean
+    assert_phases_add_up_to_first_audio(streamed)
     section = markdown_section("bench", report)
     assert "commits its turn (push to talk" in section
     assert "from the client sending its commit" in section and "silence_duration_ms" not in section
@@ -225,3 +216,17 @@ def test_push_to_talk_refuses_a_vad_silence() -> None:
     )  # fmt: skip
     assert completed.returncode != 0
     assert "--push-to-talk" in completed.stderr and "--silence-ms" in completed.stderr
+
+
+def first_seconds(speech_file: Path, seconds: float, directory: Path) -> Path:
+    """A WAV file of the speech file's first `seconds`."""
+    wave, rate = soundfile.read(str(speech_file), dtype="float32")
+    short = directory / "turn.wav"
+    soundfile.write(str(short), wave[: int(seconds * rate)], rate)
+    return short
+
+
+def assert_phases_add_up_to_first_audio(streamed: LevelResult) -> None:
+    """The gateway's phases (from the turn's commit) total about the client's first audio."""
+    client_mean = float(np.mean(streamed.latencies))
+    assert abs(sum(streamed.phases.values()) - client_mean) < 0.3 + 0.2 * client_mean
