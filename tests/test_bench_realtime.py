@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import psutil
 import soundfile
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.bench.processes import listening_pid
 from service.bench.realtime import (
@@ -185,6 +187,7 @@ def test_push_to_talk_callers_commit_their_turns_and_the_clock_starts_there(
     # the turn only then, so the encode phase is part of the first audio. The baseline's
     # caller clears its input instead and tokenizes the turn itself.
     gateway = servers.gateway(BASE)
+    replies_before = first_audio_counts(gateway)
     report = asyncio.run(
         run_benchmark(
             gateway,
@@ -197,6 +200,11 @@ def test_push_to_talk_callers_commit_their_turns_and_the_clock_starts_there(
         )  # fmt: skip
     )
     assert report.push_to_talk
+    # The gateway's replies were to commits, none to its VAD: the warm-up and the streamed
+    # level's (the baseline asks for none).
+    replies = first_audio_counts(gateway)
+    assert replies.get("commit", 0) - replies_before.get("commit", 0) == 2
+    assert replies.get("vad", 0) == replies_before.get("vad", 0)
     streamed, whole = report.levels
     for lv in (streamed, whole):
         assert len(lv.completed) == 1, [r.error for r in lv.results]
@@ -215,7 +223,7 @@ def test_push_to_talk_refuses_a_vad_silence() -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert completed.returncode != 0
-    assert "--push-to-talk" in completed.stderr and "--silence-ms" in completed.stderr
+    assert "--silence-ms sets the server VAD, which --push-to-talk turns off" in completed.stderr
 
 
 def first_seconds(speech_file: Path, seconds: float, directory: Path) -> Path:
@@ -230,3 +238,15 @@ def assert_phases_add_up_to_first_audio(streamed: LevelResult) -> None:
     """The gateway's phases (from the turn's commit) total about the client's first audio."""
     client_mean = float(np.mean(streamed.latencies))
     assert abs(sum(streamed.phases.values()) - client_mean) < 0.3 + 0.2 * client_mean
+
+
+def first_audio_counts(gateway: str) -> dict[str, float]:
+    """The gateway's realtime replies so far, by what ended their turns (vad, commit, create)."""
+    text = httpx.get(f"{gateway}/metrics", timeout=10).text
+    return {
+        sample.labels["trigger"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "spiritlm_realtime_first_audio_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_count")
+    }

@@ -82,7 +82,7 @@ Progress = Callable[[str], None]
 @dataclass
 class SessionResult:
     status: str = "no response"
-    latency: float | None = None  # speech_stopped -> first audio delta
+    latency: float | None = None  # end of the turn (speech_stopped, or the commit) -> first audio
     audio_seconds: float = 0.0
     stall: float = 0.0
     speed: float | None = None  # audio seconds per wall second after the first delta
@@ -257,7 +257,8 @@ def speech_pcm(path: Path) -> tuple[bytes, float]:
 
 @dataclass(frozen=True)
 class Caller:
-    """What every session of a run says: the speech, and its tokens for the baseline.
+    """What every session of a run says: the speech, and its tokens for the baseline (empty
+    for push-to-talk callers, whose baseline tokenizes each turn after it ends).
 
     Every request names no model, so all of them get the gateway's default, as the realtime
     session (opened without ``?model=``) does.
@@ -272,16 +273,14 @@ class Caller:
 
 class _Turn:
     """When the caller's turn ended, on the client's clock: when `speech_stopped` arrived, or
-    when a push-to-talk caller sent its commit."""
+    when a push-to-talk caller sent its commit (the baseline's caller: its clear)."""
 
     def __init__(self) -> None:
-        self.ended = asyncio.Event()
         self.at: float | None = None
 
     def end(self) -> None:
         if self.at is None:
             self.at = time.perf_counter()
-            self.ended.set()
 
 
 async def run_session(url: str, caller: Caller, *, streaming: bool) -> SessionResult:
@@ -368,10 +367,10 @@ async def _read(ws: Any, result: SessionResult, done: asyncio.Event, turn: _Turn
 
 
 def _timed(
-    result: SessionResult, stopped_at: float | None, arrivals: list[tuple[float, float]]
+    result: SessionResult, ended_at: float | None, arrivals: list[tuple[float, float]]
 ) -> None:
-    if stopped_at is not None and arrivals:
-        result.latency = arrivals[0][0] - stopped_at
+    if ended_at is not None and arrivals:
+        result.latency = arrivals[0][0] - ended_at
     result.audio_seconds = sum(seconds for _, seconds in arrivals)
     result.stall = stall_of(arrivals)
     result.speed = stream_speed(arrivals)
@@ -392,28 +391,33 @@ def stream_speed(arrivals: list[tuple[float, float]]) -> float | None:
 async def _read_baseline(
     ws: Any, url: str, caller: Caller, result: SessionResult, done: asyncio.Event, turn: _Turn
 ) -> None:
-    """The non-streaming baseline: at the end of the turn, generate whole, then vocode whole."""
+    """The non-streaming baseline: at the end of the turn, generate whole, then vocode whole.
+
+    The turn ends at `speech_stopped`, or when a push-to-talk caller clears its input (`_talk`,
+    which starts the clock); the server's `cleared` confirms that the session took it."""
     arrivals: list[tuple[float, float]] = []
+    end_event = "input_audio_buffer.speech_stopped"
+    if caller.push_to_talk:
+        end_event = "input_audio_buffer.cleared"
     try:
-        if not caller.push_to_talk and not await _until_speech_stopped(ws, result, turn):
-            return  # the session closed first: no reply
-        await turn.ended.wait()  # a push-to-talk caller's commit (_talk) ends its turn
-        async with httpx.AsyncClient(base_url=url, timeout=SESSION_TIMEOUT) as http:
-            result.status, pcm = await _whole_reply(http, caller)
-        arrivals.append((time.perf_counter(), len(pcm) / 2 / RATE))
+        if await _until_event(ws, end_event, result):
+            turn.end()
+            async with httpx.AsyncClient(base_url=url, timeout=SESSION_TIMEOUT) as http:
+                result.status, pcm = await _whole_reply(http, caller)
+            arrivals.append((time.perf_counter(), len(pcm) / 2 / RATE))
     finally:
         done.set()
     _timed(result, turn.at, arrivals)
 
 
-async def _until_speech_stopped(ws: Any, result: SessionResult, turn: _Turn) -> bool:
-    """Whether the server's VAD ended the turn before the session closed."""
+async def _until_event(ws: Any, kind: str, result: SessionResult) -> bool:
+    """Whether an event of `kind` came before the session closed; `error` events on the way are
+    kept in `result`."""
     async for frame in ws:
         event = json.loads(frame)
         if event["type"] == "error":
             result.error = event["error"]["message"]
-        if event["type"] == "input_audio_buffer.speech_stopped":
-            turn.end()
+        if event["type"] == kind:
             return True
     return False
 
@@ -548,7 +552,9 @@ async def run_benchmark(
     `silence_ms`: the silence that ends a turn (server VAD's silence_duration_ms);
     `push_to_talk`: callers commit their turns themselves instead (no VAD)."""
     pcm, seconds = speech_pcm(audio)
-    caller = Caller(pcm, await _tokens(url, audio), max_tokens, silence_ms, push_to_talk)
+    # A push-to-talk baseline tokenizes each turn after its end (`_whole_reply`).
+    tokens = "" if push_to_talk else await _tokens(url, audio)
+    caller = Caller(pcm, tokens, max_tokens, silence_ms, push_to_talk)
     report = Report(url, target, audio, seconds, max_tokens, load_before=load_average())
     report.label = label
     report.silence_ms = silence_ms
